@@ -1,0 +1,5 @@
+import sys
+
+from e5studio.cli import main
+
+sys.exit(main())

@@ -1,0 +1,77 @@
+"""Backends turn token ids into pooled, L2-normalised float32 embeddings.
+
+The seam: a backend gets a list of token-id arrays (already tokenised, already cut into one micro-batch)
+and returns one row per array. Sorting, batching and tokenising happen in the Embedder, once. An ONNX
+Runtime or int8 backend implements the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from e5studio.engine.checkpoint import Checkpoint, read_weights
+from e5studio.engine.encoder import BertEncoder, pack
+from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.errors import ModelError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Backend(Protocol):
+    dim: int
+    device: str
+
+    def embed_batch(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """Token-id arrays -> float32 [len(sequences), dim], unit rows, same order."""
+        ...
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelError(f"unknown dtype {dtype!r} (auto, {', '.join(_DTYPES)})") from None
+
+
+class TorchBackend:
+    """Our BertEncoder on CPU (fp32) or CUDA (fp16/bf16, fused attention)."""
+
+    def __init__(self, encoder: BertEncoder, device: torch.device, dtype: torch.dtype) -> None:
+        self.encoder = encoder.to(device=device, dtype=dtype).eval()
+        self.dim = encoder.config.hidden_size
+        self.device = str(device)
+        self._device = device
+
+    @classmethod
+    def load(cls, checkpoint: Checkpoint, device: str = "auto", dtype: str = "auto") -> TorchBackend:
+        dev = pick_device(device)
+        encoder = BertEncoder(checkpoint.config)
+        encoder.load_state_dict(read_weights(checkpoint), strict=True)
+        return cls(encoder, dev, pick_dtype(dtype, dev))
+
+    @torch.inference_mode()
+    def embed_batch(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        batch = pack(sequences).to(self._device)
+        hidden = self.encoder(batch)  # [T, d]
+        pooled = l2_normalize(mean_pool(hidden, batch.seq_index, batch.lengths))  # [B, d] fp32
+        return pooled.cpu().numpy()

@@ -1,0 +1,78 @@
+"""Texts -> float32 [n, dim] E5 embeddings: tokenise, sort by length, token-budget micro-batches, restore order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from e5studio.engine.backend import Backend, TorchBackend
+from e5studio.engine.checkpoint import Checkpoint, load_checkpoint
+from e5studio.engine.tokenizer import Tokenizer
+from e5studio.settings import EngineSettings
+
+
+def micro_batches(lengths: Sequence[int], max_batch_tokens: int) -> Iterator[list[int]]:
+    """Indices grouped longest-first so that (batch size x longest length) stays within the budget.
+
+    The budget counts the padded attention layout, so memory is bounded; dense layers see only real tokens.
+    A sequence longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for i in order:
+        longest = lengths[batch[0]] if batch else lengths[i]
+        if batch and (len(batch) + 1) * longest > max_batch_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+class Embedder:
+    """The one engine object the server, batch jobs, evaluation and training use."""
+
+    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: Backend,
+                 max_batch_tokens: int = 8192) -> None:
+        if max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be positive")
+        self.checkpoint = checkpoint
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.max_batch_tokens = max_batch_tokens
+
+    @classmethod
+    def load(cls, settings: EngineSettings) -> Embedder:
+        """Resolve, read and place the model named in ``settings``; raises ModelError with the reason."""
+        if settings.threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        checkpoint = load_checkpoint(settings.model)
+        max_length = min(settings.max_length or checkpoint.max_length, checkpoint.config.max_position_embeddings)
+        tokenizer = Tokenizer(checkpoint.path, max_length)
+        backend = TorchBackend.load(checkpoint, settings.device, settings.dtype)
+        return cls(checkpoint, tokenizer, backend, settings.max_batch_tokens)
+
+    @property
+    def dim(self) -> int:
+        return self.backend.dim
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
+
+    def tokenize(self, texts: Sequence[str], input_type: str | None = None) -> list[np.ndarray]:
+        return self.tokenizer.encode(texts, input_type)
+
+    def embed(self, texts: Sequence[str], input_type: str | None = None) -> np.ndarray:
+        """float32 [len(texts), dim], unit rows, in input order."""
+        return self.embed_ids(self.tokenize(texts, input_type))
+
+    def embed_ids(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """Token-id arrays -> float32 [n, dim] in input order, computed in length-sorted micro-batches."""
+        out = np.empty((len(sequences), self.dim), dtype=np.float32)
+        for idx in micro_batches([len(s) for s in sequences], self.max_batch_tokens):
+            out[idx] = self.backend.embed_batch([sequences[i] for i in idx])
+        return out

@@ -1,0 +1,143 @@
+"""Our own compact BERT encoder in torch, run on packed (padding-free) batches.
+
+A batch of B sequences is one packed stream of T real tokens. Every dense layer (embeddings, QKV, output
+projections, feed-forward, LayerNorm) runs on [T, d] with no padding. Only attention sees sequences: the
+packed QKV is scattered into [B, H, L, Dh] (L = longest sequence of the batch; batches are length-sorted so
+L is close to every length) and run through ``scaled_dot_product_attention`` with a key-padding mask,
+then gathered back to [T, d]. The same module trains and serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from e5studio.engine.checkpoint import BertConfig
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """B sequences packed into T tokens, with the index tensors attention and pooling need."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64, restarting at 0 for every sequence
+    seq_index: torch.Tensor  # [T] int64, which sequence each token belongs to
+    lengths: torch.Tensor  # [B] int64
+    pad_index: torch.Tensor  # [T] int64, row of each token in the padded [B * L] layout
+    key_mask: torch.Tensor | None  # [B, 1, 1, L] bool (True = real key); None when all lengths are equal
+    max_len: int  # L
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def to(self, device: torch.device) -> PackedBatch:
+        move = {k: getattr(self, k).to(device, non_blocking=True)
+                for k in ("input_ids", "positions", "seq_index", "lengths", "pad_index")}
+        mask = None if self.key_mask is None else self.key_mask.to(device, non_blocking=True)
+        return PackedBatch(key_mask=mask, max_len=self.max_len, **move)
+
+
+def pack(sequences: Sequence[np.ndarray]) -> PackedBatch:
+    """Pack token-id arrays (each with [CLS]/[SEP], non-empty) into one CPU batch."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    if len(lengths) == 0 or lengths.min() < 1:
+        raise ValueError("pack() needs at least one non-empty sequence")
+    max_len = int(lengths.max())
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)  # [T] start offset of each token's sequence
+    positions = np.arange(int(lengths.sum()), dtype=np.int64) - starts  # [T]
+    seq_index = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # [T]
+    pad_index = seq_index * max_len + positions  # [T]
+    key_mask = None
+    if lengths.min() != max_len:
+        mask = np.arange(max_len)[None, :] < lengths[:, None]  # [B, L]
+        key_mask = torch.from_numpy(mask[:, None, None, :])  # [B, 1, 1, L]
+    return PackedBatch(
+        input_ids=torch.from_numpy(np.concatenate(sequences).astype(np.int64, copy=False)),
+        positions=torch.from_numpy(positions),
+        seq_index=torch.from_numpy(seq_index),
+        lengths=torch.from_numpy(lengths),
+        pad_index=torch.from_numpy(pad_index),
+        key_mask=key_mask,
+        max_len=max_len,
+    )
+
+
+class EncoderLayer(nn.Module):
+    """One post-LayerNorm BERT block on packed tokens."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.eps = config.layer_norm_eps
+        self.approximate = "none" if config.hidden_act == "gelu" else "tanh"
+        self.relu = config.hidden_act == "relu"
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(d, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, d)
+        self.ffn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+
+    def attention(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        t, d = x.shape  # [T, d]
+        b, length, h, dh = batch.num_sequences, batch.max_len, self.num_heads, self.head_dim
+        qkv = self.qkv(x)  # [T, 3d]
+        if batch.key_mask is not None:  # scatter into the padded layout
+            padded = qkv.new_zeros(b * length, 3 * d)  # [B*L, 3d]
+            padded.index_copy_(0, batch.pad_index, qkv)
+            qkv = padded
+        q, k, v = qkv.view(b, length, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_mask)  # [B, H, L, Dh]
+        out = out.transpose(1, 2).reshape(b * length, d)  # [B*L, d]
+        if batch.key_mask is not None:
+            out = out.index_select(0, batch.pad_index)  # [T, d]
+        return self.attn_out(out)  # [T, d]
+
+    def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        x = self.attn_norm(x + self.attention(x, batch))  # [T, d]
+        inner = self.ffn_in(x)  # [T, ffn]
+        inner = F.relu(inner) if self.relu else F.gelu(inner, approximate=self.approximate)
+        return self.ffn_norm(x + self.ffn_out(inner))  # [T, d]
+
+
+class BertEncoder(nn.Module):
+    """BERT embeddings + N encoder layers; returns the last hidden state of every real token."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, d)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
+        self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        # token type 0 for every token (single-segment inputs)
+        x = (self.word_embeddings(batch.input_ids) + self.position_embeddings(batch.positions)
+             + self.token_type_embeddings.weight[0])  # [T, d]
+        x = self.embeddings_norm(x)
+        for layer in self.layers:
+            x = layer(x, batch)  # [T, d]
+        return x
+
+    def init_weights(self, seed: int, std: float = 0.02) -> None:
+        """BERT's initialisation (normal(0, std) matrices, zero biases, unit LayerNorm), seeded."""
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if "norm" in name:
+                    p.fill_(1.0 if name.endswith("weight") else 0.0)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)

@@ -1,0 +1,32 @@
+"""One exception hierarchy for the whole package.
+
+Every error a user can cause or meet is an :class:`E5StudioError`; its subclass says which kind
+(bad input, auth, capacity, not found, model). The CLI prints ``str(error)`` without a traceback and
+the HTTP layer maps each class to one status code.
+"""
+
+from __future__ import annotations
+
+
+class E5StudioError(Exception):
+    """Base class of every error e5studio raises on purpose."""
+
+
+class InputError(E5StudioError):
+    """The caller sent something malformed or out of range."""
+
+
+class AuthError(E5StudioError):
+    """Missing or wrong credentials."""
+
+
+class CapacityError(E5StudioError):
+    """The server is full (queue bound reached); retry later."""
+
+
+class NotFoundError(E5StudioError):
+    """A named thing (project, endpoint, dataset, job) does not exist."""
+
+
+class ModelError(E5StudioError):
+    """A model could not be resolved, read or run."""

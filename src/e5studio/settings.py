@@ -1,0 +1,50 @@
+"""Typed, frozen settings, built once (from CLI flags) and passed down.
+
+Nothing here reads the environment at import time; ``from_env`` is called explicitly by the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "intfloat/e5-large-v2"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine loads and runs a model.
+
+    model: hub id, alias or local directory.
+    device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    dtype: ``auto`` (fp32 on CPU, bf16 on CUDA where supported, else fp16), ``float32``, ``float16``, ``bfloat16``.
+    threads: torch intra-op threads on CPU; ``None`` keeps torch's default (one per core).
+    max_batch_tokens: token budget of one micro-batch (real tokens, no padding).
+    max_length: truncation length including [CLS]/[SEP]; ``None`` uses the checkpoint's own maximum.
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    max_batch_tokens: int = 8192
+    max_length: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> EngineSettings:
+        """Settings from ``E5STUDIO_*`` variables, then explicit overrides (CLI flags) on top."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if "E5STUDIO_MODEL" in env:
+            values["model"] = env["E5STUDIO_MODEL"]
+        if "E5STUDIO_DEVICE" in env:
+            values["device"] = env["E5STUDIO_DEVICE"]
+        if "E5STUDIO_DTYPE" in env:
+            values["dtype"] = env["E5STUDIO_DTYPE"]
+        if "E5STUDIO_THREADS" in env:
+            values["threads"] = int(env["E5STUDIO_THREADS"])
+        if "E5STUDIO_MAX_BATCH_TOKENS" in env:
+            values["max_batch_tokens"] = int(env["E5STUDIO_MAX_BATCH_TOKENS"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
