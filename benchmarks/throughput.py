@@ -90,10 +90,8 @@ def bench_model(model: str, args: argparse.Namespace, peak: float) -> dict:
                               max_batch_tokens=args.max_batch_tokens)
     ours = Embedder.load(settings)
     device = torch.device(ours.backend.device)
-    st_kwargs = {}
-    if device.type == "cuda":
-        st_kwargs["model_kwargs"] = {"torch_dtype": ours.backend.encoder.word_embeddings.weight.dtype}
-    st = SentenceTransformer(str(ours.checkpoint.path), device=str(device), **st_kwargs)
+    st = SentenceTransformer(str(ours.checkpoint.path), device=str(device))
+    st.to(ours.backend.encoder.word_embeddings.weight.dtype)  # same precision as ours (fp16/bf16 on CUDA)
     if st.max_seq_length != ours.max_length:
         sys.exit(f"truncation differs: sentence-transformers {st.max_seq_length}, e5studio {ours.max_length}")
     torch.set_num_threads(args.threads)
@@ -188,12 +186,14 @@ def main() -> None:
     parser.add_argument("--large-passages", type=int, default=64, help="passages for 24-layer models on CPU")
     parser.add_argument("--large-queries", type=int, default=40, help="queries for 24-layer models on CPU")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokenizer-from", type=Path, default=None,
+                        help="tokenizer files for the E5-shape checkpoint (default: the MiniLM package's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if str(E5_SHAPE_DIR) in args.models and not E5_SHAPE_DIR.is_dir():
+    if any(Path(m).resolve() == E5_SHAPE_DIR for m in args.models) and not E5_SHAPE_DIR.is_dir():
         print(f"writing the E5-Large-V2-shaped checkpoint to {E5_SHAPE_DIR} ...", flush=True)
-        write_random_checkpoint(E5_SHAPE_DIR, "e5-large-v2", seed=0)
+        write_random_checkpoint(E5_SHAPE_DIR, "e5-large-v2", seed=0, tokenizer_from=args.tokenizer_from)
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
     peak_dtype = torch.float32 if device.type == "cpu" else torch.float16
     peak = matmul_peak(device, peak_dtype)

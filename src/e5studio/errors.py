@@ -30,3 +30,11 @@ class NotFoundError(E5StudioError):
 
 class ModelError(E5StudioError):
     """A model could not be resolved, read or run."""
+
+
+class ConflictError(InputError):
+    """The request clashes with existing state (a name already taken)."""
+
+
+class UnavailableError(E5StudioError):
+    """The target exists but cannot serve now (endpoint deploying or failed)."""
