@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from e5studio import __version__
 from e5studio.errors import E5StudioError
-from e5studio.settings import DEFAULT_MODEL, EngineSettings
+from e5studio.settings import DEFAULT_MODEL, EngineSettings, ServeSettings
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +42,125 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _endpoint_name(model: str) -> str:
+    """A default endpoint name from a model name: its last path part, in the allowed characters."""
+    import re
+
+    base = model.rstrip("/").split("/")[-1] or "e5"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", base).lstrip("._-")[:64] or "e5"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    import uvicorn
+
+    from e5studio.control.store import Store
+    from e5studio.serving.app import create_app
+    from e5studio.serving.routes.admin import curl_line, endpoint_urls
+
+    engine = _engine_settings(args)
+    settings = ServeSettings(data_dir=Path(args.data_dir), host=args.host, port=args.port,
+                             default_model=engine.model, engine=engine, max_queue=args.max_queue,
+                             max_body_bytes=args.max_body_bytes, public_url=args.public_url)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    store = Store(settings.data_dir / "e5studio.db")
+    token = store.ensure_admin_token()
+    if token is not None:
+        print(f"Admin token (shown once; the CLI reads it from E5STUDIO_ADMIN_TOKEN): {token}", flush=True)
+    if not store.list_endpoints():
+        projects = {p.name for p in store.list_projects()}
+        if "default" not in projects:
+            store.create_project("default", "created by e5studio serve")
+        endpoint, key = store.create_endpoint("default", _endpoint_name(engine.model), engine.model, 32,
+                                              "created by e5studio serve")
+        url = endpoint_urls(settings.base_url, endpoint)["nlp"]
+        print(f"Endpoint {endpoint.name} (project default, model {endpoint.model}, batch size 32)\n"
+              f"  URL: {url}\n  key (shown once): {key}\n  try: {curl_line(url, key)}", flush=True)
+    app = create_app(settings, store)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_config=None,
+                            timeout_graceful_shutdown=30)
+    print(f"Serving on {settings.base_url} (data in {settings.data_dir})", flush=True)
+    uvicorn.Server(config).run()
+    store.close()
+    return 0
+
+
+def _admin(args: argparse.Namespace, method: str, path: str, body: dict[str, object] | None = None) -> object:
+    """One admin API call; E5StudioError with the server's message on failure."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    from e5studio.errors import AuthError, InputError
+
+    token = args.admin_token or os.environ.get("E5STUDIO_ADMIN_TOKEN")
+    if not token:
+        raise AuthError("no admin token: pass --admin-token or set E5STUDIO_ADMIN_TOKEN "
+                        "(e5studio serve prints it at first start)")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(args.server.rstrip("/") + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise InputError(f"{method} {path}: HTTP {exc.code}: {message}") from None
+    except urllib.error.URLError as exc:
+        raise InputError(f"cannot reach the e5studio server at {args.server}: {exc.reason}") from None
+
+
+def _print(obj: object) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_projects(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        _print(_admin(args, "POST", "/api/admin/projects", {"name": args.name, "description": args.description}))
+    else:
+        for p in _admin(args, "GET", "/api/admin/projects")["projects"]:  # type: ignore[index]
+            print(f"{p['id']}  {p['name']}  {p['description']}")
+    return 0
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    def path(project: str, endpoint: str) -> str:
+        q = urllib.parse.quote
+        return f"/api/admin/projects/{q(project, safe='')}/endpoints/{q(endpoint, safe='')}"
+
+    if args.action == "create":
+        body = {"project": args.project, "name": args.name, "batch_size": args.batch_size,
+                "description": args.description, "model": args.model or DEFAULT_MODEL}
+        result = _admin(args, "POST", "/api/admin/endpoints", body)
+        _print(result)
+        print(f"\nThe key is shown once. Try:\n  {result['curl']}")  # type: ignore[index]
+    elif args.action == "list":
+        query = f"?project={urllib.parse.quote(args.project)}" if args.project else ""
+        for e in _admin(args, "GET", f"/api/admin/endpoints{query}")["endpoints"]:  # type: ignore[index]
+            reason = f"  ({e['status_reason'][:80]})" if e["status_reason"] else ""
+            print(f"{e['project_name']}/{e['name']}  {e['status']}{reason}  model={e['model']}  "
+                  f"batch_size={e['batch_size']}  {e['urls']['nlp']}")
+    elif args.action == "show":
+        _print(_admin(args, "GET", path(args.project, args.name)))
+    elif args.action == "delete":
+        _print(_admin(args, "DELETE", path(args.project, args.name)))
+    else:
+        _print(_admin(args, "POST", path(args.project, args.name) + "/rotate-key"))
+    return 0
+
+
+def _add_admin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default="http://127.0.0.1:8000", help="e5studio server URL")
+    parser.add_argument("--admin-token", default=None, help="admin token (default $E5STUDIO_ADMIN_TOKEN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e5studio", description="Self-hosted E5 Large V2 embedding platform.")
     parser.add_argument("--version", action="version", version=f"e5studio {__version__}")
@@ -54,6 +173,49 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add the E5 prefix ('query: ' / 'passage: ') where missing; default: texts as given")
     embed.add_argument("texts", nargs="*", metavar="TEXT")
     embed.set_defaults(func=cmd_embed)
+
+    serve = sub.add_parser("serve", help="run the endpoint server (SambaStudio- and OpenAI-compatible)",
+                           description="Serve every endpoint in the data directory; with none yet, create a default "
+                                       "project and an endpoint (batch size 32) for --model.")
+    _add_engine_flags(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data-dir", default=".e5studio", help="where the control store lives (default ./.e5studio)")
+    serve.add_argument("--max-queue", type=int, default=256, help="queued requests per model before HTTP 429")
+    serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request-body limit (HTTP 413)")
+    serve.add_argument("--public-url", default=None, help="base URL printed for endpoints (default http://HOST:PORT)")
+    serve.set_defaults(func=cmd_serve)
+
+    projects = sub.add_parser("projects", help="manage projects (through the server's admin API)")
+    psub = projects.add_subparsers(dest="action", required=True)
+    pc = psub.add_parser("create")
+    pc.add_argument("name")
+    pc.add_argument("--description", default="")
+    psub.add_parser("list")
+    for p in (pc, psub.choices["list"]):
+        _add_admin_flags(p)
+    projects.set_defaults(func=cmd_projects)
+
+    endpoints = sub.add_parser("endpoints", help="manage endpoints (through the server's admin API)")
+    esub = endpoints.add_subparsers(dest="action", required=True)
+    ec = esub.add_parser("create", help="create an endpoint; prints its URL and key (shown once)")
+    ec.add_argument("project")
+    ec.add_argument("name")
+    ec.add_argument("--model", default=None, help=f"hub id, alias or directory (default {DEFAULT_MODEL})")
+    ec.add_argument("--batch-size", type=int, choices=[1, 32], default=32,
+                    help="32 for vectorising a knowledge base, 1 for a live service; fixed at creation")
+    ec.add_argument("--description", default="")
+    el = esub.add_parser("list")
+    el.add_argument("--project", default=None)
+    parsers = [ec, el]
+    for action in ("show", "delete", "rotate-key"):
+        ep = esub.add_parser(action)
+        ep.add_argument("project", help="project name or id")
+        ep.add_argument("name", help="endpoint name or id")
+        parsers.append(ep)
+    for p in parsers:
+        _add_admin_flags(p)
+    endpoints.set_defaults(func=cmd_endpoints)
     return parser
 
 

@@ -38,3 +38,11 @@ class ConflictError(InputError):
 
 class UnavailableError(E5StudioError):
     """The target exists but cannot serve now (endpoint deploying or failed)."""
+
+
+class PayloadTooLargeError(InputError):
+    """The request body is over the server's limit."""
+
+
+class ForbiddenError(AuthError):
+    """Credentials were given but are not valid for this target."""

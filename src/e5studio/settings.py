@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_MODEL = "intfloat/e5-large-v2"
 
@@ -48,3 +49,31 @@ class EngineSettings:
             values["max_batch_tokens"] = int(env["E5STUDIO_MAX_BATCH_TOKENS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How ``e5studio serve`` runs.
+
+    data_dir: where the control store (SQLite) lives.
+    default_model: the model of the endpoint created when the store has none.
+    max_queue: requests queued per loaded model before new ones get HTTP 429.
+    max_body_bytes: request-body limit (HTTP 413 above it).
+    public_url: base URL printed for endpoints (default http://HOST:PORT).
+    """
+
+    data_dir: Path = Path(".e5studio")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_model: str = DEFAULT_MODEL
+    engine: EngineSettings = EngineSettings()
+    max_queue: int = 256
+    max_body_bytes: int = 8 * 1024 * 1024
+    public_url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"

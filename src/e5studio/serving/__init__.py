@@ -1,0 +1,1 @@
+"""HTTP serving: dynamic batching, routes per API shape, the error table."""

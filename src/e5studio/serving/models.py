@@ -1,0 +1,112 @@
+"""Loaded models: one Embedder + Batcher per model, shared by every endpoint that names it.
+
+Loading happens in a background thread per model; while it runs the endpoints using that model are
+*Deploying*; afterwards *Live*, or *Failed* with the reason (e.g. weights not found, with the remedy).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from e5studio.control.store import DEPLOYING, FAILED, LIVE, Endpoint, Store
+from e5studio.engine.checkpoint import ALIASES
+from e5studio.engine.embedder import Embedder
+from e5studio.errors import E5StudioError, UnavailableError
+from e5studio.serving.batcher import Batcher
+from e5studio.serving.metrics import Metrics
+from e5studio.settings import EngineSettings
+
+
+def model_key(model: str) -> str:
+    """One key per model however it is named (alias or hub id)."""
+    return ALIASES.get(model.lower(), model)
+
+
+@dataclass
+class LoadedModel:
+    key: str
+    embedder: Embedder | None = None
+    batcher: Batcher | None = None
+    error: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class ModelPool:
+    """Loads each model once, keeps endpoint statuses in the store in step with it."""
+
+    def __init__(self, store: Store, engine: EngineSettings, metrics: Metrics, max_queue: int,
+                 loader: Callable[[EngineSettings], Embedder] = Embedder.load) -> None:
+        self._store = store
+        self._engine = engine
+        self._metrics = metrics
+        self._max_queue = max_queue
+        self._loader = loader
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def deploy(self, endpoint: Endpoint) -> None:
+        """Bring ``endpoint`` to Live (now, if its model is loaded) or start loading its model."""
+        key = model_key(endpoint.model)
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is None:
+                loaded = LoadedModel(key)
+                self._models[key] = loaded
+                threading.Thread(target=self._load, args=(loaded, endpoint.model), daemon=True,
+                                 name=f"e5studio-load-{key}").start()
+        if loaded.done.is_set():
+            self._publish(loaded)
+        else:
+            self._store.set_status(endpoint.id, DEPLOYING, f"loading {endpoint.model}")
+
+    def restore(self) -> None:
+        """After a restart: deploy every endpoint in the store."""
+        for endpoint in self._store.list_endpoints():
+            self.deploy(endpoint)
+
+    def _load(self, loaded: LoadedModel, model: str) -> None:
+        try:
+            embedder = self._loader(replace(self._engine, model=model))
+            loaded.batcher = Batcher(embedder.embed_ids, max_batch_tokens=embedder.max_batch_tokens,
+                                     max_queue=self._max_queue, observer=self._metrics.observer(loaded.key),
+                                     name=loaded.key)
+            loaded.embedder = embedder
+        except E5StudioError as exc:
+            loaded.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a broken model must mark its endpoints Failed, not kill us
+            loaded.error = f"{type(exc).__name__}: {exc}"
+        loaded.done.set()
+        self._publish(loaded)
+
+    def _publish(self, loaded: LoadedModel) -> None:
+        for endpoint in self._store.list_endpoints():
+            if model_key(endpoint.model) != loaded.key:
+                continue
+            if loaded.embedder is not None:
+                self._store.set_status(endpoint.id, LIVE, "")
+            else:
+                self._store.set_status(endpoint.id, FAILED, loaded.error)
+
+    def get(self, endpoint: Endpoint) -> tuple[Embedder, Batcher]:
+        """The loaded model of a Live endpoint, or UnavailableError saying why not."""
+        loaded = self._models.get(model_key(endpoint.model))
+        if loaded is None or not loaded.done.is_set():
+            raise UnavailableError(f"endpoint {endpoint.name!r} is {DEPLOYING}: model {endpoint.model} is loading")
+        if loaded.embedder is None or loaded.batcher is None:
+            raise UnavailableError(f"endpoint {endpoint.name!r} is {FAILED}: {loaded.error}")
+        return loaded.embedder, loaded.batcher
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every model started so far finished loading (tests, readiness)."""
+        return all(m.done.wait(timeout) for m in list(self._models.values()))
+
+    def loading(self) -> list[str]:
+        return [k for k, m in self._models.items() if not m.done.is_set()]
+
+    def close(self) -> None:
+        """Finish queued requests and stop every worker."""
+        for loaded in list(self._models.values()):
+            if loaded.batcher is not None:
+                loaded.batcher.close()
