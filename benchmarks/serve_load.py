@@ -1,0 +1,177 @@
+"""Serving overhead and dynamic batching under load, in one run.
+
+For each model: starts ``e5studio serve`` on loopback, then
+1. single-client latency of one SciFact test query through HTTP (NLP route, ``requests``) vs
+   ``Embedder.embed`` in this process on the same texts, alternating query by query (p50/p95 and the
+   HTTP overhead in percent of the in-process p50);
+2. throughput with 1, 8 and 32 concurrent clients, each sending single queries (requests/s, p50/p95),
+   which rises with concurrency when dynamic batching works.
+
+    python benchmarks/serve_load.py                      # MiniLM + the E5-Large-V2-shaped checkpoint
+    python benchmarks/serve_load.py --models all-minilm-l6-v2 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from e5studio.engine.embedder import Embedder
+from e5studio.engine.synthetic import write_random_checkpoint
+from e5studio.settings import EngineSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("E5STUDIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+E5_SHAPE_DIR = ROOT / "checkpoints" / "e5-large-v2-shape"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(model: str, threads: int, data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e5studio", "serve", "--model", model, "--port", str(port), "--data-dir",
+         str(data_dir), "--threads", str(threads)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = key = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(r"URL: (\S+)", line):
+            url = m.group(1)
+        if m := re.search(r"key \(shown once\): (\S+)", line):
+            key = m.group(1)
+        if line.startswith("Serving on"):
+            break
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    base = url.split("/api/")[0]
+    for _ in range(600):
+        try:
+            if requests.get(f"{base}/ready", timeout=1).status_code == 200:
+                return proc, url, key
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    sys.exit(f"server for {model} did not become ready")
+
+
+def pct(xs: list[float], p: float) -> float:
+    return float(np.percentile(xs, p))
+
+
+def load_test(url: str, key: str, queries: list[str], clients: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+    errors = 0
+
+    def client(i: int) -> None:
+        nonlocal errors
+        session = requests.Session()
+        j = i
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            r = session.post(url, json={"inputs": [queries[j % len(queries)]]}, headers={"key": key}, timeout=120)
+            dt = time.perf_counter() - t
+            with lock:
+                if r.status_code == 200:
+                    latencies.append(dt * 1000)
+                else:
+                    errors += 1
+            j += clients
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    return {"clients": clients, "requests_s": len(latencies) / elapsed, "p50_ms": pct(latencies, 50),
+            "p95_ms": pct(latencies, 95), "errors": errors, "requests": len(latencies)}
+
+
+def bench(model: str, args: argparse.Namespace) -> dict:
+    queries = [json.loads(line)["query"] for line in (DATA / "scifact" / "queries.test.jsonl").open()]
+    queries = ["query: " + q for q in queries]
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url, key = start_server(model, args.threads, Path(tmp))
+        try:
+            embedder = Embedder.load(EngineSettings(model=model, threads=args.threads))
+            session = requests.Session()
+            n = args.latency_queries
+            for q in queries[:3]:
+                embedder.embed([q])
+                session.post(url, json={"inputs": [q]}, headers={"key": key}, timeout=120)
+            http_ms, local_ms, max_diff = [], [], 0.0
+            for q in queries[:n]:
+                t = time.perf_counter()
+                r = session.post(url, json={"inputs": [q]}, headers={"key": key}, timeout=120)
+                http_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                local = embedder.embed([q])
+                local_ms.append((time.perf_counter() - t) * 1000)
+                max_diff = max(max_diff, float(np.abs(np.asarray(r.json()["data"]) - local).max()))
+            del embedder
+            loads = [load_test(url, key, queries, c, args.seconds) for c in args.clients]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    return {"model": model, "threads": args.threads, "latency_queries": n,
+            "http_p50_ms": pct(http_ms, 50), "http_p95_ms": pct(http_ms, 95),
+            "inprocess_p50_ms": pct(local_ms, 50), "inprocess_p95_ms": pct(local_ms, 95),
+            "http_overhead_p50": pct(http_ms, 50) / pct(local_ms, 50) - 1, "max_abs_diff": max_diff,
+            "load": loads}
+
+
+def report(r: dict) -> None:
+    print(f"\n== {r['model']} ({r['threads']} torch threads in the server and in-process)")
+    print(f"single client, {r['latency_queries']} queries, alternating:")
+    print(f"  HTTP (NLP route)     p50 {r['http_p50_ms']:8.2f} ms  p95 {r['http_p95_ms']:8.2f} ms")
+    print(f"  Embedder.embed       p50 {r['inprocess_p50_ms']:8.2f} ms  p95 {r['inprocess_p95_ms']:8.2f} ms")
+    print(f"  HTTP overhead at p50: {r['http_overhead_p50']:+.1%}   max |HTTP - in-process| {r['max_abs_diff']:.1e}")
+    print("concurrent clients sending single queries:")
+    for row in r["load"]:
+        print(f"  {row['clients']:3d} clients: {row['requests_s']:8.1f} requests/s  p50 {row['p50_ms']:8.1f} ms  "
+              f"p95 {row['p95_ms']:8.1f} ms  ({row['requests']} ok, {row['errors']} errors)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["all-minilm-l6-v2", str(E5_SHAPE_DIR)])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--latency-queries", type=int, default=100)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=15.0, help="duration of each load level")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if any(Path(m).resolve() == E5_SHAPE_DIR for m in args.models) and not E5_SHAPE_DIR.is_dir():
+        print(f"writing the E5-Large-V2-shaped checkpoint to {E5_SHAPE_DIR} ...", flush=True)
+        write_random_checkpoint(E5_SHAPE_DIR, "e5-large-v2", seed=0)
+    results = []
+    for model in args.models:
+        r = bench(model, args)
+        report(r)
+        results.append(r)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
