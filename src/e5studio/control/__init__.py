@@ -1,0 +1,1 @@
+"""The control plane: projects, endpoints and their keys in SQLite. Imports no ML code."""
