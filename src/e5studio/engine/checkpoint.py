@@ -52,6 +52,8 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"
     pad_token_id: int = 0
+    hidden_dropout_prob: float = 0.1  # used only in training mode
+    attention_probs_dropout_prob: float = 0.1  # used only in training mode
 
     @property
     def head_dim(self) -> int:
@@ -89,6 +91,8 @@ class BertConfig:
                 layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
                 hidden_act=act,
                 pad_token_id=int(raw.get("pad_token_id") or 0),
+                hidden_dropout_prob=float(raw.get("hidden_dropout_prob", 0.1)),
+                attention_probs_dropout_prob=float(raw.get("attention_probs_dropout_prob", 0.1)),
             )
         except KeyError as exc:
             raise ModelError(f"{path}: missing field {exc.args[0]!r}") from None

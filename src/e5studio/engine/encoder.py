@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from e5studio.engine.checkpoint import BertConfig
 
@@ -79,6 +80,8 @@ class EncoderLayer(nn.Module):
         self.eps = config.layer_norm_eps
         self.approximate = "none" if config.hidden_act == "gelu" else "tanh"
         self.relu = config.hidden_act == "relu"
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.attention_dropout = config.attention_probs_dropout_prob
         self.qkv = nn.Linear(d, 3 * d)
         self.attn_out = nn.Linear(d, d)
         self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
@@ -95,17 +98,18 @@ class EncoderLayer(nn.Module):
             padded.index_copy_(0, batch.pad_index, qkv)
             qkv = padded
         q, k, v = qkv.view(b, length, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_mask)  # [B, H, L, Dh]
+        p = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_mask, dropout_p=p)  # [B, H, L, Dh]
         out = out.transpose(1, 2).reshape(b * length, d)  # [B*L, d]
         if batch.key_mask is not None:
             out = out.index_select(0, batch.pad_index)  # [T, d]
-        return self.attn_out(out)  # [T, d]
+        return self.dropout(self.attn_out(out))  # [T, d]
 
     def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         x = self.attn_norm(x + self.attention(x, batch))  # [T, d]
         inner = self.ffn_in(x)  # [T, ffn]
         inner = F.relu(inner) if self.relu else F.gelu(inner, approximate=self.approximate)
-        return self.ffn_norm(x + self.ffn_out(inner))  # [T, d]
+        return self.ffn_norm(x + self.dropout(self.ffn_out(inner)))  # [T, d]
 
 
 class BertEncoder(nn.Module):
@@ -119,15 +123,21 @@ class BertEncoder(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
         self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.embeddings_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        # Training only: recompute each layer's activations in backward instead of keeping them.
+        self.gradient_checkpointing = False
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         # token type 0 for every token (single-segment inputs)
         x = (self.word_embeddings(batch.input_ids) + self.position_embeddings(batch.positions)
              + self.token_type_embeddings.weight[0])  # [T, d]
-        x = self.embeddings_norm(x)
+        x = self.embeddings_dropout(self.embeddings_norm(x))
         for layer in self.layers:
-            x = layer(x, batch)  # [T, d]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, batch, use_reentrant=False)  # [T, d]
+            else:
+                x = layer(x, batch)  # [T, d]
         return x
 
     def init_weights(self, seed: int, std: float = 0.02) -> None:
