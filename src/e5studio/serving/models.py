@@ -51,7 +51,7 @@ class ModelPool:
         key = model_key(endpoint.model)
         with self._lock:
             loaded = self._models.get(key)
-            if loaded is None:
+            if loaded is None or (loaded.done.is_set() and loaded.embedder is None):  # new, or retry a failure
                 loaded = LoadedModel(key)
                 self._models[key] = loaded
                 threading.Thread(target=self._load, args=(loaded, endpoint.model), daemon=True,
