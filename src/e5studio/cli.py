@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from e5studio import __version__
 from e5studio.errors import E5StudioError
+from e5studio.jobs.train.commands import add_parsers as add_train_parsers
 from e5studio.settings import DEFAULT_MODEL, EngineSettings, ServeSettings
 
 
@@ -52,6 +53,7 @@ def _endpoint_name(model: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
+    import signal
     from pathlib import Path
 
     import uvicorn
@@ -82,8 +84,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_config=None,
                             timeout_graceful_shutdown=30)
     print(f"Serving on {settings.base_url} (data in {settings.data_dir})", flush=True)
-    uvicorn.Server(config).run()
-    store.close()
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it found;
+    # handlers that ignore it make that a clean exit (status 0, store closed) instead of a traceback.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        store.close()
     return 0
 
 
@@ -216,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p in parsers:
         _add_admin_flags(p)
     endpoints.set_defaults(func=cmd_endpoints)
+
+    add_train_parsers(sub)
     return parser
 
 
@@ -226,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except E5StudioError as exc:
         print(f"e5studio: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

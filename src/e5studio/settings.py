@@ -32,6 +32,16 @@ class EngineSettings:
     max_batch_tokens: int = 8192
     max_length: int | None = None
 
+    def __post_init__(self) -> None:
+        from e5studio.errors import InputError
+
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be at least 1, got {self.threads}")
+        if self.max_batch_tokens < 1:
+            raise InputError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
+        if self.max_length is not None and self.max_length < 2:
+            raise InputError(f"max_length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> EngineSettings:
         """Settings from ``E5STUDIO_*`` variables, then explicit overrides (CLI flags) on top."""

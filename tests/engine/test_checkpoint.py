@@ -247,7 +247,7 @@ def test_save_checkpoint_round_trip(minilm_dir: Path, minilm_embedder: Embedder,
         assert torch.equal(reread[name], tensor), name
 
     # the file holds the original Hugging Face tensors under their original names (pooler aside)
-    original = {n: t for n, t in _hf_tensors(minilm_dir).items() 
+    original = {n: t for n, t in _hf_tensors(minilm_dir).items()
                 if not n.startswith(("pooler.", "embeddings.position_ids"))}
     written = _hf_tensors(out)
     assert written.keys() == original.keys()

@@ -64,9 +64,15 @@ def embedder(request: pytest.FixtureRequest, minilm_embedder: Embedder) -> Embed
     return Embedder.load(EngineSettings(model=str(tiny_dir), device="cpu"))
 
 
+@pytest.fixture(scope="module")
+def alone_vectors(embedder: Embedder, mixed_texts: list[str]) -> np.ndarray:
+    """Each text embedded on its own (a batch of one: no padding, no neighbours)."""
+    return np.stack([embedder.embed([text])[0] for text in mixed_texts])
+
+
 @pytest.mark.parametrize("max_batch_tokens", [8192, 300])
 def test_text_alone_equals_text_in_a_mixed_batch(embedder: Embedder, mixed_texts: list[str],
-                                                 max_batch_tokens: int) -> None:
+                                                 alone_vectors: np.ndarray, max_batch_tokens: int) -> None:
     lengths = [len(ids) for ids in embedder.tokenize(mixed_texts)]
     batches = list(micro_batches(lengths, max_batch_tokens))
     if max_batch_tokens == 300:
@@ -77,9 +83,8 @@ def test_text_alone_equals_text_in_a_mixed_batch(embedder: Embedder, mixed_texts
         assert len(batches) == 1
 
     batched = _with_budget(embedder, max_batch_tokens).embed(mixed_texts)
-    alone = np.stack([embedder.embed([text])[0] for text in mixed_texts])
 
-    diff = np.abs(batched - alone).max(axis=1)
+    diff = np.abs(batched - alone_vectors).max(axis=1)
     assert diff.max() <= 1e-5, f"max |batched - alone| per text: {diff}"
 
 
@@ -150,6 +155,13 @@ def test_invalid_input_type_is_an_input_error(minilm_embedder: Embedder) -> None
 def test_non_string_input_is_an_input_error(minilm_embedder: Embedder, bad: object) -> None:
     with pytest.raises(InputError):
         minilm_embedder.embed(["ok", bad])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("max_length", [0, 1, -3])
+def test_max_length_below_two_is_an_input_error(tiny_dir: Path, max_length: int) -> None:
+    """EngineSettings.max_length=None means "the checkpoint's own"; 0 is not None and must not mean it too."""
+    with pytest.raises(InputError, match="max_length"):
+        Embedder.load(EngineSettings(model=str(tiny_dir), device="cpu", max_length=max_length))
 
 
 def test_non_positive_token_budget_is_rejected(minilm_embedder: Embedder) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from e5studio.engine.checkpoint import BertConfig, save_checkpoint
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.encoder import BertEncoder, pack
+from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
 from e5studio.settings import EngineSettings
 from tests.reference import bert_model_embeddings, words_text
 
@@ -107,3 +107,41 @@ def test_init_weights_is_seeded() -> None:
         assert torch.equal(pa, pb), name
         if name.endswith("qkv.weight"):
             assert not torch.equal(pa, pc), name
+
+
+def _small_config(dropout: float) -> BertConfig:
+    return BertConfig(vocab_size=200, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+
+
+def _batch() -> PackedBatch:
+    return pack([np.array([101, 7, 8, 9, 102]), np.array([101, 5, 102])])
+
+
+def test_dropout_only_in_training_mode() -> None:
+    encoder = BertEncoder(_small_config(dropout=0.5))
+    encoder.init_weights(seed=0, std=0.2)
+    batch = _batch()
+    with torch.no_grad():
+        encoder.eval()
+        assert torch.equal(encoder(batch), encoder(batch))
+        encoder.train()
+        assert not torch.equal(encoder(batch), encoder(batch))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    """With dropout on: recomputation in backward must replay the same dropout masks."""
+    results = []
+    for checkpointing in (False, True):
+        encoder = BertEncoder(_small_config(dropout=0.1))
+        encoder.init_weights(seed=0, std=0.2)
+        encoder.gradient_checkpointing = checkpointing
+        encoder.train()
+        torch.manual_seed(123)
+        loss = encoder(_batch()).pow(2).sum()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, msg=name)

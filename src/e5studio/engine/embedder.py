@@ -9,6 +9,7 @@ import numpy as np
 from e5studio.engine.backend import Backend, TorchBackend
 from e5studio.engine.checkpoint import Checkpoint, load_checkpoint
 from e5studio.engine.tokenizer import Tokenizer
+from e5studio.errors import InputError
 from e5studio.settings import EngineSettings
 
 
@@ -50,7 +51,8 @@ class Embedder:
 
             torch.set_num_threads(settings.threads)
         checkpoint = load_checkpoint(settings.model)
-        max_length = min(settings.max_length or checkpoint.max_length, checkpoint.config.max_position_embeddings)
+        requested = checkpoint.max_length if settings.max_length is None else settings.max_length
+        max_length = min(requested, checkpoint.config.max_position_embeddings)
         tokenizer = Tokenizer(checkpoint.path, max_length)
         backend = TorchBackend.load(checkpoint, settings.device, settings.dtype)
         return cls(checkpoint, tokenizer, backend, settings.max_batch_tokens)
@@ -64,6 +66,8 @@ class Embedder:
         return self.tokenizer.max_length
 
     def tokenize(self, texts: Sequence[str], input_type: str | None = None) -> list[np.ndarray]:
+        if isinstance(texts, str):
+            raise InputError("texts must be a list of strings, not one string")
         return self.tokenizer.encode(texts, input_type)
 
     def embed(self, texts: Sequence[str], input_type: str | None = None) -> np.ndarray:

@@ -96,4 +96,6 @@ def _wordpiece_from_vocab(vocab: Path, lowercase: bool) -> Any:
         special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
     )
     tok.decoder = decoders.WordPiece()
+    # special-token text in the input maps to the special id, as tokenizer.json and BertTokenizer do
+    tok.add_special_tokens([t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in ids])
     return tok

@@ -55,7 +55,7 @@ class AccessLog:
         finally:
             elapsed = time.perf_counter() - started
             state = scope.get("state", {})
-            route = getattr(scope.get("route"), "path", scope["path"])
+            route = getattr(scope.get("route"), "path", "unmatched")  # a template, never a raw path
             endpoint = state.get("endpoint", "")
             if scope["path"].startswith(INFERENCE_ROUTES):
                 self.metrics.requests.labels(route, endpoint, str(status)).inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,7 +53,9 @@ class _Job:
             else:
                 self.future.set_result(rows)  # type: ignore[arg-type]
 
-        self.loop.call_soon_threadsafe(apply)
+        # RuntimeError: the caller's event loop is closed, so nobody is waiting for this answer
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(apply)
 
 
 class Batcher:

@@ -51,7 +51,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not raw.strip():
         raise InputError("request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise InputError("request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -93,12 +93,17 @@ class InferenceService:
         if not self.store.check_endpoint_key(endpoint.id, key):
             raise ForbiddenError(f"the key is not valid for endpoint {endpoint.name!r}")
 
-    async def embed(self, request: Request, endpoint: Endpoint, texts: list[str]) -> Embedded:
-        """Key already checked. Batch-size check, tokenise, queue, rows (float32 [n, dim])."""
+    async def embed(self, request: Request, endpoint: Endpoint, texts: list[str],
+                    dimensions: object = None) -> Embedded:
+        """Key already checked. Batch-size check, tokenise, queue, rows (float32 [n, dim]).
+        ``dimensions``, when given, must equal the model's (checked before any compute)."""
         if len(texts) > endpoint.batch_size:
             raise InputError(f"Expected a Tensor with batch size <= {endpoint.batch_size}, "
                              f"got batch size: {len(texts)}")
         embedder, batcher = self.pool.get(endpoint)
+        if dimensions is not None and dimensions != embedder.dim:
+            raise InputError(f"'dimensions' must be {embedder.dim} for this model (it has no shortened "
+                             f"embeddings), got {dimensions!r}")
         sequences = await asyncio.to_thread(embedder.tokenize, texts)
         rows = await batcher.submit(sequences, disconnected=lambda: _disconnect(request))
         return Embedded(rows=rows, tokens=sum(len(s) for s in sequences))

@@ -51,15 +51,18 @@ class ModelPool:
         key = model_key(endpoint.model)
         with self._lock:
             loaded = self._models.get(key)
-            if loaded is None or (loaded.done.is_set() and loaded.embedder is None):  # new, or retry a failure
+            start = loaded is None or (loaded.done.is_set() and loaded.embedder is None)  # new, or retry a failure
+            if start:
                 loaded = LoadedModel(key)
                 self._models[key] = loaded
+            assert loaded is not None
+            if not loaded.done.is_set():
+                self._store.set_status(endpoint.id, DEPLOYING, f"loading {endpoint.model}")
+            if start:  # after Deploying is recorded, so a fast failure cannot be overwritten by it
                 threading.Thread(target=self._load, args=(loaded, endpoint.model), daemon=True,
                                  name=f"e5studio-load-{key}").start()
         if loaded.done.is_set():
             self._publish(loaded)
-        else:
-            self._store.set_status(endpoint.id, DEPLOYING, f"loading {endpoint.model}")
 
     def restore(self) -> None:
         """After a restart: deploy every endpoint in the store."""

@@ -50,12 +50,7 @@ async def embeddings(request: Request) -> dict[str, Any]:
     encoding_format = body.get("encoding_format") or "float"
     if encoding_format not in ("float", "base64"):
         raise InputError(f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}")
-    dimensions = body.get("dimensions")
-    result = await service.embed(request, endpoint, texts)
-    dim = int(result.rows.shape[1])
-    if dimensions is not None and dimensions != dim:
-        raise InputError(f"'dimensions' must be {dim} for this model (it has no shortened embeddings), "
-                         f"got {dimensions!r}")
+    result = await service.embed(request, endpoint, texts, dimensions=body.get("dimensions"))
     request.state.inputs = len(texts)
     request.state.tokens = result.tokens
     return {
