@@ -29,12 +29,10 @@ import numpy as np
 import requests
 
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.synthetic import write_random_checkpoint
 from e5studio.settings import EngineSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("E5STUDIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
-E5_SHAPE_DIR = ROOT / "checkpoints" / "e5-large-v2-shape"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, E5_SHAPE_DIR, ensure_e5_shape, run_models  # noqa: E402
 
 
 def free_port() -> int:
@@ -161,16 +159,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each load level")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if any(Path(m).resolve() == E5_SHAPE_DIR for m in args.models) and not E5_SHAPE_DIR.is_dir():
-        print(f"writing the E5-Large-V2-shaped checkpoint to {E5_SHAPE_DIR} ...", flush=True)
-        write_random_checkpoint(E5_SHAPE_DIR, "e5-large-v2", seed=0)
-    results = []
-    for model in args.models:
-        r = bench(model, args)
-        report(r)
-        results.append(r)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    ensure_e5_shape(args.models)
+    run_models(args.models, lambda model: bench(model, args), report, args.json)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ torch thread count and the same truncation length.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -29,22 +27,10 @@ import torch
 
 from e5studio.engine.checkpoint import BertConfig
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.synthetic import write_random_checkpoint
 from e5studio.settings import EngineSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("E5STUDIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
-E5_SHAPE_DIR = ROOT / "checkpoints" / "e5-large-v2-shape"
-
-
-def read_jsonl(path: Path, field: str, limit: int) -> list[str]:
-    out: list[str] = []
-    with path.open() as fh:
-        for line in fh:
-            if len(out) == limit:
-                break
-            out.append(json.loads(line)[field])
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, E5_SHAPE_DIR, ensure_e5_shape, read_jsonl, run_models  # noqa: E402
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
@@ -191,20 +177,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if any(Path(m).resolve() == E5_SHAPE_DIR for m in args.models) and not E5_SHAPE_DIR.is_dir():
-        print(f"writing the E5-Large-V2-shaped checkpoint to {E5_SHAPE_DIR} ...", flush=True)
-        write_random_checkpoint(E5_SHAPE_DIR, "e5-large-v2", seed=0, tokenizer_from=args.tokenizer_from)
+    ensure_e5_shape(args.models, args.tokenizer_from)
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
     peak_dtype = torch.float32 if device.type == "cpu" else torch.float16
     peak = matmul_peak(device, peak_dtype)
     print(f"matrix-multiply peak on {device} ({peak_dtype}, {args.threads} threads): {peak:.1f} GFLOP/s")
-    results = []
-    for model in args.models:
-        r = bench_model(model, args, peak)
-        report(r)
-        results.append(r)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    run_models(args.models, lambda model: bench_model(model, args, peak), report, args.json)
 
 
 if __name__ == "__main__":
