@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from e5studio import __version__
 from e5studio.errors import E5StudioError
+from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
 from e5studio.settings import DEFAULT_MODEL, EngineSettings, ServeSettings
 
@@ -22,7 +23,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
                                                       "float16, bfloat16")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     parser.add_argument("--max-batch-tokens", type=int, default=None,
-                        help="token budget of one micro-batch (default 8192)")
+                        help="token budget of one micro-batch (default 4096)")
     parser.add_argument("--max-length", type=int, default=None,
                         help="truncate inputs at this many tokens incl. [CLS]/[SEP] (default: the model's, 512 for E5)")
 
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoints.set_defaults(func=cmd_endpoints)
 
     add_train_parsers(sub)
+    add_batch_embed_parsers(sub)
     return parser
 
 

@@ -29,7 +29,7 @@ class EngineSettings:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 4096
     max_length: int | None = None
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ class Embedder:
     """The one engine object the server, batch jobs, evaluation and training use."""
 
     def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: Backend,
-                 max_batch_tokens: int = 8192) -> None:
+                 max_batch_tokens: int = 4096) -> None:
         if max_batch_tokens < 1:
             raise ValueError("max_batch_tokens must be positive")
         self.checkpoint = checkpoint
