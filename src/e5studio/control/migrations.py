@@ -46,6 +46,43 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0002_datasets_jobs",
+        """
+        CREATE TABLE datasets (
+            id              TEXT PRIMARY KEY,
+            name            TEXT NOT NULL,
+            version         INTEGER NOT NULL CHECK (version >= 1),
+            path            TEXT NOT NULL,
+            description     TEXT NOT NULL DEFAULT '',
+            passages        INTEGER NOT NULL,
+            queries         INTEGER NOT NULL,
+            positives       INTEGER NOT NULL,
+            negatives       INTEGER NOT NULL,
+            passages_sha256 TEXT NOT NULL,
+            train_sha256    TEXT NOT NULL,
+            parent_id       TEXT REFERENCES datasets(id),
+            created_at      TEXT NOT NULL,
+            UNIQUE (name, version)
+        );
+        CREATE TABLE jobs (
+            id            TEXT PRIMARY KEY,
+            kind          TEXT NOT NULL,
+            dataset_id    TEXT REFERENCES datasets(id),
+            model         TEXT NOT NULL,
+            output        TEXT NOT NULL,
+            params        TEXT NOT NULL DEFAULT '{}',
+            status        TEXT NOT NULL,
+            status_reason TEXT NOT NULL DEFAULT '',
+            step          INTEGER NOT NULL DEFAULT 0,
+            total_steps   INTEGER NOT NULL DEFAULT 0,
+            metrics       TEXT NOT NULL DEFAULT '{}',
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL
+        );
+        CREATE INDEX jobs_by_output ON jobs(output);
+        """,
+    ),
 ]
 
 _RECORD_TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"

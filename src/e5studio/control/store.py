@@ -1,4 +1,4 @@
-"""The control store: projects, endpoints, endpoint keys and admin tokens in one SQLite database.
+"""The control store: projects, endpoints, endpoint keys, admin tokens, datasets and jobs in one SQLite database.
 
 One :class:`Store` holds one connection (``check_same_thread=False``) guarded by a lock, so it can be
 shared by the threads of a server. Writes run in ``BEGIN IMMEDIATE`` transactions; file databases use
@@ -10,16 +10,18 @@ Every ``*_ref`` argument is an id or a name: ids are tried first, then names.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from e5studio.control.keys import ADMIN_TOKEN_PREFIX, ENDPOINT_KEY_PREFIX, display_prefix, hash_key, new_key, verify_key
 from e5studio.control.migrations import apply_migrations
@@ -60,6 +62,72 @@ class Endpoint:
     status: str
     status_reason: str
     key_prefix: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One registered version of a fine-tuning dataset (passages.jsonl + train.jsonl in ``path``)."""
+
+    id: str
+    name: str
+    version: int
+    path: str
+    description: str
+    passages: int
+    queries: int
+    positives: int
+    negatives: int
+    passages_sha256: str
+    train_sha256: str
+    parent_id: str | None
+    created_at: str
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, accepted wherever a dataset is named."""
+        return f"{self.name}@{self.version}"
+
+
+JOB_RUNNING = "Running"
+JOB_SUCCEEDED = "Succeeded"
+JOB_FAILED = "Failed"
+JOB_INTERRUPTED = "Interrupted"
+JOB_STATUSES = (JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A long-running job (kind ``train``): its inputs, status, progress (step of total_steps), metrics."""
+
+    id: str
+    kind: str
+    dataset_id: str | None
+    model: str
+    output: str
+    params: dict[str, Any] = field(hash=False)
+    status: str = JOB_RUNNING
+    status_reason: str = ""
+    step: int = 0
+    total_steps: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict, hash=False)
+    created_at: str = ""
+    updated_at: str = ""
+
+    @property
+    def progress(self) -> float:
+        """Share of steps done, 0.0 to 1.0."""
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+
+def _dataset(row: sqlite3.Row) -> Dataset:
+    return Dataset(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row has no __iter__ of keys
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = {k: row[k] for k in row.keys()}  # noqa: SIM118
+    values["params"] = json.loads(values["params"])
+    values["metrics"] = json.loads(values["metrics"])
+    return Job(**values)
 
 
 _ENDPOINT_SELECT = """
@@ -359,3 +427,114 @@ class Store:
                 (_new_id(), hash_key(token), _now()),
             )
         return token
+
+    # -- datasets ----------------------------------------------------------------------------------
+
+    def add_dataset(self, name: str, path: str, *, passages: int, queries: int, positives: int, negatives: int,
+                    passages_sha256: str, train_sha256: str, parent_id: str | None = None,
+                    description: str = "") -> Dataset:
+        """Record a validated dataset as the next version of ``name`` (version 1 for a new name).
+
+        Registering the same files (path and both checksums) as the newest version returns that version.
+        """
+        _check_name("dataset", name)
+        with self._write() as conn:
+            latest = conn.execute("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1",
+                                  (name,)).fetchone()
+            if latest is not None and (latest["path"], latest["passages_sha256"], latest["train_sha256"]) == (
+                    path, passages_sha256, train_sha256):
+                return _dataset(latest)
+            dataset = Dataset(id=_new_id(), name=name, version=(latest["version"] + 1) if latest else 1, path=path,
+                              description=description, passages=passages, queries=queries, positives=positives,
+                              negatives=negatives, passages_sha256=passages_sha256, train_sha256=train_sha256,
+                              parent_id=parent_id, created_at=_now())
+            conn.execute(
+                "INSERT INTO datasets (id, name, version, path, description, passages, queries, positives, negatives,"
+                " passages_sha256, train_sha256, parent_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (dataset.id, dataset.name, dataset.version, dataset.path, dataset.description, dataset.passages,
+                 dataset.queries, dataset.positives, dataset.negatives, dataset.passages_sha256,
+                 dataset.train_sha256, dataset.parent_id, dataset.created_at),
+            )
+        return dataset
+
+    def get_dataset(self, ref: str) -> Dataset:
+        """A dataset by id, by ``name@version``, or by name (its newest version)."""
+        name, _, version = ref.rpartition("@") if "@" in ref else (ref, "", "")
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM datasets WHERE id = ?", (ref,)).fetchone()
+            if row is None and version:
+                if not version.isdigit():
+                    raise InputError(f"dataset reference {ref!r}: the version after '@' must be a number")
+                row = self._conn.execute("SELECT * FROM datasets WHERE name = ? AND version = ?",
+                                         (name, int(version))).fetchone()
+            elif row is None:
+                row = self._conn.execute("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1",
+                                         (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"dataset {ref!r} not found (see `e5studio datasets list`)")
+        return _dataset(row)
+
+    def list_datasets(self) -> list[Dataset]:
+        """Every version of every dataset, by name then version."""
+        return [_dataset(row) for row in self._read_all("SELECT * FROM datasets ORDER BY name, version")]
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def create_job(self, kind: str, model: str, output: str, params: dict[str, Any],
+                   dataset_id: str | None = None) -> Job:
+        """Record a job in status Running."""
+        now = _now()
+        job = Job(id=_new_id(), kind=kind, dataset_id=dataset_id, model=model, output=output, params=dict(params),
+                  created_at=now, updated_at=now)
+        with self._write() as conn:
+            if dataset_id is not None and conn.execute("SELECT 1 FROM datasets WHERE id = ?",
+                                                       (dataset_id,)).fetchone() is None:
+                raise NotFoundError(f"dataset {dataset_id!r} not found")
+            conn.execute(
+                "INSERT INTO jobs (id, kind, dataset_id, model, output, params, status, status_reason, step,"
+                " total_steps, metrics, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.kind, job.dataset_id, job.model, job.output, json.dumps(job.params), job.status,
+                 job.status_reason, job.step, job.total_steps, json.dumps(job.metrics), job.created_at,
+                 job.updated_at),
+            )
+        return job
+
+    def update_job(self, job_id: str, *, status: str | None = None, status_reason: str | None = None,
+                   step: int | None = None, total_steps: int | None = None,
+                   metrics: dict[str, Any] | None = None) -> Job:
+        """Change the given fields of a job (``metrics`` is merged into the stored ones); returns the job."""
+        if status is not None and status not in JOB_STATUSES:
+            raise InputError(f"unknown job status {status!r}; expected one of {', '.join(JOB_STATUSES)}")
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"job {job_id!r} not found")
+            job = _job(row)
+            merged = {**job.metrics, **(metrics or {})}
+            values = (status or job.status, job.status_reason if status_reason is None else status_reason,
+                      job.step if step is None else step, job.total_steps if total_steps is None else total_steps,
+                      json.dumps(merged), _now(), job_id)
+            conn.execute("UPDATE jobs SET status = ?, status_reason = ?, step = ?, total_steps = ?, metrics = ?,"
+                         " updated_at = ? WHERE id = ?", values)
+            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def get_job(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id!r} not found")
+        return _job(row)
+
+    def list_jobs(self, kind: str | None = None) -> list[Job]:
+        """Jobs, newest first (all kinds, or one)."""
+        if kind is None:
+            rows = self._read_all("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC")
+        else:
+            rows = self._read_all("SELECT * FROM jobs WHERE kind = ? ORDER BY created_at DESC, rowid DESC", (kind,))
+        return [_job(row) for row in rows]
+
+    def latest_job_for_output(self, kind: str, output: str) -> Job | None:
+        """The newest job of ``kind`` writing to ``output`` (what ``--resume`` continues), or None."""
+        rows = self._read_all("SELECT * FROM jobs WHERE kind = ? AND output = ? ORDER BY created_at DESC, rowid DESC"
+                              " LIMIT 1", (kind, output))
+        return _job(rows[0]) if rows else None

@@ -1,0 +1,294 @@
+"""CLI commands for fine-tuning: ``e5studio datasets ...`` and ``e5studio train``.
+
+Only argparse and the standard library at import time (so ``e5studio --help`` stays fast); torch, the
+engine and the trainer are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from e5studio.errors import InputError
+
+if TYPE_CHECKING:
+    from e5studio.control.store import Store
+
+DEFAULT_DATA_DIR = ".e5studio"
+
+
+def _store(args: argparse.Namespace) -> Store:
+    from e5studio.control.store import Store
+
+    return Store(Path(args.data_dir) / "e5studio.db")
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help=f"where the control store lives (default ./{DEFAULT_DATA_DIR})")
+
+
+def _add_validation_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-n-passages", type=int, default=8,
+                        help="passages per query in a training step (1 positive + N-1 negatives), default 8: "
+                             "queries with fewer negatives get a warning")
+    parser.add_argument("--max-problems", type=int, default=100, help="stop after this many errors (default 100)")
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+def _validate(directory: str, args: argparse.Namespace) -> Any:
+    from e5studio.jobs.train.data import validate_dataset
+
+    report = validate_dataset(Path(directory), args.train_n_passages, args.max_problems)
+    for line in report.lines():
+        print(line)
+    return report
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    if args.action == "validate":
+        return 0 if _validate(args.directory, args).ok else 1
+    if args.action == "add":
+        report = _validate(args.directory, args)
+        if not report.ok:
+            raise InputError(f"dataset {args.name!r} not recorded: {len(report.errors)} errors (listed above)")
+        with _store(args) as store:
+            dataset = store.add_dataset(
+                args.name, str(Path(args.directory).resolve()), passages=report.passages, queries=report.queries,
+                positives=report.positives, negatives=report.negatives, passages_sha256=report.passages_sha256,
+                train_sha256=report.train_sha256, description=args.description)
+        print(f"recorded dataset {dataset.ref} (id {dataset.id})")
+        return 0
+    if args.action == "list":
+        with _store(args) as store:
+            datasets = store.list_datasets()
+        if not datasets:
+            print("no datasets (add one with `e5studio datasets add NAME DIR`)")
+        for d in datasets:
+            print(f"{d.ref:<24} {d.passages:>9} passages {d.queries:>8} queries {d.negatives:>9} negatives  "
+                  f"train sha256 {d.train_sha256[:12]}  {d.path}")
+        return 0
+    return _mine(args)
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from e5studio.engine.embedder import Embedder
+    from e5studio.jobs.train.data import validate_dataset
+    from e5studio.jobs.train.mining import mine_negatives
+    from e5studio.settings import EngineSettings
+
+    with _store(args) as store:
+        source = store.get_dataset(args.name)
+        _check_unchanged(source)
+        settings = EngineSettings.from_env(model=args.model, device=args.device, threads=args.threads,
+                                           max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
+        embedder = Embedder.load(settings)
+        newest = store.get_dataset(source.name).version
+        destination = Path(args.data_dir).resolve() / "datasets" / source.name / f"v{newest + 1}"
+        t0 = time.perf_counter()
+        result = mine_negatives(Path(source.path), destination, embedder, args.top_k, args.skip_top)
+        report = validate_dataset(destination, args.train_n_passages)
+        if not report.ok:  # pragma: no cover - mining writes valid files
+            raise InputError(f"mined dataset in {destination} is invalid: {report.errors[0]}")
+        dataset = store.add_dataset(
+            source.name, str(destination), passages=report.passages, queries=report.queries,
+            positives=report.positives, negatives=report.negatives, passages_sha256=report.passages_sha256,
+            train_sha256=report.train_sha256, parent_id=source.id,
+            description=f"{source.ref} + {args.top_k} negatives mined with {args.model} (skip top {args.skip_top})")
+    print(f"mined {result.negatives_added} negatives for {result.queries} queries in "
+          f"{time.perf_counter() - t0:.1f}s; recorded dataset {dataset.ref} ({destination})")
+    return 0
+
+
+def _check_unchanged(dataset: Any) -> None:
+    from e5studio.jobs.train.data import PASSAGES_FILE, TRAIN_FILE, file_sha256
+
+    for name, expected in ((PASSAGES_FILE, dataset.passages_sha256), (TRAIN_FILE, dataset.train_sha256)):
+        path = Path(dataset.path) / name
+        if not path.is_file():
+            raise InputError(f"dataset {dataset.ref}: {path} no longer exists")
+        if file_sha256(path) != expected:
+            raise InputError(f"dataset {dataset.ref}: {path} changed since it was recorded; "
+                             f"record it again with `e5studio datasets add {dataset.name} {dataset.path}`")
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+class StoreReporter:
+    """Records a train job's progress and metrics in the control store (progress at most every 2 s)."""
+
+    def __init__(self, store: Store, job_id: str, interval_s: float = 2.0) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        self.store.update_job(self.job_id, total_steps=total_steps, step=start_step)
+
+    def on_step(self, step: int, total_steps: int, loss: float) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval_s or step == total_steps:
+            self._last = now
+            self.store.update_job(self.job_id, step=step, metrics={"loss": loss})
+
+    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.store.update_job(self.job_id, step=step, metrics={f"epoch{epoch}": dict(metrics), "last_eval": {
+            "epoch": epoch, **metrics}})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    import torch.distributed as torch_dist
+
+    from e5studio.control.store import JOB_FAILED, JOB_INTERRUPTED, JOB_RUNNING, JOB_SUCCEEDED
+    from e5studio.jobs.train.evaluate import load_eval_set
+    from e5studio.jobs.train.trainer import DistContext, RunOptions, Trainer, TrainJob, TrainSettings
+
+    dist = DistContext.from_env(os.environ)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = TrainSettings(
+        epochs=args.epochs, batch_size=args.batch_size, train_n_passages=args.train_n_passages,
+        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm, temperature=args.temperature, seed=args.seed,
+        query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
+        precision=args.precision)
+    options = RunOptions(device=args.device, gradient_checkpointing=args.gradient_checkpointing,
+                         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+                         eval_max_length=args.eval_max_length, progress=not args.no_progress)
+    output = Path(args.output).resolve()
+    store = _store(args)
+    job_id: str | None = None
+    try:
+        dataset = store.get_dataset(args.dataset)
+        if dist.is_main:
+            _check_unchanged(dataset)
+        evalset = load_eval_set(Path(args.eval_dir), max_queries=args.eval_max_queries) if args.eval_dir else None
+        if dist.world_size > 1:
+            backend = "nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo"
+            torch_dist.init_process_group(backend)
+        job = TrainJob(model=args.model, dataset_dir=Path(dataset.path), output=output, settings=settings,
+                       options=options, evalset=evalset,
+                       dataset_checksums={"passages": dataset.passages_sha256, "train": dataset.train_sha256})
+        trainer = Trainer(job, dist)
+        if dist.is_main:
+            params = {"dataset": dataset.ref, "eval_dir": args.eval_dir, "world_size": dist.world_size,
+                      **{k: v for k, v in vars(settings).items()}}
+            previous = store.latest_job_for_output("train", str(output)) if args.resume else None
+            if previous is not None:
+                job_id = previous.id
+                store.update_job(job_id, status=JOB_RUNNING, status_reason="resumed")
+            else:
+                job_id = store.create_job("train", args.model, str(output), params, dataset.id).id
+            trainer.reporter = StoreReporter(store, job_id)
+            print(f"train job {job_id}: {args.model} on dataset {dataset.ref} -> {output} "
+                  f"({trainer.total_steps} steps, {dist.world_size} process(es), device {trainer.device})",
+                  file=sys.stderr, flush=True)
+        result = trainer.run(resume=args.resume)
+    except KeyboardInterrupt:
+        if job_id is not None:
+            store.update_job(job_id, status=JOB_INTERRUPTED, status_reason="interrupted (Ctrl-C); --resume continues")
+        print("e5studio: interrupted; `e5studio train ... --resume` continues from the newest checkpoint",
+              file=sys.stderr)
+        return 130
+    except BaseException as exc:
+        if job_id is not None:
+            store.update_job(job_id, status=JOB_FAILED, status_reason=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    finally:
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+    if dist.is_main and job_id is not None:
+        summary: dict[str, Any] = {"final_dir": str(result.final_dir), "groups_per_s": round(result.groups_per_s, 3),
+                                   "best_dir": str(result.best_dir) if result.best_dir else None}
+        if result.peak_memory_bytes is not None:
+            summary["peak_gpu_memory_gib"] = round(result.peak_memory_bytes / 2**30, 2)
+        if result.history:
+            summary["before"] = {k: v for k, v in result.history[0].items() if "@" in k}
+            summary["after"] = {k: v for k, v in result.history[-1].items() if "@" in k}
+        store.update_job(job_id, status=JOB_SUCCEEDED, status_reason="", step=result.steps, metrics=summary)
+        print(json.dumps({"job": job_id, **summary}, indent=2))
+    store.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``datasets`` and ``train`` to the CLI's subparsers."""
+    datasets = sub.add_parser("datasets", help="fine-tuning datasets: validate, add, list, mine-negatives",
+                              description="Datasets in the passages.jsonl + train.jsonl format.")
+    dsub = datasets.add_subparsers(dest="action", required=True)
+    validate = dsub.add_parser("validate", help="check a dataset directory; every problem with file and line")
+    validate.add_argument("directory")
+    _add_validation_flags(validate)
+    add = dsub.add_parser("add", help="validate a dataset directory and record it (a new version if NAME exists)")
+    add.add_argument("name")
+    add.add_argument("directory")
+    add.add_argument("--description", default="")
+    _add_validation_flags(add)
+    _add_data_dir(add)
+    listing = dsub.add_parser("list", help="recorded datasets, every version")
+    _add_data_dir(listing)
+    mine = dsub.add_parser("mine-negatives", help="add hard negatives mined with a model (a new dataset version)",
+                           description="Embed the corpus and the queries, rank, skip the top few non-positives, "
+                                       "keep the next K as negatives; records NAME's next version.")
+    mine.add_argument("name", help="dataset name (newest version), name@version, or id")
+    mine.add_argument("--model", required=True, help="hub id, alias or local directory used for mining")
+    mine.add_argument("--top-k", type=int, default=30, help="negatives mined per query (default 30)")
+    mine.add_argument("--skip-top", type=int, default=3,
+                      help="non-positive passages skipped at the top of each ranking (likely false negatives; "
+                           "default 3)")
+    mine.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+    mine.add_argument("--threads", type=int, default=None)
+    mine.add_argument("--max-batch-tokens", type=int, default=None)
+    mine.add_argument("--max-length", type=int, default=None, help="truncation length (default: the model's)")
+    mine.add_argument("--train-n-passages", type=int, default=8, help=argparse.SUPPRESS)
+    _add_data_dir(mine)
+    datasets.set_defaults(func=cmd_datasets)
+
+    train = sub.add_parser("train", help="fine-tune a model on a dataset (E5 recipe; torchrun for several GPUs)",
+                           description="Contrastive fine-tuning with InfoNCE over the global batch. Run under "
+                                       "`torchrun --nproc-per-node N` for DDP.")
+    train.add_argument("--dataset", required=True, help="dataset name (newest version), name@version, or id")
+    train.add_argument("--model", required=True, help="hub id, alias or local directory to start from")
+    train.add_argument("--output", required=True, help="job directory: checkpoints/, best/, final/, metrics")
+    train.add_argument("--eval-dir", default=None,
+                       help="evaluation set (passages.jsonl, queries.test.jsonl, qrels.test.tsv): nDCG@10, MRR@10, "
+                            "Recall@100 before training and after each epoch")
+    train.add_argument("--eval-max-queries", type=int, default=None, help="evaluate on the first N judged queries")
+    train.add_argument("--eval-max-length", type=int, default=None, help="truncation in evaluation (default: "
+                                                                         "the model's serving length)")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--batch-size", type=int, default=32, help="queries per step, over all processes (default 32)")
+    train.add_argument("--train-n-passages", type=int, default=8, help="1 positive + N-1 negatives (default 8)")
+    train.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (default 2e-5)")
+    train.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warmup")
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
+    train.add_argument("--temperature", type=float, default=0.01, help="InfoNCE temperature (E5: 0.01)")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--query-max-length", type=int, default=64)
+    train.add_argument("--passage-max-length", type=int, default=256)
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                       help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU trains in fp32")
+    train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and each epoch end)")
+    train.add_argument("--keep-checkpoints", type=int, default=2, help="complete checkpoints kept (default 2)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_dir(train)
+    train.set_defaults(func=cmd_train)

@@ -1,0 +1,110 @@
+"""What a train job shows: the metrics JSONL, the plot of loss and nDCG@10, the progress bar.
+
+``metrics.jsonl`` holds one JSON object per line: ``{"event": "step", "step", "epoch", "loss", "lr",
+"grad_norm", "groups_per_s"}`` after every optimizer step and ``{"event": "eval", "step", "epoch",
+"ndcg@10", "mrr@10", "recall@100", "seconds"}`` before training (step 0) and after each epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+
+
+class MetricsLog:
+    """Append-only JSONL of step and eval records; on resume, records after the checkpoint are dropped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        with self.path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:  # a line cut by a crash
+                    continue
+        return out
+
+    def truncate_after(self, step: int) -> None:
+        """Keep the records up to ``step`` (those the resumed run will not write again)."""
+        kept = [r for r in self.records() if int(r.get("step", 0)) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def reset(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def plot_metrics(records: list[dict[str, Any]], path: Path) -> bool:
+    """Loss per step and nDCG@10 per evaluation as a PNG; False (nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    steps = [r for r in records if r.get("event") == "step"]
+    evals = [r for r in records if r.get("event") == "eval"]
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, color="tab:blue")
+    ax_loss.set(xlabel="step", ylabel="InfoNCE loss", title="training loss")
+    ax_loss.grid(alpha=0.3)
+    ax_eval.plot([r["step"] for r in evals], [r.get("ndcg@10", float("nan")) for r in evals], marker="o",
+                 color="tab:green")
+    for r in evals:
+        ax_eval.annotate(f"ep {r['epoch']}: {r.get('ndcg@10', 0):.3f}", (r["step"], r.get("ndcg@10", 0)),
+                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax_eval.set(xlabel="step", ylabel="nDCG@10", title="evaluation (before training and after each epoch)")
+    ax_eval.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+class Progress:
+    """A tqdm bar (steps, loss, query groups/s) on stderr; silent when disabled or tqdm is missing."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self._bar: Any = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # pragma: no cover - tqdm comes with huggingface_hub
+                return
+            self._bar = tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True,
+                             desc="train")
+
+    def update(self, loss: float, groups_per_s: float, epoch: int) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", groups_s=f"{groups_per_s:.1f}", refresh=False)
+            self._bar.update(1)
+
+    def write(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

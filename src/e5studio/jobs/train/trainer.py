@@ -1,0 +1,463 @@
+"""The E5 fine-tuning loop: one process, or several under ``torchrun`` (DDP, embeddings all-gathered).
+
+Each step: the global batch of ``batch_size`` query groups (a pure function of seed, epoch and step, see
+:mod:`.data`) is split evenly across ranks; each rank tokenises its slice (queries with ``query: ``,
+passages with ``passage: ``, separate max lengths), packs queries and passages into one padding-free
+batch, runs the encoder once, mean-pools and L2-normalises, all-gathers the query and passage embeddings
+(its own slice keeps its autograd graph), and computes :func:`.loss.info_nce` over the whole global batch.
+Every rank computes the same global loss; it backpropagates ``world_size * loss`` so that DDP's gradient
+average equals the gradient of the global loss (each rank contributes the exact gradient through its own
+embeddings). Gradients are clipped, AdamW steps, the LR follows linear warmup then linear decay.
+
+Rank 0 alone evaluates, logs, writes checkpoints and exports models; checkpoints carry every rank's RNG
+state so dropout continues exactly after ``--resume``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as torch_dist
+
+from e5studio.engine.backend import pick_device
+from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights, save_checkpoint
+from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
+from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.engine.tokenizer import Tokenizer
+from e5studio.errors import InputError
+from e5studio.jobs.train.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint_state,
+    remove_temporary,
+    save_checkpoint_state,
+    write_atomically,
+)
+from e5studio.jobs.train.data import Group, GroupSampler, PassageStore, TrainData
+from e5studio.jobs.train.evaluate import EvalSet, evaluate_module
+from e5studio.jobs.train.loss import E5_TEMPERATURE, false_negative_mask, info_nce
+from e5studio.jobs.train.report import METRICS_FILE, PLOT_FILE, MetricsLog, Progress, plot_metrics
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters (E5 fine-tuning defaults); a resumed run must use the same ones."""
+
+    epochs: int = 3
+    batch_size: int = 32  # query groups per optimizer step, over all processes
+    train_n_passages: int = 8  # 1 positive + 7 negatives per query
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1  # share of all steps spent warming the LR up linearly from 0
+    weight_decay: float = 0.01  # AdamW, not applied to biases and LayerNorm weights
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    temperature: float = E5_TEMPERATURE
+    seed: int = 42
+    query_max_length: int = 64
+    passage_max_length: int | None = 256  # None: the model's own maximum
+    precision: str = "auto"  # autocast on CUDA: auto = bf16 where supported, else fp16; CPU is always fp32
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch size must be at least 1"),
+            (self.train_n_passages >= 1, "train_n_passages must be at least 1"),
+            (self.learning_rate > 0, "learning rate must be positive"),
+            (0 <= self.warmup_ratio < 1, "warmup ratio must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight decay must be >= 0"),
+            (self.max_grad_norm >= 0, "max grad norm must be >= 0"),
+            (self.temperature > 0, "temperature must be positive"),
+            (self.query_max_length >= 2, "query max length must be at least 2"),
+            (self.passage_max_length is None or self.passage_max_length >= 2, "passage max length must be >= 2"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run executes; none of these change the trained weights (on a given device)."""
+
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    save_every: int = 500  # also at each epoch end; 0 = epoch ends only
+    keep_checkpoints: int = 2
+    eval_max_length: int | None = None  # None: the model's serving length
+    eval_batch_tokens: int = 8192
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one run needs: model, data, output, hyperparameters, options."""
+
+    model: str
+    dataset_dir: Path
+    output: Path
+    settings: TrainSettings = TrainSettings()
+    options: RunOptions = RunOptions()
+    evalset: EvalSet | None = None
+    dataset_checksums: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DistContext:
+        """From torchrun's RANK / WORLD_SIZE / LOCAL_RANK variables."""
+        try:
+            return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+        except ValueError:
+            raise InputError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
+
+
+class Reporter(Protocol):
+    """Receives progress on the main rank (the CLI records it in the control store)."""
+
+    def on_start(self, total_steps: int, start_step: int) -> None: ...
+
+    def on_step(self, step: int, total_steps: int, loss: float) -> None: ...
+
+    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None: ...
+
+
+class NullReporter:
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        pass
+
+    def on_step(self, step: int, total_steps: int, loss: float) -> None:
+        pass
+
+    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    final_dir: Path
+    best_dir: Path | None
+    history: list[dict[str, Any]]
+    steps: int
+    groups_per_s: float
+    peak_memory_bytes: int | None = None  # CUDA only: peak memory allocated by torch during the run
+
+
+# ---------------------------------------------------------------------------------------------- one step
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One rank's share of a step: its packed queries + passages, and the global loss targets."""
+
+    batch: PackedBatch  # this rank's n_queries queries, then its passages, packed
+    n_queries: int
+    positive_index: torch.Tensor  # [B_global] int64, column of each query's positive among global passages
+    exclude: torch.Tensor  # [B_global, N_global] bool, false negatives
+
+
+def prepare_step(groups: Sequence[Group], passages: PassageStore, query_tokenizer: Tokenizer,
+                 passage_tokenizer: Tokenizer, rank: int = 0, world_size: int = 1) -> StepInputs:
+    """Tokenise and pack this rank's slice of the global batch ``groups``; build the global loss targets."""
+    if len(groups) % world_size:
+        raise InputError(f"the batch of {len(groups)} queries does not split evenly over {world_size} processes")
+    k = len(groups[0].doc_ids)
+    if any(len(g.doc_ids) != k for g in groups):
+        raise InputError("every group of a step needs the same number of passages")
+    doc_ids = [d for g in groups for d in g.doc_ids]  # [N_global]
+    positive_index = [i * k for i in range(len(groups))]  # [B_global]
+    exclude = false_negative_mask([g.positives for g in groups], doc_ids, positive_index)
+    per_rank = len(groups) // world_size
+    local = groups[rank * per_rank:(rank + 1) * per_rank]
+    query_ids = query_tokenizer.encode([g.query for g in local], "query")
+    passage_ids = passage_tokenizer.encode(passages.texts([d for g in local for d in g.doc_ids]), "passage")
+    return StepInputs(pack(query_ids + passage_ids), len(local), torch.tensor(positive_index), exclude)
+
+
+def gather_with_local_grad(x: torch.Tensor, dist: DistContext) -> torch.Tensor:
+    """All ranks' ``x`` concatenated in rank order; this rank's slice keeps its gradient. [n, d] -> [W*n, d]"""
+    if dist.world_size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.world_size)]
+    torch_dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.rank] = x
+    return torch.cat(parts)
+
+
+def step_loss(model: torch.nn.Module, inputs: StepInputs, dist: DistContext, device: torch.device,
+              temperature: float, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The global InfoNCE loss of one step (fp32 scalar; identical on every rank)."""
+    batch = inputs.batch.to(device)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        hidden = model(batch)  # [T, d]
+    embeddings = l2_normalize(mean_pool(hidden, batch.seq_index, batch.lengths))  # [Bl + Pl, d] fp32
+    queries = gather_with_local_grad(embeddings[:inputs.n_queries], dist)  # [B, d]
+    passages = gather_with_local_grad(embeddings[inputs.n_queries:], dist)  # [N, d]
+    return info_nce(queries, passages, inputs.positive_index.to(device), inputs.exclude.to(device), temperature)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on CUDA (None = fp32); bf16/fp16 are refused on CPU."""
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise InputError(f"precision {precision} needs a CUDA device; on CPU training runs in fp32")
+        return None
+    if precision == "fp32":
+        return None
+    if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Any:
+    """LR multiplier: 0 -> 1 over ``warmup_steps``, then 1 -> 0 linearly at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        (no_decay if name.endswith("bias") or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+def load_encoder(checkpoint: Checkpoint) -> BertEncoder:
+    encoder = BertEncoder(checkpoint.config)
+    encoder.load_state_dict(read_weights(checkpoint), strict=True)
+    return encoder
+
+
+def export_model(encoder: BertEncoder, checkpoint: Checkpoint, directory: Path) -> Path:
+    """Write the encoder as a Hugging Face + sentence-transformers checkpoint, replacing ``directory`` atomically."""
+    state = {k: v.detach().float().cpu() for k, v in encoder.state_dict().items()}
+    return write_atomically(directory, lambda tmp: save_checkpoint(
+        tmp, checkpoint.config, state, tokenizer_from=checkpoint.path, max_length=checkpoint.max_length))
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Runs one :class:`TrainJob`; construct it, then :meth:`run`."""
+
+    def __init__(self, job: TrainJob, dist: DistContext = DistContext(), reporter: Reporter | None = None) -> None:
+        self.job = job
+        self.dist = dist
+        self.reporter: Reporter = reporter or NullReporter()
+        s = job.settings
+        if s.batch_size % dist.world_size:
+            raise InputError(f"--batch-size {s.batch_size} must be a multiple of the number of processes "
+                             f"({dist.world_size})")
+        device = pick_device(job.options.device)
+        if device.type == "cuda" and dist.world_size > 1:
+            device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        self.autocast = autocast_dtype_for(s.precision, device)
+        self.checkpoint = load_checkpoint(job.model)
+        limit = self.checkpoint.config.max_position_embeddings
+        self.passage_max_length = min(s.passage_max_length or self.checkpoint.max_length, limit)
+        self.query_tokenizer = Tokenizer(self.checkpoint.path, min(s.query_max_length, limit))
+        self.passage_tokenizer = Tokenizer(self.checkpoint.path, self.passage_max_length)
+        self.data = TrainData.load(job.dataset_dir)
+        self.sampler = GroupSampler(self.data, s.batch_size, s.train_n_passages, s.seed)
+        self.total_steps = self.sampler.steps_per_epoch * s.epochs
+        self.warmup_steps = math.ceil(s.warmup_ratio * self.total_steps)
+        self.output = job.output
+        self.checkpoints_dir = job.output / "checkpoints"
+        self.log = MetricsLog(job.output / METRICS_FILE)
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        return {"settings": asdict(self.job.settings), "model": self.job.model,
+                "dataset": dict(self.job.dataset_checksums), "world_size": self.dist.world_size}
+
+    def _check_resumable(self, saved: Mapping[str, Any]) -> None:
+        mine = self.fingerprint()
+        changed = [key for key in mine if saved.get(key) != mine[key]]
+        if "settings" in changed:
+            old = saved.get("settings") or {}
+            fields = [k for k, v in mine["settings"].items() if old.get(k) != v]
+            raise InputError(f"cannot resume: hyperparameters differ from the checkpoint ({', '.join(fields)}); "
+                             "resume with the same ones or train into a new --output")
+        if changed:
+            raise InputError(f"cannot resume: {', '.join(changed)} differ from the checkpoint's")
+
+    # -- main ----------------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> TrainResult:
+        s, opts, dist = self.job.settings, self.job.options, self.dist
+        torch.manual_seed(s.seed + dist.rank)  # dropout masks; restored exactly on resume
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        encoder = load_encoder(self.checkpoint)
+        encoder.gradient_checkpointing = opts.gradient_checkpointing
+        encoder.to(self.device).train()
+        model: torch.nn.Module = encoder
+        if dist.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=None)
+        optimizer = build_optimizer(encoder, s)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(self.warmup_steps,
+                                                                                  self.total_steps))
+        scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
+        history: list[dict[str, Any]] = []  # eval records
+        best: dict[str, Any] | None = None
+        step = 0
+        if dist.is_main:
+            remove_temporary(self.checkpoints_dir)
+            remove_temporary(self.output)
+        latest = latest_checkpoint(self.checkpoints_dir)
+        if latest is not None and not resume:
+            raise InputError(f"{self.output} already holds training checkpoints ({latest.name}); pass --resume "
+                             "to continue that run, or choose another --output")
+        if resume and latest is not None:
+            state = load_checkpoint_state(latest)
+            self._check_resumable(state.get("fingerprint", {}))
+            encoder.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            rng = state["rng"]
+            _set_rng_state(rng[dist.rank] if dist.rank < len(rng) else rng[0])
+            step, history, best = int(state["step"]), list(state["history"]), state["best"]
+            if dist.is_main:
+                self.log.truncate_after(step)
+        elif dist.is_main:
+            self.log.reset()
+        progress = Progress(self.total_steps, step, opts.progress and dist.is_main)
+        if dist.is_main:
+            self.reporter.on_start(self.total_steps, step)
+            if resume:
+                progress.write(f"resuming from {latest.name} (step {step})" if latest is not None
+                               else "no checkpoint to resume from: starting at step 0")
+        if step == 0 and self.job.evalset is not None and not history:
+            history.append(self._evaluate(encoder, 0, 0, progress))
+        spe = self.sampler.steps_per_epoch
+        rate = 0.0
+        train_seconds = 0.0  # optimizer steps only (evaluation and checkpoints excluded)
+        done_here = 0
+        while step < self.total_steps:
+            epoch, in_epoch = divmod(step, spe)
+            t0 = time.perf_counter()
+            inputs = prepare_step(self.sampler.batch(epoch, in_epoch), self.data.passages, self.query_tokenizer,
+                                  self.passage_tokenizer, dist.rank, dist.world_size)
+            loss = step_loss(model, inputs, dist, self.device, s.temperature, self.autocast)
+            scaler.scale(loss * dist.world_size).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(),
+                                                       s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
+            lr = scheduler.get_last_lr()[0]
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            done_here += 1
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+            rate = s.batch_size / max(seconds, 1e-9)
+            if dist.is_main:
+                value = float(loss.detach())
+                self.log.append({"event": "step", "step": step, "epoch": round(step / spe, 4), "loss": value,
+                                 "lr": lr, "grad_norm": float(grad_norm), "groups_per_s": round(rate, 3)})
+                progress.update(value, rate, epoch + 1)
+                self.reporter.on_step(step, self.total_steps, value)
+            epoch_end = step % spe == 0
+            if epoch_end and self.job.evalset is not None:
+                record = self._evaluate(encoder, step, step // spe, progress)
+                history.append(record)
+                if dist.is_main and (best is None or record["ndcg@10"] > best["ndcg@10"]):
+                    best = record
+                    export_model(encoder, self.checkpoint, self.output / "best")
+            if epoch_end or (opts.save_every and step % opts.save_every == 0):
+                self._save(step, encoder, optimizer, scheduler, scaler, history, best)
+        progress.close()
+        overall = s.batch_size * done_here / train_seconds if done_here else rate
+        final_dir = self.output / "final"
+        if dist.is_main:
+            export_model(encoder, self.checkpoint, final_dir)
+            plot_metrics(self.log.records(), self.output / PLOT_FILE)
+        if dist.world_size > 1:
+            torch_dist.barrier()
+        best_dir = self.output / "best" if best is not None else None
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return TrainResult(final_dir, best_dir, history, step, overall, peak)
+
+    def _evaluate(self, encoder: BertEncoder, step: int, epoch: int, progress: Progress) -> dict[str, Any]:
+        """Rank 0 evaluates and logs; every rank gets the record (other ranks wait at a barrier)."""
+        record: dict[str, Any] = {}
+        if self.dist.is_main and self.job.evalset is not None:
+            t0 = time.perf_counter()
+            metrics = evaluate_module(encoder, self.checkpoint,
+                                      self.job.options.eval_max_length or self.checkpoint.max_length,
+                                      self.job.evalset, self.device, self.autocast,
+                                      self.job.options.eval_batch_tokens)
+            record = {"event": "eval", "step": step, "epoch": epoch, **metrics,
+                      "seconds": round(time.perf_counter() - t0, 2)}
+            self.log.append(record)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            progress.write(f"eval after epoch {epoch} (step {step}): {shown}")
+            self.reporter.on_eval(step, epoch, metrics)
+            plot_metrics(self.log.records(), self.output / PLOT_FILE)
+        if self.dist.world_size > 1:
+            box: list[Any] = [record]
+            torch_dist.broadcast_object_list(box, src=0)
+            record = box[0]
+        return record
+
+    def _save(self, step: int, encoder: BertEncoder, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+              history: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
+        rng = [_rng_state()]
+        if self.dist.world_size > 1:
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch_dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if self.dist.is_main:
+            state = {"step": step, "model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
+                     "history": history, "best": best, "fingerprint": self.fingerprint(),
+                     "sampler": {"epoch": step // self.sampler.steps_per_epoch,
+                                 "step_in_epoch": step % self.sampler.steps_per_epoch}}
+            save_checkpoint_state(self.checkpoints_dir, step, state, self.job.options.keep_checkpoints)

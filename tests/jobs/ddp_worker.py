@@ -1,0 +1,43 @@
+"""One training step in a process of a gloo group (spawned by test_distributed.py); importable by spawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from e5studio.engine.checkpoint import load_checkpoint
+from e5studio.engine.tokenizer import Tokenizer
+from e5studio.jobs.train.data import GroupSampler, TrainData
+from e5studio.jobs.train.trainer import DistContext, load_encoder, prepare_step, step_loss
+
+GLOBAL_BATCH = 8
+N_PASSAGES = 3
+
+
+def first_step(model_dir: Path, data_dir: Path, ctx: DistContext) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and parameter gradients of step 0 of epoch 0, as the trainer computes them."""
+    checkpoint = load_checkpoint(str(model_dir))
+    encoder = load_encoder(checkpoint).train()
+    model: torch.nn.Module = encoder
+    if ctx.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(encoder)
+    data = TrainData.load(data_dir)
+    groups = GroupSampler(data, GLOBAL_BATCH, N_PASSAGES, seed=3).batch(0, 0)
+    inputs = prepare_step(groups, data.passages, Tokenizer(checkpoint.path, 16), Tokenizer(checkpoint.path, 32),
+                          ctx.rank, ctx.world_size)
+    loss = step_loss(model, inputs, ctx, torch.device("cpu"), temperature=0.01)
+    (loss * ctx.world_size).backward()
+    return float(loss.detach()), {n: p.grad.detach().clone() for n, p in encoder.named_parameters()
+                                  if p.grad is not None}
+
+
+def worker(rank: int, world_size: int, init_file: str, model_dir: str, data_dir: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        loss, grads = first_step(Path(model_dir), Path(data_dir), DistContext(rank, world_size, rank))
+        torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
