@@ -30,7 +30,7 @@ run: install  ## embed two sample texts: embed sample texts with MODEL and print
 	  "passage: As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per day."
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/mypy
 
 test: install lint  ## what CI runs: lint, types, the default test suite
