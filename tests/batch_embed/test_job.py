@@ -14,7 +14,8 @@ import pytest
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.runner import JobState, model_identity, run_job
-from e5studio.jobs.batch_embed.writer import MANIFEST, file_sha256, read_output
+from e5studio.jobs.batch_embed.writer import MANIFEST, read_output
+from e5studio.jobs.files import file_sha256
 from e5studio.retrieval.index import ExactIndex
 from tests.batch_embed.conftest import make_texts, settings_for, write_jsonl
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from e5studio.errors import InputError
+from e5studio.jobs.files import file_sha256
 from e5studio.jobs.train.data import (
     GroupSampler,
     PassageStore,
     TrainData,
-    file_sha256,
     read_examples,
     validate_dataset,
 )

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from e5studio.errors import InputError
+from e5studio.jobs.files import file_sha256
 
 MANIFEST = "manifest.json"
 SHARDS_DIR = "shards"
@@ -36,13 +37,6 @@ def shard_name(window: int) -> str:
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_dir(directory: Path) -> None:

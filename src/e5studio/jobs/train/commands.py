@@ -109,7 +109,8 @@ def _mine(args: argparse.Namespace) -> int:
 
 
 def _check_unchanged(dataset: Any) -> None:
-    from e5studio.jobs.train.data import PASSAGES_FILE, TRAIN_FILE, file_sha256
+    from e5studio.jobs.files import file_sha256
+    from e5studio.jobs.train.data import PASSAGES_FILE, TRAIN_FILE
 
     for name, expected in ((PASSAGES_FILE, dataset.passages_sha256), (TRAIN_FILE, dataset.train_sha256)):
         path = Path(dataset.path) / name

@@ -342,13 +342,6 @@ def _validate_train(path: Path, report: ValidationReport) -> None:
             "`e5studio datasets mine-negatives` for better training"))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 # ------------------------------------------------------------------------------------------ reading
 
