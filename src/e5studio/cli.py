@@ -8,36 +8,23 @@ import sys
 from collections.abc import Sequence
 
 from e5studio import __version__
+from e5studio.engine_flags import add_engine_flags, engine_settings
 from e5studio.errors import E5StudioError
 from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
-from e5studio.settings import DEFAULT_MODEL, EngineSettings, ServeSettings
+from e5studio.settings import DEFAULT_MODEL, ServeSettings
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help=f"hub id, alias (e5-large-v2, e5-base-v2, e5-small-v2, all-minilm-l6-v2) or local "
+    add_engine_flags(parser, f"hub id, alias (e5-large-v2, e5-base-v2, e5-small-v2, all-minilm-l6-v2) or local "
                              f"directory (default {DEFAULT_MODEL}, or $E5STUDIO_MODEL)")
-    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default=None, help="auto (default: fp32 on CPU, bf16/fp16 on CUDA), float32, "
-                                                      "float16, bfloat16")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
-    parser.add_argument("--max-batch-tokens", type=int, default=None,
-                        help="token budget of one micro-batch (default 4096)")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="truncate inputs at this many tokens incl. [CLS]/[SEP] (default: the model's, 512 for E5)")
-
-
-def _engine_settings(args: argparse.Namespace) -> EngineSettings:
-    return EngineSettings.from_env(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads,
-                                   max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
 
     texts = list(args.texts) if args.texts else [line.rstrip("\r\n") for line in sys.stdin]
-    embedder = Embedder.load(_engine_settings(args))
+    embedder = Embedder.load(engine_settings(args))
     vectors = embedder.embed(texts, input_type=args.input_type)
     json.dump({"data": vectors.tolist()}, sys.stdout)
     sys.stdout.write("\n")
@@ -63,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from e5studio.serving.app import create_app
     from e5studio.serving.routes.admin import curl_line, endpoint_urls
 
-    engine = _engine_settings(args)
+    engine = engine_settings(args)
     settings = ServeSettings(data_dir=Path(args.data_dir), host=args.host, port=args.port,
                              default_model=engine.model, engine=engine, max_queue=args.max_queue,
                              max_body_bytes=args.max_body_bytes, public_url=args.public_url)

@@ -196,27 +196,19 @@ def test_a_crash_fails_every_request_of_its_batch_and_the_worker_survives() -> N
     batcher.close()
 
 
-def test_an_e5studio_error_from_the_engine_reaches_the_caller_unchanged() -> None:
-    engine = FakeEngine(fail_on=7, error=InputError("sequence too long for this backend"))
+@pytest.mark.parametrize(("error", "raised", "message"), [
+    (InputError("sequence too long for this backend"), InputError, "sequence too long"),  # ours: unchanged
+    (SystemExit(3), ModelError, "SystemExit"),  # even a BaseException does not kill the worker
+])
+def test_an_engine_failure_reaches_the_caller_and_the_worker_survives(
+        error: BaseException, raised: type[Exception], message: str) -> None:
+    engine = FakeEngine(fail_on=7, error=error)
     batcher = Batcher(engine)
 
     async def main() -> None:
-        with pytest.raises(InputError, match="sequence too long"):
+        with pytest.raises(raised, match=message):
             await batcher.submit([seq(7)])
         np.testing.assert_array_equal(await batcher.submit([seq(8)]), expected_rows([seq(8)]))
-
-    run(main)
-    batcher.close()
-
-
-def test_a_base_exception_in_the_engine_does_not_kill_the_worker() -> None:
-    engine = FakeEngine(fail_on=9, error=SystemExit(3))
-    batcher = Batcher(engine)
-
-    async def main() -> None:
-        with pytest.raises(ModelError, match="SystemExit"):
-            await batcher.submit([seq(9)])
-        np.testing.assert_array_equal(await batcher.submit([seq(10)]), expected_rows([seq(10)]))
 
     run(main)
     batcher.close()

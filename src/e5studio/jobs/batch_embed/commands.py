@@ -13,28 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from e5studio.engine_flags import add_engine_flags, engine_settings
 from e5studio.errors import InputError
-from e5studio.settings import DEFAULT_MODEL, EngineSettings
+from e5studio.settings import DEFAULT_MODEL
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser, model_required: bool) -> None:
-    parser.add_argument("--model", required=model_required, default=None,
-                        help="hub id, alias (e5-large-v2, all-minilm-l6-v2, ...) or local directory"
-                             + ("" if model_required else " (default: the model the index was built with)"))
-    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default=None, help="auto (default: fp32 on CPU, bf16/fp16 on CUDA), float32, "
-                                                      "float16, bfloat16")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
-    parser.add_argument("--max-batch-tokens", type=int, default=None,
-                        help="token budget of one micro-batch (default: the engine's, 4096)")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="truncate at this many tokens incl. [CLS]/[SEP] (default: the model's)")
-
-
-def _engine_settings(args: argparse.Namespace, model: str | None = None) -> EngineSettings:
-    return EngineSettings.from_env(model=model or args.model, device=args.device, dtype=args.dtype,
-                                   threads=args.threads, max_batch_tokens=args.max_batch_tokens,
-                                   max_length=args.max_length)
+    add_engine_flags(parser, "hub id, alias (e5-large-v2, all-minilm-l6-v2, ...) or local directory"
+                     + ("" if model_required else " (default: the model the index was built with)"), model_required)
 
 
 def _input_type(value: str) -> str | None:
@@ -51,7 +37,7 @@ def cmd_embed_corpus(args: argparse.Namespace) -> int:
 
     settings = JobSettings(
         input=InputSpec.create(args.input, args.format, args.text_field, args.id_field),
-        output=Path(args.output), engine=_engine_settings(args), input_type=_input_type(args.input_type),
+        output=Path(args.output), engine=engine_settings(args), input_type=_input_type(args.input_type),
         window_size=args.window_size, bad_records=args.bad_records, overwrite=args.overwrite,
         progress=not args.no_progress, workers=args.workers if args.engine == "local" else None)
     sinks = [PostgresSink(url, args.table) for url in args.sink]
@@ -86,7 +72,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = ExactIndex.open(index_dir)
     model = args.model or (manifest or {}).get("model", {}).get("path") or DEFAULT_MODEL
     max_length = args.max_length or (manifest or {}).get("model", {}).get("max_length")
-    settings = _engine_settings(args, model)
+    settings = engine_settings(args, model)
     if max_length and args.max_length is None:
         settings = dataclasses.replace(settings, max_length=max_length)
     embedder = Embedder.load(settings)
@@ -140,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     query_prefix, passage_prefix = args.query_prefix, args.passage_prefix
     if args.no_prefixes:
         query_prefix = passage_prefix = ""
-    engine = _engine_settings(args)
+    engine = engine_settings(args)
     settings = EvalSettings(data=Path(args.data), split=args.split, query_prefix=query_prefix,
                             passage_prefix=passage_prefix, depth=args.depth, max_queries=args.max_queries)
     embedder = Embedder.load(engine)
