@@ -53,7 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = engine_settings(args)
     settings = ServeSettings(data_dir=Path(args.data_dir), host=args.host, port=args.port,
                              default_model=engine.model, engine=engine, max_queue=args.max_queue,
-                             max_body_bytes=args.max_body_bytes, public_url=args.public_url)
+                             max_body_bytes=args.max_body_bytes, public_url=args.public_url,
+                             max_upload_bytes=args.max_upload_mb * 1024 * 1024)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     store = Store(settings.data_dir / "e5studio.db")
     token = store.ensure_admin_token()
@@ -152,6 +153,19 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    """A new admin token, written straight into the control store (whoever can read the data directory is
+    an admin anyway); the old token stops working, sessions of the web UI stay until they expire."""
+    from pathlib import Path
+
+    from e5studio.control.store import Store
+
+    with Store(Path(args.data_dir) / "e5studio.db") as store:
+        token = store.rotate_admin_token()
+    print(f"New admin token (shown once): {token}")
+    return 0
+
+
 def _add_admin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="http://127.0.0.1:8000", help="e5studio server URL")
     parser.add_argument("--admin-token", default=None, help="admin token (default $E5STUDIO_ADMIN_TOKEN)")
@@ -179,8 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=".e5studio", help="where the control store lives (default ./.e5studio)")
     serve.add_argument("--max-queue", type=int, default=256, help="queued requests per model before HTTP 429")
     serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request-body limit (HTTP 413)")
+    serve.add_argument("--max-upload-mb", type=int, default=1024,
+                       help="web UI dataset uploads: limit for both files together, in MiB (default 1024)")
     serve.add_argument("--public-url", default=None, help="base URL printed for endpoints (default http://HOST:PORT)")
     serve.set_defaults(func=cmd_serve)
+
+    admin_token = sub.add_parser("admin-token", help="make a new admin token (for the web UI login and the CLI)",
+                                 description="Rotates the admin token in the control store of --data-dir and "
+                                             "prints the new one; the old one stops working.")
+    admin_token.add_argument("--data-dir", default=".e5studio", help="the server's data directory")
+    admin_token.set_defaults(func=cmd_admin_token)
 
     projects = sub.add_parser("projects", help="manage projects (through the server's admin API)")
     psub = projects.add_subparsers(dest="action", required=True)

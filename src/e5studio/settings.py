@@ -69,6 +69,7 @@ class ServeSettings:
     default_model: the model of the endpoint created when the store has none.
     max_queue: requests queued per loaded model before new ones get HTTP 429.
     max_body_bytes: request-body limit (HTTP 413 above it).
+    max_upload_bytes: limit of a dataset upload in the web UI (both files together).
     public_url: base URL printed for endpoints (default http://HOST:PORT).
     """
 
@@ -79,6 +80,7 @@ class ServeSettings:
     engine: EngineSettings = EngineSettings()
     max_queue: int = 256
     max_body_bytes: int = 8 * 1024 * 1024
+    max_upload_bytes: int = 1024 * 1024 * 1024
     public_url: str | None = None
 
     @property

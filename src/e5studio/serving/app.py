@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +25,7 @@ from e5studio.serving.metrics import Metrics
 from e5studio.serving.models import ModelPool
 from e5studio.serving.routes import admin, health, openai, sambastudio
 from e5studio.settings import EngineSettings, ServeSettings
+from e5studio.web.mount import error_page, is_ui_page, mount_ui
 
 access_log = logging.getLogger("e5studio.access")
 INFERENCE_ROUTES = ("/api/predict/", "/api/v2/predict/", "/v1/embeddings")
@@ -58,6 +59,8 @@ class AccessLog:
             route = getattr(scope.get("route"), "path", "unmatched")  # a template, never a raw path
             endpoint = state.get("endpoint", "")
             if scope["path"].startswith(INFERENCE_ROUTES):
+                if state.get("endpoint_id"):
+                    self.metrics.endpoint_stats.record(state["endpoint_id"], status, elapsed)
                 self.metrics.requests.labels(route, endpoint, str(status)).inc()
                 self.metrics.request_seconds.labels(route).observe(elapsed)
                 if status >= 400:
@@ -69,8 +72,10 @@ class AccessLog:
             }))
 
 
-def _error_response(request: Request, status: int, kind: str, message: str) -> JSONResponse:
+def _error_response(request: Request, status: int, kind: str, message: str) -> Response:
     request.state.error_type = kind
+    if is_ui_page(request):
+        return error_page(request, status, message)
     return JSONResponse(error_body(message, kind, status), status_code=status)
 
 
@@ -92,28 +97,29 @@ def create_app(settings: ServeSettings, store: Store,
     app.state.inference = InferenceService(store, pool, metrics, settings.max_body_bytes)
 
     @app.exception_handler(E5StudioError)
-    async def on_error(request: Request, exc: E5StudioError) -> JSONResponse:
+    async def on_error(request: Request, exc: E5StudioError) -> Response:
         status, kind = status_for(exc)
         return _error_response(request, status, kind, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         where = f"{request.method} {request.url.path}"
         return _error_response(request, exc.status_code, "http_error", f"{message}: {where}")
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
         first: Any = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return _error_response(request, 400, "invalid_request_error", f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(Exception)
-    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+    async def on_crash(request: Request, exc: Exception) -> Response:
         logging.getLogger("e5studio").exception("unhandled error on %s", request.url.path)
         return _error_response(request, 500, "server_error", f"internal error: {type(exc).__name__}")
 
     for module in (sambastudio, openai, health, admin):
         app.include_router(module.router)
+    mount_ui(app)
     app.add_middleware(AccessLog, metrics=metrics)
     return app

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -27,6 +31,8 @@ class Metrics:
         self.batch_tokens = Histogram("e5studio_batch_tokens", "Real tokens per engine batch", ["model"],
                                       buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768), registry=r)
 
+        self.endpoint_stats = EndpointStats()
+
     def observer(self, model: str) -> ModelObserver:
         return ModelObserver(self, model)
 
@@ -51,3 +57,42 @@ class ModelObserver:
 
     def queue_depth(self, depth: int) -> None:
         self._m.queue_depth.labels(self._model).set(depth)
+
+
+@dataclass(frozen=True)
+class EndpointSummary:
+    """Requests answered by one endpoint since the server started, and their latency."""
+
+    count: int = 0
+    errors: int = 0
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+
+
+class EndpointStats:
+    """Per-endpoint request counts and latencies (the last 1,000 requests) for the web UI."""
+
+    def __init__(self, window: int = 1000) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+        self._total_s: dict[str, float] = {}
+        self._recent: dict[str, deque[float]] = {}
+        self._window = window
+
+    def record(self, endpoint_id: str, status: int, seconds: float) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(endpoint_id, [0, 0])
+            counts[0] += 1
+            counts[1] += status >= 400
+            self._total_s[endpoint_id] = self._total_s.get(endpoint_id, 0.0) + seconds
+            self._recent.setdefault(endpoint_id, deque(maxlen=self._window)).append(seconds)
+
+    def get(self, endpoint_id: str) -> EndpointSummary:
+        with self._lock:
+            if endpoint_id not in self._counts:
+                return EndpointSummary()
+            count, errors = self._counts[endpoint_id]
+            recent = sorted(self._recent[endpoint_id])
+            return EndpointSummary(count=count, errors=errors,
+                                   mean_ms=round(1000 * self._total_s[endpoint_id] / count, 2),
+                                   p50_ms=round(1000 * recent[len(recent) // 2], 2))

@@ -43,6 +43,7 @@ async def embeddings(request: Request) -> dict[str, Any]:
         raise InputError("'model' is required: the name or id of an e5studio endpoint")
     endpoint = service.store.find_endpoint(model)
     request.state.endpoint = endpoint.name
+    request.state.endpoint_id = endpoint.id
     service.authorize(endpoint, request)
     if "input" not in body:
         raise InputError("'input' is required: a string or a list of strings")

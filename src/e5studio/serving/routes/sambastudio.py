@@ -28,6 +28,7 @@ async def _embed(request: Request, project: str, endpoint_ref: str, texts_of: st
     service = _service(request)
     endpoint = service.store.get_endpoint(project, endpoint_ref)
     request.state.endpoint = endpoint.name
+    request.state.endpoint_id = endpoint.id
     service.authorize(endpoint, request)
     body = await read_json(request, service.max_body_bytes)
     _check_params(body)

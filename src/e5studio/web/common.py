@@ -1,0 +1,115 @@
+"""What every page of the web UI shares: templates, the session dependency, CSRF-checked form reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.datastructures import FormData
+from starlette.types import Message
+
+from e5studio import __version__
+from e5studio.errors import E5StudioError, ForbiddenError, PayloadTooLargeError
+from e5studio.web.sessions import COOKIE_NAME, Session, SessionStore
+
+HERE = Path(__file__).parent
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+FORM_LIMIT_BYTES = 256 * 1024  # plain forms; uploads have their own limit
+
+templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
+                        trim_blocks=True, lstrip_blocks=True)
+
+
+class LoginRequired(E5StudioError):
+    """No valid session: pages redirect to the login form, the UI's JSON calls answer 401."""
+
+    def __init__(self, next_url: str) -> None:
+        super().__init__("log in first")
+        self.next_url = next_url
+
+
+def sessions(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.ui_sessions
+    return store
+
+
+def ui_session(request: Request) -> Session:
+    """FastAPI dependency of every page but the login form: the logged-in session or LoginRequired."""
+    session = sessions(request).get(request.cookies.get(COOKIE_NAME))
+    if session is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise LoginRequired(target)
+    request.state.ui_session = session
+    return session
+
+
+SessionDep = Annotated[Session, Depends(ui_session)]
+
+
+def login_url(next_url: str) -> str:
+    return f"/ui/login?next={quote(next_url, safe='/')}"
+
+
+def safe_next(next_url: str | None) -> str:
+    """Only paths inside the UI (no open redirect to another site)."""
+    if next_url and next_url.startswith("/ui/") and not next_url.startswith("//") and "\\" not in next_url:
+        return next_url
+    return "/ui/"
+
+
+def check_csrf_header(request: Request, session: Session) -> None:
+    """JSON calls from the UI's JavaScript carry the token in the ``X-CSRF-Token`` header."""
+    if not session.check_csrf(request.headers.get(CSRF_HEADER)):
+        raise ForbiddenError("the CSRF token is missing or wrong: reload the page and try again")
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The same request with a body reader that stops (HTTP 413) after ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the form is {int(declared)} bytes; the limit is {limit}")
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise PayloadTooLargeError(f"the form is over the limit of {limit} bytes")
+        return message
+
+    return Request(request.scope, receive)
+
+
+async def read_form(request: Request, session: Session, limit: int = FORM_LIMIT_BYTES) -> FormData:
+    """The posted form (multipart parts spool to temporary files on disk), CSRF token checked first."""
+    form = await _limited(request, limit).form(max_files=4, max_fields=64)
+    token = form.get(CSRF_FIELD)
+    if not isinstance(token, str) or not session.check_csrf(token):
+        await form.close()
+        raise ForbiddenError("the CSRF token is missing or wrong: reload the page and try again")
+    return form
+
+
+def text_field(form: FormData, name: str, default: str = "") -> str:
+    value = form.get(name, default)
+    return value.strip() if isinstance(value, str) else default
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    session: Session | None = getattr(request.state, "ui_session", None)
+    html = templates.get_template(template).render(
+        request=request, csrf_token=session.csrf_token if session else "", logged_in=session is not None,
+        version=__version__, **context)
+    response = HTMLResponse(html, status_code=status_code)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+    return response
