@@ -9,7 +9,7 @@ MODEL ?= all-minilm-l6-v2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve run test test-fast test-slow lint bench bench-serve e5-large-shape clean
+.PHONY: browser install serve run test test-fast test-slow lint bench bench-serve e5-large-shape clean
 
 # torch first, from the CPU build on this disk, where no torch is present; then the project with its extras.
 $(VENV)/.installed: pyproject.toml
@@ -20,6 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline).
+CHROMIUM ?= /usr/bin/chromium
+APT_INSTALL := env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+browser:
+	@test -x $(CHROMIUM) || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO $(APT_INSTALL) || { $$SUDO apt-get update -qq && $$SUDO $(APT_INSTALL); }; }
+	@test -x $(CHROMIUM) || { echo "Chromium not found at $(CHROMIUM)"; exit 1; }
 
 serve: install  ## the main job: the endpoint server on http://127.0.0.1:8000 (data in ./.e5studio)
 	$(VENV)/bin/e5studio serve --model $(MODEL) --host $(HOST) --port $(PORT)
@@ -33,10 +41,10 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/mypy
 
-test: install lint  ## what CI runs: lint, types, the default test suite
+test: install browser lint  ## what CI runs: lint, types, the default test suite
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-test-fast: install
+test-fast: install browser
 	$(PY) -m pytest -q -m "not slow and not gpu" -x
 
 test-slow: install

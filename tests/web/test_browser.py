@@ -1,0 +1,196 @@
+"""The web UI in a real Chromium (Debian's, driven by Playwright) against a real ``e5studio serve``.
+
+Each test walks a user's path through the pages and saves a screenshot of every page it sees in
+``artifacts/ui/`` (see conftest). API answers are checked with a plain HTTP client against references:
+the vectors the endpoint returns equal ``Embedder`` in-process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from e5studio.engine.embedder import Embedder
+from e5studio.settings import EngineSettings
+from tests.jobs.toy import tiny_checkpoint, toy_dataset, write_jsonl
+from tests.serving.server import ServerProcess, assert_error, assert_vectors
+
+PLATFORM_EXAMPLE = Path(__file__).resolve().parents[1] / "jobs" / "platform_example"
+TRAIN_TIMEOUT_MS = 240_000
+
+
+def shot(page: Any, artifacts: Path, name: str) -> None:
+    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Any, server: ServerProcess, artifacts: Path | None = None) -> None:
+    page.goto("/ui/projects")
+    assert "/ui/login?next=/ui/projects" in page.url
+    if artifacts is not None:
+        shot(page, artifacts, "01-login")
+    page.fill("input[name=token]", server.admin_token)
+    page.click("form[action='/ui/login'] button[type=submit]")
+    page.wait_for_url("**/ui/projects")
+
+
+def wait_live(page: Any) -> None:
+    page.wait_for_function("document.querySelector('#endpoint-status').textContent === 'Live'", timeout=120_000)
+
+
+def test_endpoint_with_batch_size_one(page: Any, ui_server: ServerProcess, artifacts: Path,
+                                      minilm_embedder: Embedder) -> None:
+    log_in(page, ui_server, artifacts)
+    shot(page, artifacts, "02-projects")
+    page.click("#projects a:text('default')")
+    page.wait_for_url("**/ui/projects/default")
+    page.click("text=New endpoint")
+    page.fill("#new-endpoint input[name=name]", "live-one")
+    page.fill("#new-endpoint input[name=description]", "answers one query at a time")
+    page.select_option("#new-endpoint select[name=model]", "all-minilm-l6-v2")
+    page.check("#new-endpoint input[name=batch_size][value='1']")
+    assert "live service" in page.inner_text("#new-endpoint fieldset")
+    assert "knowledge base" in page.inner_text("#new-endpoint fieldset")
+    shot(page, artifacts, "03-new-endpoint")
+    page.click("#new-endpoint button[type=submit]")
+
+    # the key is shown once, with a ready curl line; the status turns Live without a reload
+    key = page.inner_text("#key-value").strip()
+    assert key.startswith("e5s_")
+    ui_server.remember(key)
+    assert key in page.inner_text("#curl-line")
+    wait_live(page)
+    url = page.inner_text("#endpoint-url").strip()
+    shot(page, artifacts, "04-endpoint-created")
+
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        one = client.post(url, json={"inputs": ["query: how much protein should a female eat"]}, headers={"key": key})
+        assert one.status_code == 200, one.text
+        assert_vectors(one.json()["data"], minilm_embedder.embed(["query: how much protein should a female eat"]))
+        two = client.post(url, json={"inputs": ["query: a", "query: b"]}, headers={"key": key})
+        assert_error(two, 400, "Expected a Tensor with batch size <= 1, got batch size: 2")
+
+    # shown once: not after a reload; request count and latency appear
+    page.reload()
+    assert page.query_selector("#new-key") is None
+    assert key not in page.content()
+    page.wait_for_function("document.querySelector('[data-field=requests]').textContent === '2'")
+    assert page.inner_text("[data-field=errors]") == "1"
+
+    # try it: the query prefix is added, the dimension and the cosine of the two texts are shown
+    page.fill("#try-form textarea[name=text_a]", "how much protein should a female eat")
+    page.check("#try-form input[name=input_type][value=query]")
+    page.click("#try-form button[type=submit]")
+    page.wait_for_selector("#try-cosine")
+    assert page.inner_text("#try-dimension").startswith("Dimension 384")
+    assert '"query: how much protein should a female eat"' in page.inner_text("#try-result")
+    texts = ["query: how much protein should a female eat", "query: " + page.input_value(
+        "#try-form textarea[name=text_b]")]
+    rows = minilm_embedder.embed(texts)
+    shown = float(page.inner_text("#try-cosine").split(":")[1])
+    assert abs(shown - float(rows[0] @ rows[1])) < 1e-4
+    shot(page, artifacts, "05-endpoint-try-it")
+
+    # the project page lists it, Live
+    page.click(".crumbs a")
+    row = page.locator("tr", has_text="live-one")
+    row.locator("[data-field=status]:text('Live')").wait_for()
+    shot(page, artifacts, "06-project-endpoints")
+
+
+def test_datasets_errors_by_line_then_a_valid_one(page: Any, ui_server: ServerProcess, artifacts: Path,
+                                                  tmp_path: Path) -> None:
+    log_in(page, ui_server)
+    page.goto("/ui/datasets")
+    form = "#upload-dataset"
+    page.fill(f"{form} input[name=name]", "broken")
+    page.set_input_files(f"{form} input[name=passages]", str(PLATFORM_EXAMPLE / "passages.jsonl"))
+    page.set_input_files(f"{form} input[name=train]", str(PLATFORM_EXAMPLE / "train.jsonl"))
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector("#validation")
+    errors = page.locator("ul.problems li.error").all_inner_texts()
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("error: passages.jsonl:2: malformed JSON: the value of \"contents\""), errors
+    assert "never closed" in errors[0]
+    assert errors[1].startswith("error: train.jsonl:2: malformed JSON at column 2"), errors
+    assert "not recorded: 2 errors" in page.inner_text("#validation")
+    shot(page, artifacts, "07-dataset-errors")
+    assert page.locator("#datasets tr[data-dataset^='broken']").count() == 0
+
+    toy = toy_dataset(tmp_path / "toy")
+    page.fill(f"{form} input[name=name]", "toy")
+    page.fill(f"{form} input[name=description]", "24 generated queries")
+    page.set_input_files(f"{form} input[name=passages]", str(toy / "passages.jsonl"))
+    page.set_input_files(f"{form} input[name=train]", str(toy / "train.jsonl"))
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_url("**/ui/datasets?added=*")
+    row = page.locator("#datasets tr[data-dataset='toy@1'] td").all_inner_texts()
+    assert row[1:5] == ["32", "24", "29", "120"], row
+    shot(page, artifacts, "08-datasets")
+
+    # over the upload limit (1 MiB in this server): refused, nothing recorded, the server goes on
+    big = write_jsonl(tmp_path / "big" / "passages.jsonl", [{"contents": "word " * 200}] * 1200)
+    page.set_input_files(f"{form} input[name=passages]", str(big))
+    page.set_input_files(f"{form} input[name=train]", str(toy / "train.jsonl"))
+    page.fill(f"{form} input[name=name]", "too-big")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector("text=Error 413")
+    assert "limit" in page.inner_text("main")
+    page.goto("/ui/datasets")
+    assert page.locator("#datasets tr[data-dataset^='too-big']").count() == 0
+
+
+def test_train_job_to_endpoint(page: Any, ui_server: ServerProcess, artifacts: Path, tmp_path: Path) -> None:
+    toy = toy_dataset(tmp_path / "train-data")
+    base = tiny_checkpoint(tmp_path / "tiny", dropout=0.0)
+    log_in(page, ui_server)
+    page.goto("/ui/datasets")
+    page.fill("#path-dataset input[name=name]", "toy-path")
+    page.fill("#path-dataset input[name=path]", str(toy))
+    page.click("#path-dataset button[type=submit]")
+    page.wait_for_url("**/ui/datasets?added=*")
+
+    page.goto("/ui/jobs")
+    job_form = "#new-job"
+    page.select_option(f"{job_form} select[name=dataset]", label="toy-path@1 (24 queries)")
+    page.fill(f"{job_form} input[name=model_other]", str(base))
+    page.fill(f"{job_form} input[name=eval_dir]", str(toy))
+    for name, value in {"epochs": "2", "batch_size": "8", "train_n_passages": "4", "lr": "1e-3",
+                        "query_max_length": "16", "passage_max_length": "32", "save_every": "4"}.items():
+        page.fill(f"{job_form} input[name={name}]", value)
+    shot(page, artifacts, "09-new-train-job")
+    page.click(f"{job_form} button[type=submit]")
+    page.wait_for_url("**/ui/jobs/*")
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'Succeeded'",
+                           timeout=TRAIN_TIMEOUT_MS)
+    # charts drawn: loss per step (3 steps per epoch, 2 epochs), nDCG@10 before training and after each epoch
+    page.wait_for_function("document.querySelector('#ndcg-chart').dataset.points === '3'")
+    assert page.get_attribute("#loss-chart", "data-points") == "6"
+    assert page.locator("#loss-chart svg path.line").count() == 1
+    assert page.locator("#ndcg-chart svg circle.dot").count() == 3
+    assert page.inner_text("#job-steps") == "6 / 6"
+    assert page.inner_text("#job-log").strip(), "no log lines shown"
+    shot(page, artifacts, "10-train-job-finished")
+
+    # deploy as endpoint: the key once, Live, and the served vectors are the fine-tuned model's
+    page.fill("#deploy-form input[name=name]", "toy-finetuned")
+    page.click("#deploy-form button[type=submit]")
+    key = page.inner_text("#key-value").strip()
+    ui_server.remember(key)
+    wait_live(page)
+    url = page.inner_text("#endpoint-url").strip()
+    model_dir = page.inner_text("dd.mono").strip()
+    assert model_dir.endswith("final"), model_dir
+    shot(page, artifacts, "11-finetuned-endpoint")
+    texts = ["query: protein and cell", "passage: protein cell gene item 0"]
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        answer = client.post(url, json={"inputs": texts}, headers={"key": key})
+    assert answer.status_code == 200, answer.text
+    reference = Embedder.load(EngineSettings(model=model_dir, device="cpu")).embed(texts)
+    assert_vectors(answer.json()["data"], reference)
+    base_rows = Embedder.load(EngineSettings(model=str(base), device="cpu")).embed(texts)
+    assert not np.allclose(base_rows, reference, atol=1e-3), "the deployed model is not the fine-tuned one"
+    page.goto("/ui/jobs")
+    shot(page, artifacts, "12-train-jobs")
