@@ -7,11 +7,13 @@ the vectors the endpoint returns equal ``Embedder`` in-process.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from playwright.sync_api import expect
 
 from e5studio.engine.embedder import Embedder
 from e5studio.settings import EngineSettings
@@ -37,7 +39,7 @@ def log_in(page: Any, server: ServerProcess, artifacts: Path | None = None) -> N
 
 
 def wait_live(page: Any) -> None:
-    page.wait_for_function("document.querySelector('#endpoint-status').textContent === 'Live'", timeout=120_000)
+    expect(page.locator("#endpoint-status")).to_have_text("Live", timeout=120_000)
 
 
 def test_endpoint_with_batch_size_one(page: Any, ui_server: ServerProcess, artifacts: Path,
@@ -76,7 +78,7 @@ def test_endpoint_with_batch_size_one(page: Any, ui_server: ServerProcess, artif
     page.reload()
     assert page.query_selector("#new-key") is None
     assert key not in page.content()
-    page.wait_for_function("document.querySelector('[data-field=requests]').textContent === '2'")
+    expect(page.locator("[data-field=requests]")).to_have_text("2")
     assert page.inner_text("[data-field=errors]") == "1"
 
     # try it: the query prefix is added, the dimension and the cosine of the two texts are shown
@@ -163,10 +165,9 @@ def test_train_job_to_endpoint(page: Any, ui_server: ServerProcess, artifacts: P
     shot(page, artifacts, "09-new-train-job")
     page.click(f"{job_form} button[type=submit]")
     page.wait_for_url("**/ui/jobs/*")
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'Succeeded'",
-                           timeout=TRAIN_TIMEOUT_MS)
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=TRAIN_TIMEOUT_MS)
     # charts drawn: loss per step (3 steps per epoch, 2 epochs), nDCG@10 before training and after each epoch
-    page.wait_for_function("document.querySelector('#ndcg-chart').dataset.points === '3'")
+    expect(page.locator("#ndcg-chart")).to_have_attribute("data-points", "3")
     assert page.get_attribute("#loss-chart", "data-points") == "6"
     assert page.locator("#loss-chart svg path.line").count() == 1
     assert page.locator("#ndcg-chart svg circle.dot").count() == 3
@@ -194,3 +195,61 @@ def test_train_job_to_endpoint(page: Any, ui_server: ServerProcess, artifacts: P
     assert not np.allclose(base_rows, reference, atol=1e-3), "the deployed model is not the fine-tuned one"
     page.goto("/ui/jobs")
     shot(page, artifacts, "12-train-jobs")
+
+    # a batch job embeds the dataset's passages with the fine-tuned model
+    page.goto("/ui/batch-jobs")
+    page.select_option("#new-batch-job select[name=dataset]", label="toy-path@1 (32 passages)")
+    page.select_option("#new-batch-job select[name=model]", model_dir)
+    page.click("#new-batch-job button[type=submit]")
+    page.wait_for_url("**/ui/jobs/*")
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=TRAIN_TIMEOUT_MS)
+    expect(page.locator("#job-steps")).to_have_text("32 / 32")
+    vectors = Path(page.inner_text("#job-vectors").split()[0])
+    assert (vectors / "manifest.json").is_file(), sorted(p.name for p in vectors.iterdir())
+    shot(page, artifacts, "13-batch-job")
+    page.goto("/ui/batch-jobs")
+    shot(page, artifacts, "14-batch-jobs")
+
+
+def test_server_restart_interrupts_a_job_and_resume_finishes_it(browser: Any, tmp_path: Path,
+                                                                artifacts: Path) -> None:
+    toy = toy_dataset(tmp_path / "data")
+    base = tiny_checkpoint(tmp_path / "tiny", dropout=0.0)
+    server = ServerProcess(tmp_path / "server", tmp_path / "logs")
+    server.start()
+    context = browser.new_context(base_url=server.base_url)
+    try:
+        page = context.new_page()
+        log_in(page, server)
+        page.goto("/ui/datasets")
+        page.fill("#path-dataset input[name=name]", "toy")
+        page.fill("#path-dataset input[name=path]", str(toy))
+        page.click("#path-dataset button[type=submit]")
+        page.wait_for_url("**/ui/datasets?added=*")
+        page.goto("/ui/jobs")
+        page.fill("#new-job input[name=model_other]", str(base))
+        for name, value in {"epochs": "150", "batch_size": "8", "train_n_passages": "4", "save_every": "10",
+                            "query_max_length": "16", "passage_max_length": "32"}.items():
+            page.fill(f"#new-job input[name={name}]", value)
+        page.click("#new-job button[type=submit]")
+        page.wait_for_url("**/ui/jobs/*")
+        job_url = page.url
+        expect(page.locator("#job-steps")).not_to_have_text(re.compile(r"^0 / "), timeout=TRAIN_TIMEOUT_MS)
+        page.wait_for_timeout(1500)
+        server.stop()  # SIGTERM: the server stops its job processes, which record Interrupted
+        server.start()
+        log_in_again = context.new_page()
+        log_in(log_in_again, server)
+        log_in_again.goto(job_url)
+        expect(log_in_again.locator("#job-status")).to_have_text("Interrupted")
+        assert "server shut down" in log_in_again.inner_text("#job-reason")
+        step_before = int(log_in_again.inner_text("#job-steps").split("/")[0])
+        assert 0 < step_before < 450
+        shot(log_in_again, artifacts, "15-job-interrupted")
+        log_in_again.click("#job-actions button:text('Resume')")
+        expect(log_in_again.locator("#job-status")).to_have_text("Succeeded", timeout=TRAIN_TIMEOUT_MS)
+        expect(log_in_again.locator("#job-steps")).to_have_text("450 / 450")
+        assert "resum" in log_in_again.inner_text("#job-log").lower()
+    finally:
+        context.close()
+        server.stop()

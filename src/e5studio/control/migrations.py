@@ -83,6 +83,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX jobs_by_output ON jobs(output);
         """,
     ),
+    (
+        "0003_job_processes",
+        """
+        ALTER TABLE jobs ADD COLUMN pid INTEGER;
+        ALTER TABLE jobs ADD COLUMN log_path TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN runner_id TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN runner_pid INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX jobs_by_status ON jobs(status);
+        """,
+    ),
 ]
 
 _RECORD_TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"

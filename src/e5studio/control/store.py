@@ -88,16 +88,27 @@ class Dataset:
         return f"{self.name}@{self.version}"
 
 
-JOB_RUNNING = "Running"
-JOB_SUCCEEDED = "Succeeded"
-JOB_FAILED = "Failed"
-JOB_INTERRUPTED = "Interrupted"
-JOB_STATUSES = (JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED)
+JOB_RUNNING = "Running"  # a process works on it (or is about to)
+JOB_SUCCEEDED = "Succeeded"  # finished; its outputs are complete
+JOB_FAILED = "Failed"  # stopped by an error (status_reason says which); resumable
+JOB_INTERRUPTED = "Interrupted"  # stopped by Ctrl-C, a server shutdown or restart; resumable
+JOB_CANCELLED = "Cancelled"  # stopped on request (recorded before the process is signalled); resumable
+JOB_STATUSES = (JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED, JOB_CANCELLED)
+JOB_FINAL_STATUSES = (JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED, JOB_CANCELLED)
+JOB_RESUMABLE_STATUSES = (JOB_FAILED, JOB_INTERRUPTED, JOB_CANCELLED)
+
+JOB_OWNER_SERVER = "server"  # started by the server's JobRunner (runner_id, runner_pid name that runner)
+JOB_OWNER_CLI = "cli"  # started by a command (`e5studio train`) in a terminal
 
 
 @dataclass(frozen=True)
 class Job:
-    """A long-running job (kind ``train``): its inputs, status, progress (step of total_steps), metrics."""
+    """A long-running job (kind ``train`` or ``batch_embed``): its inputs, status, progress, metrics, process.
+
+    ``pid`` is the process working on it while one does (None otherwise); ``owner`` says who started that
+    process (``server``, ``cli``, or ``""`` for jobs recorded before processes were); ``runner_id`` and
+    ``runner_pid`` name the server runner that owns a ``server`` job; ``log_path`` is its combined output.
+    """
 
     id: str
     kind: str
@@ -112,6 +123,16 @@ class Job:
     metrics: dict[str, Any] = field(default_factory=dict, hash=False)
     created_at: str = ""
     updated_at: str = ""
+    pid: int | None = None
+    log_path: str = ""
+    owner: str = ""
+    runner_id: str = ""
+    runner_pid: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job is in a final status (no process should be working on it)."""
+        return self.status in JOB_FINAL_STATUSES
 
     @property
     def progress(self) -> float:
@@ -480,22 +501,32 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------------
 
+    @staticmethod
+    def new_job_id() -> str:
+        """A fresh job id, for callers that must name the job's folders before recording it."""
+        return _new_id()
+
     def create_job(self, kind: str, model: str, output: str, params: dict[str, Any],
-                   dataset_id: str | None = None) -> Job:
-        """Record a job in status Running."""
+                   dataset_id: str | None = None, *, job_id: str | None = None, owner: str = "",
+                   log_path: str = "", runner_id: str = "", runner_pid: int = 0) -> Job:
+        """Record a job in status Running (with ``job_id`` from :meth:`new_job_id`, or a new id)."""
         now = _now()
-        job = Job(id=_new_id(), kind=kind, dataset_id=dataset_id, model=model, output=output, params=dict(params),
-                  created_at=now, updated_at=now)
+        job = Job(id=job_id or _new_id(), kind=kind, dataset_id=dataset_id, model=model, output=output,
+                  params=dict(params), created_at=now, updated_at=now, log_path=log_path, owner=owner,
+                  runner_id=runner_id, runner_pid=runner_pid)
         with self._write() as conn:
             if dataset_id is not None and conn.execute("SELECT 1 FROM datasets WHERE id = ?",
                                                        (dataset_id,)).fetchone() is None:
                 raise NotFoundError(f"dataset {dataset_id!r} not found")
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
+                raise ConflictError(f"job {job.id!r} already exists")
             conn.execute(
                 "INSERT INTO jobs (id, kind, dataset_id, model, output, params, status, status_reason, step,"
-                " total_steps, metrics, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " total_steps, metrics, created_at, updated_at, pid, log_path, owner, runner_id, runner_pid)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.id, job.kind, job.dataset_id, job.model, job.output, json.dumps(job.params), job.status,
                  job.status_reason, job.step, job.total_steps, json.dumps(job.metrics), job.created_at,
-                 job.updated_at),
+                 job.updated_at, job.pid, job.log_path, job.owner, job.runner_id, job.runner_pid),
             )
         return job
 
@@ -518,6 +549,37 @@ class Store:
                          " updated_at = ? WHERE id = ?", values)
             return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
+    def transition_job(self, job_id: str, from_statuses: tuple[str, ...], status: str, status_reason: str) -> bool:
+        """Set ``status`` (and its reason) only if the job is now in one of ``from_statuses``; whether it was.
+
+        The check and the change are one transaction, so two processes deciding a job's fate (a cancel
+        and the job's own ending, say) never overwrite each other.
+        """
+        if status not in JOB_STATUSES:
+            raise InputError(f"unknown job status {status!r}; expected one of {', '.join(JOB_STATUSES)}")
+        marks = ", ".join("?" for _ in from_statuses) or "NULL"
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise NotFoundError(f"job {job_id!r} not found")
+            updated = conn.execute(f"UPDATE jobs SET status = ?, status_reason = ?, updated_at = ? WHERE id = ?"
+                                   f" AND status IN ({marks})", (status, status_reason, _now(), job_id,
+                                                                 *from_statuses))
+            return updated.rowcount == 1
+
+    def set_job_process(self, job_id: str, pid: int | None, *, owner: str | None = None,
+                        runner_id: str | None = None, runner_pid: int | None = None) -> Job:
+        """Record the process working on a job (``pid`` None: none now); owner fields change only where given."""
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"job {job_id!r} not found")
+            job = _job(row)
+            conn.execute("UPDATE jobs SET pid = ?, owner = ?, runner_id = ?, runner_pid = ? WHERE id = ?",
+                         (pid, job.owner if owner is None else owner,
+                          job.runner_id if runner_id is None else runner_id,
+                          job.runner_pid if runner_pid is None else runner_pid, job_id))
+            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
     def get_job(self, job_id: str) -> Job:
         with self._lock:
             row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -525,12 +587,11 @@ class Store:
             raise NotFoundError(f"job {job_id!r} not found")
         return _job(row)
 
-    def list_jobs(self, kind: str | None = None) -> list[Job]:
-        """Jobs, newest first (all kinds, or one)."""
-        if kind is None:
-            rows = self._read_all("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC")
-        else:
-            rows = self._read_all("SELECT * FROM jobs WHERE kind = ? ORDER BY created_at DESC, rowid DESC", (kind,))
+    def list_jobs(self, kind: str | None = None, *, status: str | None = None) -> list[Job]:
+        """Jobs, newest first (all kinds, or one; all statuses, or one)."""
+        where = [(clause, value) for clause, value in (("kind = ?", kind), ("status = ?", status)) if value is not None]
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(c for c, _ in where) if where else "")
+        rows = self._read_all(sql + " ORDER BY created_at DESC, rowid DESC", tuple(v for _, v in where))
         return [_job(row) for row in rows]
 
     def latest_job_for_output(self, kind: str, output: str) -> Job | None:

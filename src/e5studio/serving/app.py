@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from e5studio import __version__
+from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import E5StudioError
@@ -28,6 +30,8 @@ from e5studio.settings import EngineSettings, ServeSettings
 from e5studio.web.mount import error_page, is_ui_page, mount_ui
 
 access_log = logging.getLogger("e5studio.access")
+JOB_POLL_S = 1.0
+JOB_STOP_TIMEOUT_S = 20.0
 INFERENCE_ROUTES = ("/api/predict/", "/api/v2/predict/", "/v1/embeddings")
 
 
@@ -84,16 +88,31 @@ def create_app(settings: ServeSettings, store: Store,
     metrics = Metrics()
     pool = ModelPool(store, settings.engine, metrics, settings.max_queue, loader=loader)
 
+    jobs = JobRunner(store, settings.data_dir)
+
+    async def watch_jobs() -> None:
+        while True:
+            await asyncio.sleep(JOB_POLL_S)
+            try:
+                await asyncio.to_thread(jobs.poll)
+            except Exception:  # a failed poll must not end the watching
+                logging.getLogger("e5studio").exception("polling the background jobs failed")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.restore()
+        await asyncio.to_thread(jobs.recover)  # jobs of a previous server: Interrupted (resumable)
+        watcher = asyncio.create_task(watch_jobs())
         yield
+        watcher.cancel()
+        await asyncio.to_thread(jobs.close, JOB_STOP_TIMEOUT_S)  # children record Interrupted
         pool.close()  # queued requests finish before the workers stop
 
     app = FastAPI(title="e5studio", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pool = pool
+    app.state.jobs = jobs
     app.state.inference = InferenceService(store, pool, metrics, settings.max_body_bytes)
 
     @app.exception_handler(E5StudioError)

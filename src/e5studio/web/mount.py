@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from e5studio.web import datasets, endpoints
+from e5studio.web import datasets, endpoints, jobs
 from e5studio.web.common import HERE, LoginRequired, login_url, render
 from e5studio.web.sessions import SessionStore
 
@@ -40,4 +40,5 @@ def mount_ui(app: FastAPI) -> None:
     app.include_router(endpoints.public, include_in_schema=False)
     app.include_router(endpoints.router, include_in_schema=False)
     app.include_router(datasets.router, include_in_schema=False)
+    app.include_router(jobs.router, include_in_schema=False)
     app.mount(UI_PREFIX + "/static", StaticFiles(directory=HERE / "static"), name="ui-static")

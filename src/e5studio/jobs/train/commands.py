@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,31 +150,97 @@ class StoreReporter:
             "epoch": epoch, **metrics}})
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: the train command stops like on Ctrl-C (checkpoints make ``--resume`` exact).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it. The job
+    becomes Interrupted, unless it is Cancelled already: the server records a cancel before it signals, and
+    sends a plain SIGTERM when it shuts down.
+    """
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread (once; a second one kills)."""
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _claim_job(store: Store, job_id: str, output: Path, dataset: Any, model: str, resume: bool) -> bool:
+    """Take over the recorded job ``job_id`` (``--job-id``): False when it was cancelled before this start.
+
+    The job must be a train job for the same output, dataset and model; a Failed or Interrupted one
+    becomes Running again. Cancelled means "do not run" (a cancel may arrive before the process starts).
+    """
+    from e5studio.control.store import JOB_CANCELLED, JOB_FAILED, JOB_INTERRUPTED, JOB_RUNNING
+
+    job = store.get_job(job_id)
+    mismatch = [name for name, ok in (("kind", job.kind == "train"), ("output", job.output == str(output)),
+                                      ("dataset", job.dataset_id == dataset.id), ("model", job.model == model))
+                if not ok]
+    if mismatch:
+        raise InputError(f"job {job_id} is not this run: its {', '.join(mismatch)} differ "
+                         f"(job: kind {job.kind}, output {job.output}, model {job.model})")
+    if job.status == JOB_RUNNING:
+        return True
+    if store.transition_job(job_id, (JOB_FAILED, JOB_INTERRUPTED), JOB_RUNNING, "resumed" if resume else "restarted"):
+        return True
+    status = store.get_job(job_id).status
+    if status == JOB_CANCELLED:
+        return False
+    raise InputError(f"job {job_id} is {status}; only a Running, Failed or Interrupted job can be run again")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    with _sigterm_raises():
+        try:
+            return _train(args)
+        except Terminated:  # before the job was under way (while torch was loading, say): nothing to record
+            print("e5studio: stopped (SIGTERM) before training started", file=sys.stderr)
+            return 128 + signal.SIGTERM
+
+
+def _train(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as torch_dist
 
-    from e5studio.control.store import JOB_FAILED, JOB_INTERRUPTED, JOB_RUNNING, JOB_SUCCEEDED
+    from e5studio.control.store import JOB_FAILED, JOB_INTERRUPTED, JOB_OWNER_CLI, JOB_RUNNING, JOB_SUCCEEDED
     from e5studio.jobs.train.evaluate import load_eval_set
     from e5studio.jobs.train.trainer import DistContext, RunOptions, Trainer, TrainJob, TrainSettings
 
     dist = DistContext.from_env(os.environ)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    settings = TrainSettings(
-        epochs=args.epochs, batch_size=args.batch_size, train_n_passages=args.train_n_passages,
-        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm, temperature=args.temperature, seed=args.seed,
-        query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
-        precision=args.precision)
-    options = RunOptions(device=args.device, gradient_checkpointing=args.gradient_checkpointing,
-                         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
-                         eval_max_length=args.eval_max_length, progress=not args.no_progress)
     output = Path(args.output).resolve()
     store = _store(args)
     job_id: str | None = None
     try:
+        settings = TrainSettings(
+            epochs=args.epochs, batch_size=args.batch_size, train_n_passages=args.train_n_passages,
+            learning_rate=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+            max_grad_norm=args.max_grad_norm, temperature=args.temperature, seed=args.seed,
+            query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
+            precision=args.precision)
+        options = RunOptions(device=args.device, gradient_checkpointing=args.gradient_checkpointing,
+                             save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+                             eval_max_length=args.eval_max_length, progress=not args.no_progress)
         dataset = store.get_dataset(args.dataset)
+        if dist.is_main and args.job_id is not None:
+            if not _claim_job(store, args.job_id, output, dataset, args.model, args.resume):
+                print(f"e5studio: job {args.job_id} was cancelled before it started; nothing to do", file=sys.stderr)
+                return 0
+            job_id = args.job_id
         if dist.is_main:
             _check_unchanged(dataset)
         evalset = load_eval_set(Path(args.eval_dir), max_queries=args.eval_max_queries) if args.eval_dir else None
@@ -183,43 +252,48 @@ def cmd_train(args: argparse.Namespace) -> int:
                        dataset_checksums={"passages": dataset.passages_sha256, "train": dataset.train_sha256})
         trainer = Trainer(job, dist)
         if dist.is_main:
-            params = {"dataset": dataset.ref, "eval_dir": args.eval_dir, "world_size": dist.world_size,
-                      **{k: v for k, v in vars(settings).items()}}
-            previous = store.latest_job_for_output("train", str(output)) if args.resume else None
-            if previous is not None:
-                job_id = previous.id
-                store.update_job(job_id, status=JOB_RUNNING, status_reason="resumed")
-            else:
-                job_id = store.create_job("train", args.model, str(output), params, dataset.id).id
+            if job_id is None:
+                params = {"dataset": dataset.ref, "eval_dir": args.eval_dir, "world_size": dist.world_size,
+                          **{k: v for k, v in vars(settings).items()}}
+                previous = store.latest_job_for_output("train", str(output)) if args.resume else None
+                if previous is not None:
+                    job_id = previous.id
+                    store.update_job(job_id, status=JOB_RUNNING, status_reason="resumed")
+                else:
+                    job_id = store.create_job("train", args.model, str(output), params, dataset.id).id
+                store.set_job_process(job_id, os.getpid(), owner=JOB_OWNER_CLI, runner_id="", runner_pid=0)
             trainer.reporter = StoreReporter(store, job_id)
             print(f"train job {job_id}: {args.model} on dataset {dataset.ref} -> {output} "
                   f"({trainer.total_steps} steps, {dist.world_size} process(es), device {trainer.device})",
                   file=sys.stderr, flush=True)
         result = trainer.run(resume=args.resume)
-    except KeyboardInterrupt:
-        if job_id is not None:
-            store.update_job(job_id, status=JOB_INTERRUPTED, status_reason="interrupted (Ctrl-C); --resume continues")
-        print("e5studio: interrupted; `e5studio train ... --resume` continues from the newest checkpoint",
+        if dist.is_main and job_id is not None:
+            summary: dict[str, Any] = {"final_dir": str(result.final_dir),
+                                       "groups_per_s": round(result.groups_per_s, 3),
+                                       "best_dir": str(result.best_dir) if result.best_dir else None}
+            if result.peak_memory_bytes is not None:
+                summary["peak_gpu_memory_gib"] = round(result.peak_memory_bytes / 2**30, 2)
+            if result.history:
+                summary["before"] = {k: v for k, v in result.history[0].items() if "@" in k}
+                summary["after"] = {k: v for k, v in result.history[-1].items() if "@" in k}
+            store.update_job(job_id, status=JOB_SUCCEEDED, status_reason="", step=result.steps, metrics=summary)
+            print(json.dumps({"job": job_id, **summary}, indent=2))
+    except (KeyboardInterrupt, Terminated) as exc:
+        how = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        if job_id is not None:  # a Cancelled job (the server records the cancel before signalling) stays Cancelled
+            store.transition_job(job_id, (JOB_RUNNING,), JOB_INTERRUPTED,
+                                 f"interrupted ({how}); --resume continues from the newest checkpoint")
+        print(f"e5studio: interrupted ({how}); `e5studio train ... --resume` continues from the newest checkpoint",
               file=sys.stderr)
-        return 130
+        return 130 if how == "Ctrl-C" else 128 + signal.SIGTERM
     except BaseException as exc:
         if job_id is not None:
-            store.update_job(job_id, status=JOB_FAILED, status_reason=f"{type(exc).__name__}: {exc}"[:2000])
+            store.transition_job(job_id, (JOB_RUNNING,), JOB_FAILED, f"{type(exc).__name__}: {exc}"[:2000])
         raise
     finally:
         if torch_dist.is_available() and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
-    if dist.is_main and job_id is not None:
-        summary: dict[str, Any] = {"final_dir": str(result.final_dir), "groups_per_s": round(result.groups_per_s, 3),
-                                   "best_dir": str(result.best_dir) if result.best_dir else None}
-        if result.peak_memory_bytes is not None:
-            summary["peak_gpu_memory_gib"] = round(result.peak_memory_bytes / 2**30, 2)
-        if result.history:
-            summary["before"] = {k: v for k, v in result.history[0].items() if "@" in k}
-            summary["after"] = {k: v for k, v in result.history[-1].items() if "@" in k}
-        store.update_job(job_id, status=JOB_SUCCEEDED, status_reason="", step=result.steps, metrics=summary)
-        print(json.dumps({"job": job_id, **summary}, indent=2))
-    store.close()
+        store.close()
     return 0
 
 
@@ -291,5 +365,8 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--keep-checkpoints", type=int, default=2, help="complete checkpoints kept (default 2)")
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--job-id", default=None,
+                       help="run the job recorded under this id (by the server) instead of recording a new one; "
+                            "with --resume, continue it")
     _add_data_dir(train)
     train.set_defaults(func=cmd_train)

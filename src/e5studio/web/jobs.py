@@ -1,0 +1,187 @@
+"""Train jobs and batch-embedding jobs in the UI: create, list with progress, a live page with charts and
+log lines, cancel, resume, and *Deploy as endpoint* for a finished fine-tune."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+
+from e5studio.control.job_runner import JobRunner, train_param_defaults
+from e5studio.control.store import JOB_RESUMABLE_STATUSES, JOB_RUNNING, Job, Store
+from e5studio.errors import InputError
+from e5studio.web.common import SessionDep, read_form, render, text_field, ui_session
+from e5studio.web.endpoints import BATCH_SIZE_HELP, model_choices
+
+router = APIRouter(prefix="/ui", dependencies=[Depends(ui_session)])
+LOG_LINES = 40
+
+
+PARAM_HELP = {
+    "epochs": "passes over the training queries; each epoch rotates positives and negatives",
+    "batch_size": "queries per optimizer step; each brings train_n_passages passages",
+    "train_n_passages": "passages per query: 1 positive + N-1 hard negatives",
+    "lr": "peak learning rate (linear warmup, then linear decay)",
+    "temperature": "InfoNCE temperature (the E5 recipe uses 0.01)",
+    "warmup_ratio": "share of the steps spent warming the learning rate up",
+    "query_max_length": "queries are cut at this many tokens",
+    "passage_max_length": "passages are cut at this many tokens (the model reads up to 512)",
+    "seed": "random seed of sampling and initialisation",
+    "save_every": "a checkpoint every N steps (and at each epoch end); resume starts there",
+    "threads": "CPU threads of the training process (empty: one per core)",
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: str
+    help: str
+
+
+def train_params() -> list[Param]:
+    """The form fields of a train job: every parameter the runner takes, its default and one line of help."""
+    return [Param(name, "" if default is None else str(default), PARAM_HELP.get(name, ""))
+            for name, default in train_param_defaults().items()]
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.inference.store
+    return store
+
+
+def _runner(request: Request) -> JobRunner:
+    runner: JobRunner = request.app.state.jobs
+    return runner
+
+
+def _job_json(request: Request, job: Job, details: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": job.id, "kind": job.kind, "status": job.status, "status_reason": job.status_reason,
+                           "step": job.step, "total_steps": job.total_steps, "progress": round(job.progress, 4),
+                           "model": job.model, "created_at": job.created_at}
+    if details:
+        runner = _runner(request)
+        out["history"] = runner.history(job.id)
+        out["log"] = runner.log_tail(job.id, LOG_LINES)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- train jobs
+
+
+def _train_form(request: Request, status_code: int = 200, error: str = "", form: dict[str, str] | None = None
+                ) -> Response:
+    defaults = {p.name: p.default for p in train_params()}
+    defaults.update({"dataset": "", "model": request.app.state.settings.default_model, "model_other": "",
+                     "eval_dir": ""})
+    return render(request, "jobs.html", status_code=status_code, error=error, jobs=_store(request).list_jobs("train"),
+                  datasets=_store(request).list_datasets(), models=model_choices(request), params=train_params(),
+                  form={**defaults, **(form or {})})
+
+
+@router.get("/jobs")
+async def train_jobs(request: Request) -> Response:
+    return _train_form(request)
+
+
+@router.post("/jobs")
+async def create_train_job(request: Request, session: SessionDep) -> Response:
+    form = await read_form(request, session)
+    values = {k: text_field(form, k) for k in ("dataset", "model", "model_other", "eval_dir",
+                                                *(p.name for p in train_params()))}
+    params = {p.name: values[p.name] for p in train_params()}  # empty: the default
+    try:
+        if not values["dataset"]:
+            raise InputError("choose a dataset (add one on the Datasets page first)")
+        job = _runner(request).start_train(values["dataset"], values["model_other"] or values["model"], params,
+                                           values["eval_dir"] or None)
+    except InputError as exc:
+        return _train_form(request, 400, str(exc), values)
+    return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
+
+
+@router.get("/jobs/{job_id}")
+async def job_page(request: Request, job_id: str) -> Response:
+    store = _store(request)
+    job = store.get_job(job_id)
+    dataset = store.get_dataset(job.dataset_id) if job.dataset_id else None
+    final_dir = _runner(request).final_model_dir(job)
+    return render(request, "job.html", job=job, dataset=dataset, final_dir=final_dir,
+                  vectors_dir=_runner(request).vectors_dir(job),
+                  projects=store.list_projects(), batch_help=BATCH_SIZE_HELP,
+                  can_cancel=job.status == JOB_RUNNING, can_resume=job.status in JOB_RESUMABLE_STATUSES)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(request: Request, job_id: str, session: SessionDep) -> Response:
+    await read_form(request, session)
+    _runner(request).cancel(job_id)
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/resume")
+async def resume_job(request: Request, job_id: str, session: SessionDep) -> Response:
+    await read_form(request, session)
+    _runner(request).resume(job_id)
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/deploy")
+async def deploy_job(request: Request, job_id: str, session: SessionDep) -> Response:
+    """A new endpoint serving the fine-tuned model of a finished job; its key is shown once on its page."""
+    form = await read_form(request, session)
+    job = _store(request).get_job(job_id)
+    final_dir = _runner(request).final_model_dir(job)
+    if final_dir is None:
+        raise InputError(f"job {job_id} has no finished model to deploy (status {job.status})")
+    batch_size = text_field(form, "batch_size", "32")
+    if batch_size not in ("1", "32"):
+        raise InputError(f"batch size must be 1 or 32, got {batch_size!r}")
+    endpoint, key = _store(request).create_endpoint(
+        text_field(form, "project"), text_field(form, "name"), str(final_dir), int(batch_size),
+        f"fine-tuned by train job {job.id}")
+    request.app.state.pool.deploy(endpoint)
+    session.flashes[f"key:{endpoint.id}"] = key
+    return RedirectResponse(f"/ui/endpoints/{endpoint.id}", status_code=303)
+
+
+@router.get("/api/jobs")
+async def jobs_status(request: Request, kind: str | None = None) -> dict[str, Any]:
+    return {"jobs": [_job_json(request, j) for j in _store(request).list_jobs(kind or None)]}
+
+
+@router.get("/api/jobs/{job_id}")
+async def job_status(request: Request, job_id: str) -> dict[str, Any]:
+    """Status, progress, the loss and nDCG@10 history and the last log lines (polled by the job page)."""
+    return _job_json(request, _store(request).get_job(job_id), details=True)
+
+
+# ---------------------------------------------------------------------------------------------- batch jobs
+
+
+def _batch_page(request: Request, status_code: int = 200, error: str = "", form: dict[str, str] | None = None
+                ) -> Response:
+    return render(request, "batch_jobs.html", status_code=status_code, error=error,
+                  jobs=_store(request).list_jobs("batch_embed"), datasets=_store(request).list_datasets(),
+                  models=model_choices(request),
+                  form={"dataset": "", "model": request.app.state.settings.default_model, **(form or {})})
+
+
+@router.get("/batch-jobs")
+async def batch_jobs(request: Request) -> Response:
+    return _batch_page(request)
+
+
+@router.post("/batch-jobs")
+async def create_batch_job(request: Request, session: SessionDep) -> Response:
+    form = await read_form(request, session)
+    values = {k: text_field(form, k) for k in ("dataset", "model")}
+    try:
+        if not values["dataset"]:
+            raise InputError("choose a dataset whose passages to embed")
+        job = _runner(request).start_batch_embed(values["dataset"], values["model"])
+    except InputError as exc:
+        return _batch_page(request, 400, str(exc), values)
+    return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
