@@ -243,10 +243,11 @@ def test_streamed_body_over_the_default_limit_is_413(http: httpx.Client, nlp_pat
 @pytest.fixture(scope="module")
 def small_app(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[tuple[TestClient, str, str]]:
     """The app in-process (tiny random checkpoint) with a 2000-byte body limit: (client, nlp path, key)."""
-    store = Store(tmp_path_factory.mktemp("small") / "e5studio.db")
+    data_dir = tmp_path_factory.mktemp("small")
+    store = Store(data_dir / "e5studio.db")
     store.create_project("p")
     endpoint, key = store.create_endpoint("p", "tiny", str(tiny_dir), 32)
-    settings = ServeSettings(max_body_bytes=2000, default_model=str(tiny_dir),
+    settings = ServeSettings(data_dir=data_dir, max_body_bytes=2000, default_model=str(tiny_dir),
                              engine=EngineSettings(model=str(tiny_dir), device="cpu"))
     app = create_app(settings, store)
     with TestClient(app) as client:
