@@ -228,7 +228,7 @@ def test_server_restart_interrupts_a_job_and_resume_finishes_it(browser: Any, tm
         page.wait_for_url("**/ui/datasets?added=*")
         page.goto("/ui/jobs")
         page.fill("#new-job input[name=model_other]", str(base))
-        for name, value in {"epochs": "150", "batch_size": "8", "train_n_passages": "4", "save_every": "10",
+        for name, value in {"epochs": "60", "batch_size": "8", "train_n_passages": "4", "save_every": "10",
                             "query_max_length": "16", "passage_max_length": "32"}.items():
             page.fill(f"#new-job input[name={name}]", value)
         page.click("#new-job button[type=submit]")
@@ -244,12 +244,26 @@ def test_server_restart_interrupts_a_job_and_resume_finishes_it(browser: Any, tm
         expect(log_in_again.locator("#job-status")).to_have_text("Interrupted")
         assert "server shut down" in log_in_again.inner_text("#job-reason")
         step_before = int(log_in_again.inner_text("#job-steps").split("/")[0])
-        assert 0 < step_before < 450
+        assert 0 < step_before < 180
         shot(log_in_again, artifacts, "15-job-interrupted")
         log_in_again.click("#job-actions button:text('Resume')")
         expect(log_in_again.locator("#job-status")).to_have_text("Succeeded", timeout=TRAIN_TIMEOUT_MS)
-        expect(log_in_again.locator("#job-steps")).to_have_text("450 / 450")
+        expect(log_in_again.locator("#job-steps")).to_have_text("180 / 180")
         assert "resum" in log_in_again.inner_text("#job-log").lower()
+
+        # cancel (after the confirmation dialog): Cancelled, and Resume is offered
+        log_in_again.goto("/ui/jobs")
+        log_in_again.fill("#new-job input[name=model_other]", str(base))
+        log_in_again.fill("#new-job input[name=epochs]", "150")
+        log_in_again.fill("#new-job input[name=batch_size]", "8")
+        log_in_again.click("#new-job button[type=submit]")
+        log_in_again.wait_for_url("**/ui/jobs/*")
+        expect(log_in_again.locator("#job-steps")).not_to_have_text(re.compile(r"^0 / "), timeout=TRAIN_TIMEOUT_MS)
+        log_in_again.once("dialog", lambda dialog: dialog.accept())
+        log_in_again.click("#job-actions button:text('Cancel')")
+        expect(log_in_again.locator("#job-status")).to_have_text("Cancelled")
+        expect(log_in_again.locator("#job-actions button:text('Resume')")).to_be_visible()
+        shot(log_in_again, artifacts, "16-job-cancelled")
     finally:
         context.close()
         server.stop()

@@ -48,6 +48,7 @@ from e5studio.control.store import (
     JOB_RESUMABLE_STATUSES,
     JOB_RUNNING,
     JOB_SUCCEEDED,
+    Dataset,
     Job,
     Store,
 )
@@ -303,13 +304,7 @@ class JobRunner:
         eval_path = _check_eval_dir(eval_dir)
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
-            self._check_open()
-            job_id = Store.new_job_id()
-            folder = self._job_dir(job_id)
-            job = self.store.create_job(
-                KIND_TRAIN, model, str(folder), {"dataset": dataset.ref, "eval_dir": eval_path, **values},
-                dataset.id, job_id=job_id, owner=JOB_OWNER_SERVER, log_path=str(folder / LOG_FILE),
-                runner_id=self.id, runner_pid=os.getpid())
+            job = self._record(KIND_TRAIN, model, dataset, {"eval_dir": eval_path, **values})
             return self._spawn(job, self._train_args(job, resume=False))
 
     def start_batch_embed(self, dataset_ref: str, model: str, params: Mapping[str, object] | None = None) -> Job:
@@ -323,16 +318,19 @@ class JobRunner:
         model = _check_model(model)
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
-            self._check_open()
-            job_id = Store.new_job_id()
-            folder = self._job_dir(job_id)
-            job = self.store.create_job(
-                KIND_BATCH_EMBED, model, str(folder),
-                {"dataset": dataset.ref, "input": str(Path(dataset.path) / "passages.jsonl"), **values}, dataset.id,
-                job_id=job_id, owner=JOB_OWNER_SERVER, log_path=str(folder / LOG_FILE), runner_id=self.id,
-                runner_pid=os.getpid())
+            job = self._record(KIND_BATCH_EMBED, model, dataset,
+                               {"input": str(Path(dataset.path) / "passages.jsonl"), **values})
             self.store.update_job(job.id, total_steps=dataset.passages)
             return self._spawn(job, self._embed_args(job))
+
+    def _record(self, kind: str, model: str, dataset: Dataset, params: Mapping[str, object]) -> Job:
+        """A new server-owned job row in its own folder (caller holds the lock)."""
+        self._check_open()
+        job_id = Store.new_job_id()
+        folder = self._job_dir(job_id)
+        return self.store.create_job(kind, model, str(folder), {"dataset": dataset.ref, **params}, dataset.id,
+                                     job_id=job_id, owner=JOB_OWNER_SERVER, log_path=str(folder / LOG_FILE),
+                                     runner_id=self.id, runner_pid=os.getpid())
 
     def resume(self, job_id: str) -> Job:
         """Start a stopped (Interrupted, Failed or Cancelled) job of this server again where it stopped."""
