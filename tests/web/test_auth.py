@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 
@@ -84,3 +85,18 @@ def test_login_never_redirects_off_site(http: httpx.Client, ui_server: ServerPro
         answer = http.post("/ui/login", data={"token": ui_server.admin_token, "next": target})
         assert answer.status_code == 303
         assert answer.headers["location"] == "/ui/"
+
+
+def test_new_endpoint_offers_aliases_and_local_checkpoints(http: httpx.Client, ui_server: ServerProcess,
+                                                          minilm_dir: Path) -> None:
+    models = ui_server.data_dir / "models"
+    models.mkdir(exist_ok=True)
+    (models / "my-minilm").symlink_to(minilm_dir, target_is_directory=True)
+    (models / "not-a-checkpoint").mkdir()
+    login(http, ui_server.admin_token)
+    form = http.get("/ui/endpoints/new?project=default").text
+    for alias in ("e5-large-v2", "e5-base-v2", "e5-small-v2", "all-minilm-l6-v2"):
+        assert f'<option value="{alias}"' in form
+    assert f'value="{(models / "my-minilm").resolve()}"' in form
+    assert "not-a-checkpoint" not in form
+    assert "vectorising a knowledge base" in form and "one query at a time" in form

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ BATCH_SIZE_HELP = {
     1: "1: for a live service answering one query at a time (lowest latency per request)",
 }
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
+MODELS_DIR = "models"  # checkpoints copied into <data dir>/models/<name>/ are offered in the model lists
 TRY_LIMIT_BYTES = 64 * 1024
 TRY_MAX_TEXTS = 8
 
@@ -128,6 +130,10 @@ def model_choices(request: Request) -> list[tuple[str, str]]:
         if job.status == "Succeeded" and final_dir:
             dataset = job.params.get("dataset", "?")
             choices.append((str(final_dir), f"fine-tuned: job {job.id[:8]} ({job.model} on {dataset})"))
+    models_dir: Path = request.app.state.settings.data_dir / MODELS_DIR
+    if models_dir.is_dir():
+        for directory in sorted(p.parent for p in models_dir.glob("*/config.json")):
+            choices.append((str(directory.resolve()), f"local: {directory.name} ({directory.resolve()})"))
     known = {value for value, _ in choices}
     for endpoint in store.list_endpoints():
         if endpoint.model not in known:
