@@ -140,6 +140,7 @@ def test_datasets_errors_by_line_then_a_valid_one(page: Any, ui_server: ServerPr
     page.click(f"{form} button[type=submit]")
     page.wait_for_selector("text=Error 413")
     assert "limit" in page.inner_text("main")
+    shot(page, artifacts, "08b-upload-over-limit")
     page.goto("/ui/datasets")
     assert page.locator("#datasets tr[data-dataset^='too-big']").count() == 0
 
