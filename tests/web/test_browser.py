@@ -101,6 +101,15 @@ def test_endpoint_with_batch_size_one(page: Any, ui_server: ServerProcess, artif
     row.locator("[data-field=status]:text('Live')").wait_for()
     shot(page, artifacts, "06-project-endpoints")
 
+    # a model that cannot be loaded: Failed, with the reason, without reloading the page
+    page.goto("/ui/endpoints/new?project=default")
+    page.fill("#new-endpoint input[name=name]", "broken-model")
+    page.fill("#new-endpoint input[name=model_other]", "/nonexistent/e5-model")
+    page.click("#new-endpoint button[type=submit]")
+    expect(page.locator("#endpoint-status")).to_have_text("Failed", timeout=60_000)
+    assert "/nonexistent/e5-model" in page.inner_text("[data-endpoint-id] [data-field=reason]")
+    shot(page, artifacts, "06b-endpoint-failed")
+
 
 def test_datasets_errors_by_line_then_a_valid_one(page: Any, ui_server: ServerProcess, artifacts: Path,
                                                   tmp_path: Path) -> None:
