@@ -164,3 +164,27 @@ def test_one_job_per_output_folder(tmp_path: Path, corpus: Path, tiny_dir: Path)
     finally:
         holder.close()
     assert run_job(settings).manifest["count"] == 100
+
+
+def test_workers_embed_micro_batches_at_once_with_the_same_vectors(tmp_path: Path, corpus: Path, tiny_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``workers`` reaches the engine, whose micro-batches then run one per worker: the shards do not change."""
+    from e5studio.engine.parallel import PerCore
+
+    parallel_calls: list[int] = []
+    run = PerCore.run
+
+    def spy(self: PerCore, compute, batches) -> None:  # type: ignore[no-untyped-def]
+        parallel_calls.append(len(batches))
+        run(self, compute, batches)
+
+    monkeypatch.setattr(PerCore, "run", spy)
+    run_job(settings_for(corpus, tmp_path / "one", tiny_dir, window_size=100, workers=1))
+    assert parallel_calls == []
+    run_job(settings_for(corpus, tmp_path / "two", tiny_dir, window_size=100, workers=2))
+    assert parallel_calls and max(parallel_calls) > 1
+
+    ids_one, vectors_one = read_output(tmp_path / "one", verify=True)
+    ids_two, vectors_two = read_output(tmp_path / "two", verify=True)
+    assert ids_one == ids_two
+    np.testing.assert_array_equal(vectors_two, vectors_one)

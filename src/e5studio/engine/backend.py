@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from e5studio.engine import packed
 from e5studio.engine.checkpoint import Checkpoint, read_weights
 from e5studio.engine.encoder import BertEncoder, pack
 from e5studio.engine.pooling import l2_normalize, mean_pool
@@ -55,11 +56,21 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ModelError(f"unknown dtype {dtype!r} (auto, {', '.join(_DTYPES)})") from None
 
 
-class TorchBackend:
-    """Our BertEncoder on CPU (fp32) or CUDA (fp16/bf16, fused attention)."""
+def for_inference(encoder: BertEncoder, device: torch.device, dtype: torch.dtype) -> BertEncoder:
+    """``encoder`` placed for serving, in eval mode: on CPU in fp32 with its layers prepacked for oneDNN
+    (:mod:`e5studio.engine.packed`; changes ``encoder`` in place), elsewhere as it is."""
+    encoder = encoder.to(device=device, dtype=dtype).eval()
+    if device.type == "cpu" and dtype == torch.float32 and packed.available():
+        return packed.prepack(encoder)
+    return encoder
 
-    def __init__(self, encoder: BertEncoder, device: torch.device, dtype: torch.dtype) -> None:
-        self.encoder = encoder.to(device=device, dtype=dtype).eval()
+
+class TorchBackend:
+    """Our BertEncoder on CPU (fp32, prepacked weights) or CUDA (fp16/bf16, fused attention)."""
+
+    def __init__(self, encoder: BertEncoder, device: torch.device) -> None:
+        """``encoder``: already on ``device`` in its dtype, in eval mode (see :func:`for_inference`)."""
+        self.encoder = encoder
         self.dim = encoder.config.hidden_size
         self.device = str(device)
         self._device = device
@@ -69,7 +80,7 @@ class TorchBackend:
         dev = pick_device(device)
         encoder = BertEncoder(checkpoint.config)
         encoder.load_state_dict(read_weights(checkpoint), strict=True)
-        return cls(encoder, dev, pick_dtype(dtype, dev))
+        return cls(for_inference(encoder, dev, pick_dtype(dtype, dev)), dev)
 
     @torch.inference_mode()
     def embed_batch(self, sequences: Sequence[np.ndarray]) -> np.ndarray:

@@ -69,6 +69,13 @@ def pack(sequences: Sequence[np.ndarray]) -> PackedBatch:
     )
 
 
+def activation(hidden_act: str) -> nn.Module:
+    """The feed-forward activation of a BERT config (``hidden_act``)."""
+    if hidden_act == "relu":
+        return nn.ReLU()
+    return nn.GELU(approximate="none" if hidden_act == "gelu" else "tanh")  # gelu_new, gelu_pytorch_tanh
+
+
 class EncoderLayer(nn.Module):
     """One post-LayerNorm BERT block on packed tokens."""
 
@@ -78,9 +85,8 @@ class EncoderLayer(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         self.eps = config.layer_norm_eps
-        self.approximate = "none" if config.hidden_act == "gelu" else "tanh"
-        self.relu = config.hidden_act == "relu"
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.activation = activation(config.hidden_act)
+        self.dropout: nn.Module = nn.Dropout(config.hidden_dropout_prob)
         self.attention_dropout = config.attention_probs_dropout_prob
         self.qkv = nn.Linear(d, 3 * d)
         self.attn_out = nn.Linear(d, d)
@@ -107,8 +113,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         x = self.attn_norm(x + self.attention(x, batch))  # [T, d]
-        inner = self.ffn_in(x)  # [T, ffn]
-        inner = F.relu(inner) if self.relu else F.gelu(inner, approximate=self.approximate)
+        inner = self.activation(self.ffn_in(x))  # [T, ffn]
         return self.ffn_norm(x + self.dropout(self.ffn_out(inner)))  # [T, d]
 
 
@@ -123,7 +128,7 @@ class BertEncoder(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
         self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.embeddings_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.embeddings_dropout: nn.Module = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         # Training only: recompute each layer's activations in backward instead of keeping them.
         self.gradient_checkpointing = False

@@ -9,14 +9,12 @@ top ``depth`` = 1000).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from e5studio.engine.embedder import Embedder
-from e5studio.jobs.batch_embed.runner import compute_pool, embed_ids_parallel
 from e5studio.jobs.train.evaluate import load_eval_set
 from e5studio.retrieval.metrics import evaluate
 from e5studio.retrieval.search import exact_search, to_run
@@ -38,21 +36,18 @@ class EvalSettings:
     metrics: tuple[str, ...] = DEFAULT_METRICS
     depth: int = 1000
     max_queries: int | None = None
-    workers: int | None = None  # micro-batches embedded at once (default: one per core on CPU)
 
 
 def run_eval(embedder: Embedder, settings: EvalSettings, model: dict[str, Any] | None = None) -> dict[str, Any]:
     """Embed, search and score; returns the report (metrics, counts, settings, timings)."""
     evalset = load_eval_set(settings.data, settings.split, settings.max_queries)
-    workers = settings.workers or ((os.cpu_count() or 1) if embedder.backend.device == "cpu" else 1)
-    with compute_pool(embedder, workers, None) as pool:
-        t0 = time.perf_counter()
-        passages = embedder.tokenize([with_prefix(p, settings.passage_prefix) for p in evalset.passages])
-        corpus = embed_ids_parallel(embedder, passages, pool)  # [n, d]
-        t1 = time.perf_counter()
-        query_ids = embedder.tokenize([with_prefix(q, settings.query_prefix) for q in evalset.queries])
-        queries = embed_ids_parallel(embedder, query_ids, pool)  # [q, d]
-        t2 = time.perf_counter()
+    t0 = time.perf_counter()
+    passages = embedder.tokenize([with_prefix(p, settings.passage_prefix) for p in evalset.passages])
+    corpus = embedder.embed_ids(passages)  # [n, d]
+    t1 = time.perf_counter()
+    query_ids = embedder.tokenize([with_prefix(q, settings.query_prefix) for q in evalset.queries])
+    queries = embedder.embed_ids(query_ids)  # [q, d]
+    t2 = time.perf_counter()
     scores, indices = exact_search(queries, corpus, settings.depth)
     run = to_run(evalset.query_ids, evalset.doc_ids, scores, indices)
     metrics = evaluate(evalset.qrels, run, settings.metrics)

@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -69,7 +68,8 @@ class JobSettings:
     input_type: E5 prefix added where missing (``passage``, ``query``) or ``None`` for texts as given.
     window_size: input lines (rows) per window = per shard; records are length-sorted within a window.
     bad_records: ``skip`` (each bad record goes to ``rejects.jsonl`` with its line number) or ``fail``.
-    workers: local engine, micro-batches embedded in parallel (``None``: one per core on CPU, 1 on GPU).
+    workers: local engine, micro-batches embedded at once (``None``: the engine's default, one per CPU thread; 1 on
+    GPU), see :meth:`e5studio.engine.embedder.Embedder.load`.
     """
 
     input: InputSpec
@@ -81,12 +81,6 @@ class JobSettings:
     overwrite: bool = False
     progress: bool = True
     workers: int | None = None
-
-    def compute_workers(self, device: str) -> int:
-        """Micro-batches embedded at once by the local engine: ``workers``, else one per core on CPU, 1 on GPU."""
-        if self.workers is not None:
-            return self.workers
-        return (os.cpu_count() or 1) if device == "cpu" else 1
 
     def __post_init__(self) -> None:
         if self.input_type is not None and self.input_type not in INPUT_TYPES:
@@ -364,36 +358,13 @@ def prepare_window(embedder: Embedder, window: Window, input_type: str | None,
     return PreparedWindow(window, ids)
 
 
-def embed_ids_parallel(embedder: Embedder, sequences: list[np.ndarray], pool: ThreadPoolExecutor | None
-                       ) -> np.ndarray:
-    """``embedder.embed_ids`` with its length-sorted micro-batches spread over ``pool``'s threads.
-
-    Each micro-batch is computed whole by one thread, exactly as ``embed_ids`` computes it, so the vectors do
-    not depend on the number of threads or on which thread ran what.
-    """
-    if pool is None:
-        return embedder.embed_ids(sequences)
-    from e5studio.engine.embedder import micro_batches
-
-    out = np.empty((len(sequences), embedder.dim), dtype=np.float32)  # [n, dim]
-
-    def run(idx: list[int]) -> None:
-        out[idx] = embedder.backend.embed_batch([sequences[i] for i in idx])  # [b, dim]
-
-    for future in [pool.submit(run, idx) for idx in micro_batches([len(s) for s in sequences],
-                                                                   embedder.max_batch_tokens)]:
-        future.result()
-    return out
-
-
-def embed_window(embedder: Embedder, prepared: PreparedWindow, output: Path,
-                 pool: ThreadPoolExecutor | None = None) -> WindowResult:
+def embed_window(embedder: Embedder, prepared: PreparedWindow, output: Path) -> WindowResult:
     """Embed one tokenised window (length-sorted, token-budget micro-batches) and write its shard."""
     t0 = time.perf_counter()
     window = prepared.window
     shard = None
     if window.records:
-        vectors = embed_ids_parallel(embedder, prepared.token_ids, pool)  # [n, dim] float32, input order
+        vectors = embedder.embed_ids(prepared.token_ids)  # [n, dim] float32, input order
         shard = write_shard(output, window.spec.index, [r.id for r in window.records],
                             [text_sha256(r.text) for r in window.records], vectors)
     tokens = int(sum(len(ids) for ids in prepared.token_ids))
@@ -524,38 +495,16 @@ def local_engine(settings: JobSettings, state: JobState, progress: Progress) -> 
     """Embed every window not done, in input order, on this machine; returns how many windows the input has.
 
     A background thread reads and tokenises the next window while this one is embedded and written. On CPU
-    the micro-batches of a window are embedded by ``workers`` threads at once (default: one per core), each
-    with its share of torch's threads: on small and medium models that beats one batch spread over every
-    core (fewer synchronisation points per layer).
+    the engine embeds the micro-batches of a window ``workers`` at once (default: one per core), each with its
+    share of torch's threads (:mod:`e5studio.engine.parallel`).
     """
     from e5studio.engine.embedder import Embedder
 
-    embedder = Embedder.load(settings.engine)
-    with compute_pool(embedder, settings.compute_workers(embedder.backend.device), settings.engine.threads) as pool:
-        return _embed_windows(settings, state, progress, embedder, pool)
+    embedder = Embedder.load(settings.engine, workers=settings.workers)
+    return _embed_windows(settings, state, progress, embedder)
 
 
-@contextlib.contextmanager
-def compute_pool(embedder: Embedder, workers: int, threads: int | None) -> Iterator[ThreadPoolExecutor | None]:
-    """Threads that embed micro-batches in parallel (None for one); each gets its share of torch's threads,
-    which are restored afterwards."""
-    if workers <= 1:
-        yield None
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (threads or os.cpu_count() or 1) // workers))
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="e5studio-compute")
-    try:
-        yield pool
-    finally:
-        pool.shutdown()
-        torch.set_num_threads(before)
-
-
-def _embed_windows(settings: JobSettings, state: JobState, progress: Progress, embedder: Embedder,
-                   pool: ThreadPoolExecutor | None) -> int:
+def _embed_windows(settings: JobSettings, state: JobState, progress: Progress, embedder: Embedder) -> int:
     done = state.done
 
     def prepared() -> Iterator[tuple[int, PreparedWindow | None]]:
@@ -572,7 +521,7 @@ def _embed_windows(settings: JobSettings, state: JobState, progress: Progress, e
                 continue
             if item.window.rejects and settings.bad_records == "fail":
                 raise bad_records_error(settings.input, item.window.rejects)
-            result = embed_window(embedder, item, settings.output, pool)
+            result = embed_window(embedder, item, settings.output)
             state.commit(result)
             progress.update(result)
     finally:
