@@ -151,23 +151,44 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
         np.linalg.norm(v_ours, axis=1) * np.linalg.norm(v_st, axis=1))
     best_ours, best_st = min(t_ours), min(t_st)
 
+    def query_ours(q: str) -> np.ndarray:
+        return ours.embed([q])
+
+    def query_st(q: str) -> np.ndarray:
+        return st.encode([q], normalize_embeddings=True, convert_to_numpy=True)
+
+    # Back to back, in alternating blocks: each engine's threads stay awake between its queries, and the other
+    # engine's threads have gone quiet (spinning worker threads of one engine would slow the other's).
     lat_ours, lat_st, q_cos = [], [], []
     for q in queries[:3]:
-        ours.embed([q])
-        st.encode([q], normalize_embeddings=True)
-    for q in queries:
-        dt, a = timed(lambda q=q: ours.embed([q]), device)
-        lat_ours.append(dt * 1000)
-        dt, b = timed(lambda q=q: st.encode([q], normalize_embeddings=True, convert_to_numpy=True), device)
-        lat_st.append(dt * 1000)
-        q_cos.append(float((a[0] * b[0]).sum() / np.linalg.norm(a[0]) / np.linalg.norm(b[0])))
+        query_ours(q)
+        query_st(q)
+    for start in range(0, len(queries), args.latency_block):
+        block = queries[start:start + args.latency_block]
+        rows = []
+        for q in block:
+            dt, a = timed(lambda q=q: query_ours(q), device)
+            lat_ours.append(dt * 1000)
+            rows.append(a)
+        for q, a_row in zip(block, rows, strict=True):
+            dt, b = timed(lambda q=q: query_st(q), device)
+            lat_st.append(dt * 1000)
+            q_cos.append(float((a_row[0] * b[0]).sum() / np.linalg.norm(a_row[0]) / np.linalg.norm(b[0])))
+    # After an idle pause before every query (sporadic traffic: both engines' threads have gone to sleep).
+    idle_ours, idle_st = [], []
+    for q in queries[:args.idle_queries]:
+        time.sleep(args.idle_ms / 1000)
+        idle_ours.append(timed(lambda q=q: query_ours(q), device)[0] * 1000)
+        time.sleep(args.idle_ms / 1000)
+        idle_st.append(timed(lambda q=q: query_st(q), device)[0] * 1000)
 
     def pct(xs: list[float], p: float) -> float:
         return float(np.percentile(xs, p))
 
     return {
         "model": model, "device": str(device), "dtype": str(ours.backend.encoder.word_embeddings.weight.dtype),
-        "threads": args.threads, "e5studio_scheduler": scheduler_name(ours), "passages": n_passages,
+        "threads": args.threads, "e5studio_scheduler": scheduler_name(ours),
+        "e5studio_runtime": ours.backend.runtime, "passages": n_passages,
         "tokens": tokens, "queries": n_queries, "max_length": ours.max_length,
         "e5studio_items_s": n_passages / best_ours, "st_items_s": n_passages / best_st,
         "e5studio_tokens_s": tokens / best_ours, "st_tokens_s": tokens / best_st,
@@ -181,6 +202,9 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
         "st_p50_ms": pct(lat_st, 50), "st_p95_ms": pct(lat_st, 95),
         "latency_ratio_p50": pct(lat_ours, 50) / pct(lat_st, 50),
         "latency_median_pair_ratio": statistics.median(a / b for a, b in zip(lat_ours, lat_st, strict=True)),
+        "idle_ms": args.idle_ms, "idle_queries": len(idle_ours),
+        "e5studio_idle_p50_ms": pct(idle_ours, 50), "st_idle_p50_ms": pct(idle_st, 50),
+        "idle_latency_ratio_p50": pct(idle_ours, 50) / pct(idle_st, 50),
     }
 
 
@@ -194,7 +218,7 @@ def scheduler_name(embedder: Embedder) -> str:
 
 def report(r: dict) -> None:
     print(f"\n== {r['model']} on {r['device']} ({r['dtype']}, {r['threads']} threads, max_length {r['max_length']})")
-    print(f"e5studio: {r['e5studio_scheduler']}")
+    print(f"e5studio: {r['e5studio_runtime']}; {r['e5studio_scheduler']}")
     print(f"passages: {r['passages']} SciFact passages, {r['tokens']} real tokens, best of "
           f"{len(r['e5studio_rounds_s'])} alternating rounds")
     print(f"  e5studio              {r['e5studio_items_s']:8.1f} items/s {r['e5studio_tokens_s']:9.0f} tokens/s "
@@ -203,11 +227,14 @@ def report(r: dict) -> None:
           f"{r['st_gflops']:7.1f} GFLOP/s = {r['st_peak_fraction']:.0%} of peak ({r['peak_gflops']:.1f} GFLOP/s)")
     print(f"  ratio e5studio/sentence-transformers: {r['throughput_ratio']:.2f}x   "
           f"min cosine between engines: {r['passage_min_cosine']:.7f}")
-    print(f"single queries: {r['queries']} SciFact test queries one at a time")
+    print(f"single queries: {r['queries']} SciFact test queries one at a time, back to back (alternating blocks)")
     print(f"  e5studio              p50 {r['e5studio_p50_ms']:7.2f} ms  p95 {r['e5studio_p95_ms']:7.2f} ms")
     print(f"  sentence-transformers p50 {r['st_p50_ms']:7.2f} ms  p95 {r['st_p95_ms']:7.2f} ms")
     print(f"  p50 ratio e5studio/sentence-transformers: {r['latency_ratio_p50']:.2f}   "
           f"min cosine: {r['query_min_cosine']:.7f}")
+    print(f"  after {r['idle_ms']:.0f} ms idle before each of {r['idle_queries']} queries: e5studio p50 "
+          f"{r['e5studio_idle_p50_ms']:.2f} ms, sentence-transformers p50 {r['st_idle_p50_ms']:.2f} ms, "
+          f"ratio {r['idle_latency_ratio_p50']:.2f}")
 
 
 def main() -> None:
@@ -222,6 +249,10 @@ def main() -> None:
     parser.add_argument("--large-passages", type=int, default=64, help="passages for 24-layer models on CPU")
     parser.add_argument("--large-queries", type=int, default=40, help="queries for 24-layer models on CPU")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-block", type=int, default=20,
+                        help="single queries per engine before switching to the other")
+    parser.add_argument("--idle-queries", type=int, default=40, help="queries timed after an idle pause")
+    parser.add_argument("--idle-ms", type=float, default=50.0, help="the idle pause before each of those")
     parser.add_argument("--tokenizer-from", type=Path, default=None,
                         help="tokenizer files for the E5-shape checkpoint (default: the MiniLM package's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")

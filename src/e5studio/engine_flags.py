@@ -17,9 +17,12 @@ def add_engine_flags(parser: argparse.ArgumentParser, model_help: str, model_req
                         help="token budget of one micro-batch (default 4096)")
     parser.add_argument("--max-length", type=int, default=None,
                         help="truncate inputs at this many tokens incl. [CLS]/[SEP] (default: the model's, 512 for E5)")
+    parser.add_argument("--cpu-runtime", default=None, choices=("auto", "torch", "onnxruntime"),
+                        help="CPU fp32: auto (default) runs single queries and other few-token micro-batches on "
+                             "ONNX Runtime where installed, torch for the rest; torch: torch only")
 
 
 def engine_settings(args: argparse.Namespace, model: str | None = None) -> EngineSettings:
     return EngineSettings.from_env(model=model or args.model, device=args.device, dtype=args.dtype,
                                    threads=args.threads, max_batch_tokens=args.max_batch_tokens,
-                                   max_length=args.max_length)
+                                   max_length=args.max_length, cpu_runtime=args.cpu_runtime)

@@ -23,6 +23,9 @@ class EngineSettings:
     threads: torch intra-op threads on CPU; ``None`` keeps torch's default (one per core).
     max_batch_tokens: token budget of one micro-batch (real tokens, no padding).
     max_length: truncation length including [CLS]/[SEP]; ``None`` uses the checkpoint's own maximum.
+    cpu_runtime: on CPU in fp32, ``auto`` runs few-token micro-batches (single queries) on ONNX Runtime where
+      it is installed and everything else on torch; ``torch`` uses torch only; ``onnxruntime`` is ``auto``
+      that fails where ONNX Runtime is missing.
     """
 
     model: str = DEFAULT_MODEL
@@ -31,9 +34,13 @@ class EngineSettings:
     threads: int | None = None
     max_batch_tokens: int = 4096
     max_length: int | None = None
+    cpu_runtime: str = "auto"
 
     def __post_init__(self) -> None:
         from e5studio.errors import InputError
+
+        if self.cpu_runtime not in ("auto", "torch", "onnxruntime"):
+            raise InputError(f"cpu_runtime must be auto, torch or onnxruntime, got {self.cpu_runtime!r}")
 
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")
@@ -57,6 +64,8 @@ class EngineSettings:
             values["threads"] = int(env["E5STUDIO_THREADS"])
         if "E5STUDIO_MAX_BATCH_TOKENS" in env:
             values["max_batch_tokens"] = int(env["E5STUDIO_MAX_BATCH_TOKENS"])
+        if "E5STUDIO_CPU_RUNTIME" in env:
+            values["cpu_runtime"] = env["E5STUDIO_CPU_RUNTIME"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

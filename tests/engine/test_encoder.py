@@ -24,8 +24,10 @@ def mixed_texts(scifact_passages: list[str]) -> list[str]:
             scifact_passages[1][:200]]
 
 
-def _compare_with_bert_model(model_dir: Path, texts: list[str]) -> None:
-    embedder = Embedder.load(EngineSettings(model=str(model_dir), device="cpu", max_length=512))
+def _compare_with_bert_model(model_dir: Path, texts: list[str], cpu_runtime: str = "auto") -> None:
+    embedder = Embedder.load(EngineSettings(model=str(model_dir), device="cpu", max_length=512,
+                                            cpu_runtime=cpu_runtime))
+    assert (embedder.backend.few_rows is not None) == (cpu_runtime == "auto")  # onnxruntime is a test dependency
     ids = embedder.tokenize(texts)
     lengths = [len(s) for s in ids]
     # the batch really holds the edge cases: [CLS] a [SEP], [CLS] [SEP], and a text cut at 512
@@ -39,19 +41,26 @@ def _compare_with_bert_model(model_dir: Path, texts: list[str]) -> None:
     assert ours.shape == reference.shape == (len(texts), embedder.dim)
     diff = np.abs(ours - reference).max(axis=1)
     assert diff.max() <= TOLERANCE, f"max |ours - BertModel| per text: {diff}"
+    # each text alone: the short ones are single micro-batches of few tokens (ONNX Runtime where installed)
+    alone = np.concatenate([embedder.embed([t]) for t in texts])
+    diff = np.abs(alone - reference).max(axis=1)
+    assert diff.max() <= TOLERANCE, f"max |ours alone - BertModel| per text: {diff}"
 
 
-def test_minilm_matches_bert_model(minilm_dir: Path, mixed_texts: list[str]) -> None:
-    _compare_with_bert_model(minilm_dir, mixed_texts)
+@pytest.mark.parametrize("cpu_runtime", ["auto", "torch"])
+def test_minilm_matches_bert_model(minilm_dir: Path, mixed_texts: list[str], cpu_runtime: str) -> None:
+    _compare_with_bert_model(minilm_dir, mixed_texts, cpu_runtime)
 
 
-def test_tiny_random_bert_matches_bert_model(tiny_dir: Path, mixed_texts: list[str]) -> None:
-    _compare_with_bert_model(tiny_dir, mixed_texts)
+@pytest.mark.parametrize("cpu_runtime", ["auto", "torch"])
+def test_tiny_random_bert_matches_bert_model(tiny_dir: Path, mixed_texts: list[str], cpu_runtime: str) -> None:
+    _compare_with_bert_model(tiny_dir, mixed_texts, cpu_runtime)
 
 
+@pytest.mark.parametrize("cpu_runtime", ["auto", "torch"])
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new", "relu"])
 def test_activations_and_layer_norm_eps_match_bert_model(
-    tmp_path: Path, minilm_dir: Path, mixed_texts: list[str], hidden_act: str
+    tmp_path: Path, minilm_dir: Path, mixed_texts: list[str], hidden_act: str, cpu_runtime: str
 ) -> None:
     """A random BERT with large weights (so activations leave GELU's near-linear range and attention is
     far from uniform), an odd LayerNorm eps and 3 token types: every config field must be honoured."""
@@ -61,7 +70,7 @@ def test_activations_and_layer_norm_eps_match_bert_model(
     encoder = BertEncoder(config)
     encoder.init_weights(seed=1, std=0.3)
     save_checkpoint(tmp_path, config, encoder.state_dict(), tokenizer_from=minilm_dir, max_length=512)
-    _compare_with_bert_model(tmp_path, mixed_texts)
+    _compare_with_bert_model(tmp_path, mixed_texts, cpu_runtime)
 
 
 def test_pack_layout() -> None:

@@ -65,7 +65,7 @@ class Embedder:
         requested = checkpoint.max_length if settings.max_length is None else settings.max_length
         max_length = min(requested, checkpoint.config.max_position_embeddings)
         tokenizer = Tokenizer(checkpoint.path, max_length)
-        backend = TorchBackend.load(checkpoint, settings.device, settings.dtype)
+        backend = TorchBackend.load(checkpoint, settings.device, settings.dtype, settings.cpu_runtime)
         threads = torch.get_num_threads()
         workers = (workers or threads) if backend.device == "cpu" else 1
         scheduler = PerCore(workers, threads) if workers > 1 else InOrder()

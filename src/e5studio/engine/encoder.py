@@ -76,6 +76,26 @@ def activation(hidden_act: str) -> nn.Module:
     return nn.GELU(approximate="none" if hidden_act == "gelu" else "tanh")  # gelu_new, gelu_pytorch_tanh
 
 
+def attend(qkv: torch.Tensor, batch: PackedBatch, num_heads: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """Each sequence's multi-head self-attention over its own tokens: packed QKV [T, 3d] -> [T, d].
+
+    Sequences of different lengths are scattered into the padded [B, H, L, Dh] layout with a key mask; when all
+    have the same length (one sequence alone included) the packed stream already is that layout.
+    """
+    d = qkv.shape[1] // 3
+    b, length, h = batch.num_sequences, batch.max_len, num_heads
+    if batch.key_mask is not None:  # scatter into the padded layout
+        padded = qkv.new_zeros(b * length, 3 * d)  # [B*L, 3d]
+        padded.index_copy_(0, batch.pad_index, qkv)
+        qkv = padded
+    q, k, v = qkv.view(b, length, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_mask, dropout_p=dropout_p)  # [B, H, L, Dh]
+    out = out.transpose(1, 2).reshape(b * length, d)  # [B*L, d]
+    if batch.key_mask is not None:
+        out = out.index_select(0, batch.pad_index)  # [T, d]
+    return out
+
+
 class EncoderLayer(nn.Module):
     """One post-LayerNorm BERT block on packed tokens."""
 
@@ -96,19 +116,8 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
 
     def attention(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        t, d = x.shape  # [T, d]
-        b, length, h, dh = batch.num_sequences, batch.max_len, self.num_heads, self.head_dim
-        qkv = self.qkv(x)  # [T, 3d]
-        if batch.key_mask is not None:  # scatter into the padded layout
-            padded = qkv.new_zeros(b * length, 3 * d)  # [B*L, 3d]
-            padded.index_copy_(0, batch.pad_index, qkv)
-            qkv = padded
-        q, k, v = qkv.view(b, length, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
         p = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_mask, dropout_p=p)  # [B, H, L, Dh]
-        out = out.transpose(1, 2).reshape(b * length, d)  # [B*L, d]
-        if batch.key_mask is not None:
-            out = out.index_select(0, batch.pad_index)  # [T, d]
+        out = attend(self.qkv(x), batch, self.num_heads, p)  # [T, d]
         return self.dropout(self.attn_out(out))  # [T, d]
 
     def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
