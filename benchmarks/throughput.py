@@ -145,7 +145,7 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
         t_ours.append(dt)
         dt, v_st = timed(run_st, device)
         t_st.append(dt)
-    peaks.append(machine_peak(device, args.threads))
+        peaks.append(machine_peak(device, args.threads))  # this shared machine's speed drifts: sample it often
     peak = max(peaks)
     cos = (v_ours.astype(np.float64) * v_st).sum(1) / (
         np.linalg.norm(v_ours, axis=1) * np.linalg.norm(v_st, axis=1))
@@ -267,7 +267,7 @@ def main() -> None:
         per_core = matmul_peak_per_core(args.threads)
         print(f"; one per thread at once: {per_core:.1f} GFLOP/s", end="")
         peak = max(peak, per_core)
-    print(" (measured again after each model's throughput rounds; the best counts)")
+    print(" (measured again after every throughput round; the best counts)")
     peaks = [peak]
     run_models(args.models, lambda model: bench_model(model, args, peaks), report, args.json)
 
