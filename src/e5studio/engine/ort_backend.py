@@ -163,7 +163,8 @@ class OrtEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         names = list(self._arrays)
-        options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(self._arrays[n]) for n in names])
+        self._values = [ort.OrtValue.ortvalue_from_numpy(self._arrays[n]) for n in names]  # must outlive the session
+        options.add_external_initializers(names, self._values)
         self._options = options
         self.session = ort.InferenceSession(build_graph(encoder).SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])
