@@ -7,30 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from e5studio.engine import ort_backend, packed
 from e5studio.engine.backend import TorchBackend
-from e5studio.engine.checkpoint import BertConfig, Checkpoint, load_checkpoint, read_weights
+from e5studio.engine.checkpoint import BertConfig, load_checkpoint
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.encoder import BertEncoder, pack
-from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.engine.encoder import BertEncoder
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError, ModelError
 from e5studio.settings import EngineSettings
+from tests.engine.plain import encoder_embeddings, plain_encoder
 from tests.reference import words_text
-
-
-def _plain_encoder(checkpoint: Checkpoint) -> BertEncoder:
-    encoder = BertEncoder(checkpoint.config)
-    encoder.load_state_dict(read_weights(checkpoint), strict=True)
-    return encoder.eval()
-
-
-def _torch_embed(encoder: BertEncoder, sequences: list[np.ndarray]) -> np.ndarray:
-    batch = pack(sequences)
-    with torch.inference_mode():
-        return l2_normalize(mean_pool(encoder(batch), batch.seq_index, batch.lengths)).numpy()  # [B, d]
 
 
 def _ids(model_dir: Path, texts: list[str]) -> list[np.ndarray]:
@@ -45,8 +32,8 @@ def test_onnxruntime_encoder_equals_torch_encoder(request: pytest.FixtureRequest
     checkpoint = load_checkpoint(str(model_dir))
     ids = _ids(model_dir, ["query: how do statins lower cholesterol", "", "a",
                            *(p[:150] for p in scifact_passages[:4]), words_text(scifact_passages, 120)])
-    plain = _plain_encoder(checkpoint)
-    session = ort_backend.OrtEncoder(_plain_encoder(checkpoint), threads=2)
+    plain = plain_encoder(checkpoint)
+    session = ort_backend.OrtEncoder(plain_encoder(checkpoint), threads=2)
 
     one = session.embed_batch(ids[:1])
     mixed = session.embed_batch(ids)
@@ -54,8 +41,8 @@ def test_onnxruntime_encoder_equals_torch_encoder(request: pytest.FixtureRequest
     assert len({len(s) for s in ids}) > 3
     assert one.dtype == mixed.dtype == np.float32
     assert mixed.shape == (len(ids), checkpoint.config.hidden_size)
-    np.testing.assert_allclose(one, _torch_embed(plain, ids[:1]), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(mixed, _torch_embed(plain, ids), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one, encoder_embeddings(plain, ids[:1]), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mixed, encoder_embeddings(plain, ids), rtol=0, atol=1e-5)
     np.testing.assert_allclose(mixed[:1], one, rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(mixed, axis=1), 1.0, rtol=0, atol=1e-6)
 
@@ -74,12 +61,12 @@ def test_every_activation_and_layer_norm_eps(hidden_act: str) -> None:
 
     got = ort_backend.OrtEncoder(encoder, threads=1).embed_batch(ids)
 
-    np.testing.assert_allclose(got, _torch_embed(encoder, ids), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, encoder_embeddings(encoder, ids), rtol=0, atol=1e-5)
 
 
 def test_the_graph_holds_no_weights(minilm_dir: Path) -> None:
     """The session reads the encoder's own tensors: the serialised graph has only names and shapes."""
-    encoder = _plain_encoder(load_checkpoint(str(minilm_dir)))
+    encoder = plain_encoder(load_checkpoint(str(minilm_dir)))
     graph = ort_backend.build_graph(encoder)
     weights = ort_backend.encoder_weights(encoder)
 

@@ -12,44 +12,38 @@ from torch import nn
 
 from e5studio.engine import packed
 from e5studio.engine.backend import TorchBackend, for_inference
-from e5studio.engine.checkpoint import BertConfig, Checkpoint, load_checkpoint, read_weights
-from e5studio.engine.encoder import BertEncoder, pack
-from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.engine.checkpoint import BertConfig, load_checkpoint
+from e5studio.engine.encoder import BertEncoder
+from tests.engine.plain import encoder_embeddings, plain_encoder
 from tests.reference import words_text
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="this torch build has no oneDNN linear ops")
 
 
-def _plain_encoder(checkpoint: Checkpoint) -> BertEncoder:
-    encoder = BertEncoder(checkpoint.config)
-    encoder.load_state_dict(read_weights(checkpoint), strict=True)
-    return encoder.eval()
-
-
-def _embed(encoder: BertEncoder, sequences: list[np.ndarray]) -> np.ndarray:
-    batch = pack(sequences)
-    with torch.inference_mode():
-        hidden = encoder(batch)  # [T, d]
-        return l2_normalize(mean_pool(hidden, batch.seq_index, batch.lengths)).numpy()  # [B, d]
-
-
 @pytest.mark.parametrize("linear_shape", [(384, 1152), (1536, 384), (32, 128)])
 @pytest.mark.parametrize("rows", [1, 7, packed.FEW_ROWS - 1, packed.FEW_ROWS, 700])
-def test_packed_linear_equals_linear_on_both_paths(linear_shape: tuple[int, int], rows: int) -> None:
-    """Below FEW_ROWS the oneDNN packed weight is used, from FEW_ROWS on MKL's: both give the nn.Linear values."""
+def test_packed_linear_equals_linear_on_both_weights(linear_shape: tuple[int, int], rows: int) -> None:
+    """The oneDNN weight (few_rows, with its fused GELU and residual add) and MKL's (forward) give nn.Linear's
+    values, whatever the number of rows."""
     gen = torch.Generator().manual_seed(rows)
     linear = nn.Linear(*linear_shape)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) * 0.05)
         linear.bias.copy_(torch.randn(linear.bias.shape, generator=gen))
     x = torch.randn(rows, linear_shape[0], generator=gen)  # [rows, in]
+    residual = torch.randn(rows, linear_shape[1], generator=gen)  # [rows, out]
+    layer = packed.PackedLinear(linear)
 
     with torch.inference_mode():
         expected = F.linear(x, linear.weight, linear.bias)
-        got = packed.PackedLinear(linear)(x)
+        results = {"forward": layer(x), "few_rows": layer.few_rows(x),
+                   "few_rows gelu": layer.few_rows(x, "gelu", "none"),
+                   "few_rows_plus": layer.few_rows_plus(x, residual)}
+    wanted = {"forward": expected, "few_rows": expected, "few_rows gelu": F.gelu(expected),
+              "few_rows_plus": expected + residual}
 
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for name, got in results.items():
+        torch.testing.assert_close(got, wanted[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("model", ["tiny", "minilm"])
@@ -64,22 +58,22 @@ def test_prepacked_encoder_equals_plain_encoder(request: pytest.FixtureRequest, 
     tokenizer.enable_truncation(max_length=256)
     texts = ["query: how do statins lower cholesterol", words_text(scifact_passages, 400), *scifact_passages[:6]]
     ids = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts)]
-    plain = _plain_encoder(checkpoint)
-    prepacked = packed.prepack(_plain_encoder(checkpoint))
+    plain = plain_encoder(checkpoint)
+    prepacked = packed.prepack(plain_encoder(checkpoint))
 
-    one = _embed(prepacked, ids[:1])
-    many = _embed(prepacked, ids)
+    one = encoder_embeddings(prepacked, ids[:1])
+    many = encoder_embeddings(prepacked, ids)
 
     assert len(ids[0]) < packed.FEW_ROWS <= sum(len(s) for s in ids)
-    np.testing.assert_allclose(one, _embed(plain, ids[:1]), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(many, _embed(plain, ids), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one, encoder_embeddings(plain, ids[:1]), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(many, encoder_embeddings(plain, ids), rtol=0, atol=1e-5)
     np.testing.assert_allclose(many[:1], one, rtol=0, atol=1e-5)
 
 
 def test_prepack_keeps_the_state_dict_and_turns_inference_only(tiny_dir: Path) -> None:
     checkpoint = load_checkpoint(str(tiny_dir))
-    expected = _plain_encoder(checkpoint).state_dict()
-    encoder = packed.prepack(_plain_encoder(checkpoint))
+    expected = plain_encoder(checkpoint).state_dict()
+    encoder = packed.prepack(plain_encoder(checkpoint))
 
     state = encoder.state_dict()
     assert state.keys() == expected.keys()
@@ -108,7 +102,7 @@ def test_cpu_float32_is_prepacked_and_other_dtypes_are_not(tiny_dir: Path) -> No
     checkpoint = load_checkpoint(str(tiny_dir))
     fp32 = TorchBackend.load(checkpoint, device="cpu", dtype="float32")
     assert isinstance(fp32.encoder.layers[0].qkv, packed.PackedLinear)
-    bf16 = for_inference(_plain_encoder(checkpoint), torch.device("cpu"), torch.bfloat16)
+    bf16 = for_inference(plain_encoder(checkpoint), torch.device("cpu"), torch.bfloat16)
     assert isinstance(bf16.layers[0].qkv, nn.Linear)
     assert bf16.word_embeddings.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="float32"):
@@ -128,5 +122,6 @@ def test_load_state_dict_after_prepack_repacks(tiny_dir: Path) -> None:
 
     short = [np.array([101, 7, 8, 9, 102]), np.array([101, 5, 102])]
     long = [np.arange(100, 100 + 300)]
-    np.testing.assert_allclose(_embed(prepacked, short), _embed(plain, short), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(_embed(prepacked, long), _embed(plain, long), rtol=0, atol=1e-5)
+    for sequences in (short, long):
+        np.testing.assert_allclose(encoder_embeddings(prepacked, sequences), encoder_embeddings(plain, sequences),
+                                   rtol=0, atol=1e-5)

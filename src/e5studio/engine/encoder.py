@@ -9,7 +9,7 @@ then gathered back to [T, d]. The same module trains and serves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,11 +76,22 @@ def activation(hidden_act: str) -> nn.Module:
     return nn.GELU(approximate="none" if hidden_act == "gelu" else "tanh")  # gelu_new, gelu_pytorch_tanh
 
 
-def attend(qkv: torch.Tensor, batch: PackedBatch, num_heads: int, dropout_p: float = 0.0) -> torch.Tensor:
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
+         dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) v: [B, H, L, Dh] each, key_mask [B, 1, 1, L] (True = real key) or None."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
+
+
+AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
+
+
+def attend(qkv: torch.Tensor, batch: PackedBatch, num_heads: int, dropout_p: float = 0.0,
+           kernel: AttentionKernel = sdpa) -> torch.Tensor:
     """Each sequence's multi-head self-attention over its own tokens: packed QKV [T, 3d] -> [T, d].
 
     Sequences of different lengths are scattered into the padded [B, H, L, Dh] layout with a key mask; when all
-    have the same length (one sequence alone included) the packed stream already is that layout.
+    have the same length (one sequence alone included) the packed stream already is that layout. ``kernel``
+    computes the attention on that layout (default: ``scaled_dot_product_attention``).
     """
     d = qkv.shape[1] // 3
     b, length, h = batch.num_sequences, batch.max_len, num_heads
@@ -89,7 +100,7 @@ def attend(qkv: torch.Tensor, batch: PackedBatch, num_heads: int, dropout_p: flo
         padded.index_copy_(0, batch.pad_index, qkv)
         qkv = padded
     q, k, v = qkv.view(b, length, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_mask, dropout_p=dropout_p)  # [B, H, L, Dh]
+    out = kernel(q, k, v, batch.key_mask, dropout_p)  # [B, H, L, Dh]
     out = out.transpose(1, 2).reshape(b * length, d)  # [B*L, d]
     if batch.key_mask is not None:
         out = out.index_select(0, batch.pad_index)  # [T, d]

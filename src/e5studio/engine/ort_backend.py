@@ -165,7 +165,6 @@ class OrtEncoder:
         names = list(self._arrays)
         self._values = [ort.OrtValue.ortvalue_from_numpy(self._arrays[n]) for n in names]  # must outlive the session
         options.add_external_initializers(names, self._values)
-        self._options = options
         self.session = ort.InferenceSession(build_graph(encoder).SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])
         self.threads = threads

@@ -4,9 +4,9 @@
 but slow for few (one query: about 20 tokens): MKL's small-matrix path is much less efficient than oneDNN's
 brgemm kernels. oneDNN's matmul on a weight reordered into its blocked layout once, at load, computes the
 few-row products 1.3-2x faster; for many rows it is up to 20% slower on E5-Large's shapes. So
-:class:`PackedLinear` keeps both layouts and picks by the number of rows; the cost is a second copy of each
-weight matrix (MiniLM +42 MB, E5-Large +1.2 GB). Both compute the same product in different summation
-orders: outputs agree to float32 rounding (about 1e-6 relative).
+:class:`PackedLinear` keeps both layouts and :class:`InferenceLayer` picks by the number of rows; the cost
+is a second copy of each weight matrix (MiniLM +42 MB, E5-Large +1.2 GB). Both compute the same product in
+different summation orders: outputs agree to float32 rounding (about 1e-6 relative).
 
 A single query is a few dozen rows, where the time goes into the matmuls' weight traffic and into the number
 of operations rather than into arithmetic. :class:`InferenceLayer` therefore runs few-row inputs with fewer,
@@ -41,14 +41,15 @@ def available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """A frozen ``nn.Linear`` (y = x W^T + b) with ``weight`` also reordered into oneDNN's layout.
+    """A frozen ``nn.Linear`` (y = x W^T + b) with ``weight`` also reordered into oneDNN's layout, which
+    :meth:`few_rows` and :meth:`few_rows_plus` use; ``forward`` is ``F.linear``.
 
     ``state_dict`` is that of the ``nn.Linear`` it was made from (``weight`` [out, in], ``bias`` [out]).
     """
 
     def __init__(self, linear: nn.Linear, few_rows: bool = True) -> None:
-        """``few_rows=False``: no oneDNN copy; every product takes ``F.linear`` (for an encoder whose few-row
-        inputs are computed elsewhere, :mod:`e5studio.engine.ort_backend`)."""
+        """``few_rows=False``: no oneDNN copy, only ``forward`` (for an encoder whose few-row inputs are
+        computed elsewhere, :mod:`e5studio.engine.ort_backend`)."""
         super().__init__()
         if linear.bias is None:
             raise ValueError("PackedLinear needs a linear layer with a bias")
@@ -64,9 +65,7 @@ class PackedLinear(nn.Module):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)  # the new weight, repacked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, in] -> [T, out]."""
-        if self.packed is not None and x.shape[0] < FEW_ROWS:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        """[T, in] -> [T, out] with MKL's sgemm (many rows)."""
         return F.linear(x, self.weight, self.bias)
 
     def few_rows(self, x: torch.Tensor, attr: str = "none", algorithm: str = "") -> torch.Tensor:
@@ -108,27 +107,15 @@ def fused_activation(activation: nn.Module) -> tuple[str, str]:
     raise ValueError(f"no oneDNN post-op for {activation}")
 
 
-def small_attention(qkv: torch.Tensor, batch: PackedBatch, num_heads: int) -> torch.Tensor:
-    """Each sequence's self-attention for few tokens: packed QKV [T, 3d] -> [T, d].
-
-    softmax(q k^T / sqrt(Dh)) v with two matmuls; sequences of different lengths are scattered into the
-    padded [B, L] layout and their padding keys masked (every sequence has at least one real key).
-    """
-    d = qkv.shape[1] // 3
-    b, length, h = batch.num_sequences, batch.max_len, num_heads
-    if batch.key_mask is not None:  # scatter into the padded layout
-        padded = qkv.new_zeros(b * length, 3 * d)  # [B*L, 3d]
-        padded.index_copy_(0, batch.pad_index, qkv)
-        qkv = padded
-    q, k, v = qkv.view(b, length, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each [B, H, L, Dh]
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(d // h))  # [B, H, L, L]
-    if batch.key_mask is not None:
-        scores.masked_fill_(batch.key_mask.logical_not(), float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, H, L, Dh]
-    out = out.transpose(1, 2).reshape(b * length, d)  # [B*L, d]
-    if batch.key_mask is not None:
-        out = out.index_select(0, batch.pad_index)  # [T, d]
-    return out
+def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
+                    dropout_p: float = 0.0) -> torch.Tensor:
+    """An attention kernel for :func:`~e5studio.engine.encoder.attend` on few tokens (inference only):
+    softmax(q k^T / sqrt(Dh)) v as two matmuls and a softmax; padding keys masked (every sequence has at
+    least one real key). q, k, v [B, H, L, Dh] -> [B, H, L, Dh]."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))  # [B, H, L, L]
+    if key_mask is not None:
+        scores.masked_fill_(key_mask.logical_not(), float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 class InferenceLayer(nn.Module):
@@ -157,7 +144,7 @@ class InferenceLayer(nn.Module):
         d = x.shape[1]
         norm1, norm2 = self.attn_norm, self.ffn_norm
         if self.fused_few_rows and x.shape[0] < FEW_ROWS:
-            attended = small_attention(self.qkv.few_rows(x), batch, self.num_heads)  # [T, d]
+            attended = attend(self.qkv.few_rows(x), batch, self.num_heads, kernel=small_attention)  # [T, d]
             x = F.layer_norm(self.attn_out.few_rows_plus(attended, x), (d,), norm1.weight, norm1.bias, norm1.eps)
             inner = self.ffn_in.few_rows(x, *self.fused_activation)  # [T, ffn], activated
             return F.layer_norm(self.ffn_out.few_rows_plus(inner, x), (d,), norm2.weight, norm2.bias, norm2.eps)
