@@ -16,7 +16,7 @@ import torch
 from e5studio.engine import ort_backend, packed
 from e5studio.engine.checkpoint import Checkpoint, read_weights
 from e5studio.engine.encoder import BertEncoder, pack
-from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.engine.forward import encode
 from e5studio.errors import ModelError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -126,6 +126,4 @@ class TorchBackend:
             # (a worker of several micro-batches at once has fewer torch threads: it stays on its core, in torch)
             return self.few_rows.embed_batch(sequences)
         batch = pack(sequences).to(self._device)
-        hidden = self.encoder(batch)  # [T, d]
-        pooled = l2_normalize(mean_pool(hidden, batch.seq_index, batch.lengths))  # [B, d] fp32
-        return pooled.cpu().numpy()
+        return encode(self.encoder, batch).cpu().numpy()  # [B, d] fp32 unit rows

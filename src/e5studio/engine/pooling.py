@@ -1,9 +1,14 @@
-"""Mean pooling over each packed sequence and L2 normalisation (the E5 recipe)."""
+"""Mean pooling over each packed sequence and L2 normalisation (the E5 recipe), written once."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from e5studio.engine.encoder import PackedBatch
 
 
 def mean_pool(hidden: torch.Tensor, seq_index: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -19,3 +24,8 @@ def mean_pool(hidden: torch.Tensor, seq_index: torch.Tensor, lengths: torch.Tens
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit length: [B, d] -> [B, d]."""
     return F.normalize(x, p=2.0, dim=-1)
+
+
+def pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """The E5 embedding of every sequence of a packed batch: hidden [T, d] -> float32 [B, d] unit rows."""
+    return l2_normalize(mean_pool(hidden, batch.seq_index, batch.lengths))

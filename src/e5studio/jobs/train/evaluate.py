@@ -21,7 +21,7 @@ import torch
 from e5studio.engine.checkpoint import Checkpoint
 from e5studio.engine.embedder import Embedder
 from e5studio.engine.encoder import BertEncoder, pack
-from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.engine.forward import encode
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
 from e5studio.retrieval.metrics import evaluate as evaluate_run
@@ -129,10 +129,7 @@ class ModuleBackend:
     @torch.inference_mode()
     def embed_batch(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
         batch = pack(sequences).to(self._device)
-        with torch.autocast(self._device.type, dtype=self._autocast or torch.float32,
-                            enabled=self._autocast is not None):
-            hidden = self.encoder(batch)  # [T, d]
-        return l2_normalize(mean_pool(hidden, batch.seq_index, batch.lengths)).cpu().numpy()  # [B, d] fp32
+        return encode(self.encoder, batch, self._autocast).cpu().numpy()  # [B, d] fp32
 
 
 @contextmanager

@@ -28,7 +28,7 @@ import torch.distributed as torch_dist
 from e5studio.engine.backend import pick_device
 from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights, save_checkpoint
 from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
-from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.engine.forward import encode
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
 from e5studio.jobs.train.checkpoints import (
@@ -205,9 +205,7 @@ def step_loss(model: torch.nn.Module, inputs: StepInputs, dist: DistContext, dev
               temperature: float, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The global InfoNCE loss of one step (fp32 scalar; identical on every rank)."""
     batch = inputs.batch.to(device)
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        hidden = model(batch)  # [T, d]
-    embeddings = l2_normalize(mean_pool(hidden, batch.seq_index, batch.lengths))  # [Bl + Pl, d] fp32
+    embeddings = encode(model, batch, autocast_dtype)  # [Bl + Pl, d] fp32 unit rows
     queries = gather_with_local_grad(embeddings[:inputs.n_queries], dist)  # [B, d]
     passages = gather_with_local_grad(embeddings[inputs.n_queries:], dist)  # [N, d]
     return info_nce(queries, passages, inputs.positive_index.to(device), inputs.exclude.to(device), temperature)
