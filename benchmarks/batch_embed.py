@@ -73,7 +73,7 @@ def worker_st(a: argparse.Namespace) -> dict[str, Any]:
     prefix = "" if a.input_type == "none" else f"{a.input_type}: "
     with open(a.input, encoding="utf-8") as f:
         texts = [t if t.startswith(prefix) else prefix + t for t in (json.loads(line)["contents"] for line in f)]
-    from e5studio.engine.backend import pick_device, pick_dtype
+    from e5studio.engine.device import pick_device, pick_dtype
 
     device = pick_device(a.device)
     model = SentenceTransformer(str(resolve_model(a.model)), device=str(device))

@@ -31,7 +31,6 @@ import torch
 
 from e5studio.engine.checkpoint import BertConfig
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.parallel import PerCore
 from e5studio.settings import EngineSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -114,9 +113,9 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
     settings = EngineSettings(model=model, device=args.device, dtype=args.dtype, threads=args.threads,
                               max_batch_tokens=args.max_batch_tokens)
     ours = Embedder.load(settings)
-    device = torch.device(ours.backend.device)
+    device = torch.device(ours.device)
     st = SentenceTransformer(str(ours.checkpoint.path), device=str(device))
-    st.to(ours.backend.encoder.word_embeddings.weight.dtype)  # same precision as ours (fp16/bf16 on CUDA)
+    st.to(ours.encoder.word_embeddings.weight.dtype)  # same precision as ours (fp16/bf16 on CUDA)
     if st.max_seq_length != ours.max_length:
         sys.exit(f"truncation differs: sentence-transformers {st.max_seq_length}, e5studio {ours.max_length}")
     torch.set_num_threads(args.threads)
@@ -186,9 +185,9 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
         return float(np.percentile(xs, p))
 
     return {
-        "model": model, "device": str(device), "dtype": str(ours.backend.encoder.word_embeddings.weight.dtype),
+        "model": model, "device": str(device), "dtype": str(ours.encoder.word_embeddings.weight.dtype),
         "threads": args.threads, "e5studio_scheduler": scheduler_name(ours),
-        "e5studio_runtime": ours.backend.runtime, "passages": n_passages,
+        "e5studio_runtime": ours.runtime, "passages": n_passages,
         "tokens": tokens, "queries": n_queries, "max_length": ours.max_length,
         "e5studio_items_s": n_passages / best_ours, "st_items_s": n_passages / best_st,
         "e5studio_tokens_s": tokens / best_ours, "st_tokens_s": tokens / best_st,
@@ -209,10 +208,9 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
 
 
 def scheduler_name(embedder: Embedder) -> str:
-    scheduler = embedder.scheduler
-    if isinstance(scheduler, PerCore):
-        return (f"{scheduler.workers} micro-batches at once x {scheduler.threads_per_worker} thread(s); "
-                f"a single micro-batch on {scheduler.threads} threads")
+    if embedder.workers > 1:
+        return (f"{embedder.workers} micro-batches at once x {max(1, embedder.threads // embedder.workers)} "
+                f"thread(s); a single micro-batch on {embedder.threads} threads")
     return "micro-batches one after another"
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from e5studio import __version__
 from e5studio.engine_flags import add_engine_flags, engine_settings
-from e5studio.errors import E5StudioError
+from e5studio.errors import E5StudioError, InputError
 from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
 from e5studio.settings import DEFAULT_MODEL, ServeSettings
@@ -240,9 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_process_threads(args: argparse.Namespace) -> None:
+    """The process's CPU compute threads (``--threads``, else $E5STUDIO_THREADS), set once here for the whole
+    process: library code reads the count, never sets it (only the engine's own worker threads have theirs)."""
+    import os
+
+    threads = getattr(args, "threads", None) or os.environ.get("E5STUDIO_THREADS")
+    if not threads:
+        return
+    try:
+        count = int(threads)
+    except ValueError:
+        raise InputError(f"threads must be a whole number, got {threads!r}") from None
+    if count < 1:
+        raise InputError(f"threads must be at least 1, got {count}")
+    import torch
+
+    torch.set_num_threads(count)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        set_process_threads(args)
         return int(args.func(args))
     except E5StudioError as exc:
         print(f"e5studio: error: {exc}", file=sys.stderr)

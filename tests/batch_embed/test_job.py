@@ -169,20 +169,20 @@ def test_one_job_per_output_folder(tmp_path: Path, corpus: Path, tiny_dir: Path)
 def test_workers_embed_micro_batches_at_once_with_the_same_vectors(tmp_path: Path, corpus: Path, tiny_dir: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """``workers`` reaches the engine, whose micro-batches then run one per worker: the shards do not change."""
-    from e5studio.engine.parallel import PerCore
+    from e5studio.engine import embedder
 
-    parallel_calls: list[int] = []
-    run = PerCore.run
+    pools: list[int] = []
+    start = embedder.start_workers
 
-    def spy(self: PerCore, compute, batches) -> None:  # type: ignore[no-untyped-def]
-        parallel_calls.append(len(batches))
-        run(self, compute, batches)
+    def spy(workers: int, threads_per_worker: int):  # type: ignore[no-untyped-def]
+        pools.append(workers)
+        return start(workers, threads_per_worker)
 
-    monkeypatch.setattr(PerCore, "run", spy)
+    monkeypatch.setattr(embedder, "start_workers", spy)
     run_job(settings_for(corpus, tmp_path / "one", tiny_dir, window_size=100, workers=1))
-    assert parallel_calls == []
+    assert pools == []
     run_job(settings_for(corpus, tmp_path / "two", tiny_dir, window_size=100, workers=2))
-    assert parallel_calls and max(parallel_calls) > 1
+    assert pools == [2]  # the engine's worker threads ran the window's micro-batches
 
     ids_one, vectors_one = read_output(tmp_path / "one", verify=True)
     ids_two, vectors_two = read_output(tmp_path / "two", verify=True)

@@ -1,15 +1,15 @@
-"""The plain encoder (as training builds it, no inference changes) that the CPU inference forms are checked against."""
+"""The plain encoder (as training builds it, no inference changes) that the runtimes are checked against."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from e5studio.engine.checkpoint import Checkpoint, read_weights
-from e5studio.engine.encoder import BertEncoder, pack
-from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
+from e5studio.engine.forward import encode
 
 
 def plain_encoder(checkpoint: Checkpoint) -> BertEncoder:
@@ -19,8 +19,8 @@ def plain_encoder(checkpoint: Checkpoint) -> BertEncoder:
     return encoder.eval()
 
 
-def encoder_embeddings(encoder: BertEncoder, sequences: Sequence[np.ndarray]) -> np.ndarray:
-    """Token-id arrays -> float32 [B, d] through ``encoder`` on one packed batch, mean-pooled and normalised."""
-    batch = pack(sequences)
+def encoder_embeddings(encoder: Callable[[PackedBatch], torch.Tensor], sequences: Sequence[np.ndarray]) -> np.ndarray:
+    """Token-id arrays -> float32 [B, d] through ``encoder`` (a module or a runtime) on one packed batch,
+    mean-pooled and normalised."""
     with torch.inference_mode():
-        return l2_normalize(mean_pool(encoder(batch), batch.seq_index, batch.lengths)).numpy()
+        return encode(encoder, pack(sequences)).numpy()  # type: ignore[arg-type]

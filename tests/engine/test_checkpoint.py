@@ -236,7 +236,7 @@ def test_legacy_tensor_names_load(tiny_dir: Path, tmp_path: Path, tiny_vectors: 
 def test_save_checkpoint_round_trip(minilm_dir: Path, minilm_embedder: Embedder, tmp_path: Path) -> None:
     from transformers import BertModel
 
-    state = minilm_embedder.backend.encoder.state_dict()  # type: ignore[attr-defined]
+    state = minilm_embedder.encoder.state_dict()
     out = tmp_path / "written"
     save_checkpoint(out, minilm_embedder.checkpoint.config, state, tokenizer_from=minilm_dir, max_length=256)
 

@@ -15,8 +15,9 @@ from tests.reference import row_cosines, sentence_transformers_embeddings, words
 
 
 def _with_budget(embedder: Embedder, max_batch_tokens: int) -> Embedder:
-    """The same loaded model (and scheduler: on CPU, micro-batches one per core) with another token budget."""
-    return Embedder(embedder.checkpoint, embedder.tokenizer, embedder.backend, max_batch_tokens, embedder.scheduler)
+    """The same loaded model (and scheduling: on CPU, micro-batches one per core) with another token budget."""
+    return Embedder(embedder.checkpoint, embedder.tokenizer, embedder.encoder, embedder.plan, max_batch_tokens,
+                    embedder.workers, embedder.threads)
 
 
 # ----------------------------------------------------------------------------- sentence-transformers

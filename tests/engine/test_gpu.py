@@ -36,8 +36,8 @@ def _cuda_embedder(minilm_dir: Path, dtype: str, max_batch_tokens: int = 8192) -
 
 def test_auto_picks_cuda_and_half_precision(minilm_dir: Path) -> None:
     embedder = Embedder.load(EngineSettings(model=str(minilm_dir)))
-    assert embedder.backend.device.startswith("cuda")
-    assert embedder.backend.encoder.word_embeddings.weight.dtype in (torch.bfloat16, torch.float16)  # type: ignore[attr-defined]
+    assert embedder.device.startswith("cuda")
+    assert embedder.encoder.word_embeddings.weight.dtype in (torch.bfloat16, torch.float16)
 
 
 def test_cuda_float32_equals_cpu(minilm_dir: Path, texts: list[str], cpu_vectors: np.ndarray) -> None:

@@ -1,20 +1,37 @@
 """Texts -> float32 [n, dim] E5 embeddings: tokenise, sort by length, token-budget micro-batches, restore order.
 
-On CPU the micro-batches of one input run one per core at once (:mod:`e5studio.engine.parallel`).
+The Embedder also owns how its micro-batches are scheduled. On CPU, a micro-batch of a few thousand tokens
+keeps one core busy in every matmul, while the same batch spread over all cores pays a synchronisation at
+every one of its operations (hundreds per forward). So an input that makes several micro-batches is computed
+one micro-batch per worker thread (each worker with its share of the process's threads, the large-batch
+runtime), and an input that makes one micro-batch (a single query, a small request) runs in the calling
+thread on all the threads, on the runtime the plan picks for its size. Each micro-batch is computed whole by
+one thread: the vectors do not depend on how many run at once or on which worker ran which (with one thread
+per worker they equal a one-thread sequential run bit for bit).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
+import torch
 
-from e5studio.engine.backend import Backend, TorchBackend
-from e5studio.engine.checkpoint import Checkpoint, load_checkpoint
-from e5studio.engine.parallel import InOrder, PerCore, Scheduler
+from e5studio.engine import runtimes
+from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights
+from e5studio.engine.device import pick_device, pick_dtype
+from e5studio.engine.encoder import BertEncoder, pack
+from e5studio.engine.forward import encode
+from e5studio.engine.runtimes import Runtime, RuntimePlan
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
 from e5studio.settings import EngineSettings
+
+# Held while a worker pool starts: its threads' thread-count settings briefly change the process default.
+_THREAD_SETTINGS = threading.Lock()
 
 
 def micro_batches(lengths: Sequence[int], max_batch_tokens: int) -> Iterator[list[int]]:
@@ -35,49 +52,74 @@ def micro_batches(lengths: Sequence[int], max_batch_tokens: int) -> Iterator[lis
         yield batch
 
 
-class Embedder:
-    """The one engine object the server, batch jobs, evaluation and training use."""
+def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> BertEncoder:
+    """The checkpoint's weights in our encoder, on ``device`` in ``dtype``, for inference (eval, no grads)."""
+    encoder = BertEncoder(checkpoint.config)
+    encoder.load_state_dict(read_weights(checkpoint), strict=True)
+    return encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: Backend,
-                 max_batch_tokens: int = 4096, scheduler: Scheduler | None = None) -> None:
+
+class Embedder:
+    """The one engine object the server, batch jobs and evaluation use.
+
+    ``workers``: micro-batches computed at once (CPU; 1 = all in the calling thread).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, encoder: BertEncoder, plan: RuntimePlan,
+                 max_batch_tokens: int = 4096, workers: int = 1, threads: int | None = None) -> None:
         if max_batch_tokens < 1:
             raise ValueError("max_batch_tokens must be positive")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self.checkpoint = checkpoint
         self.tokenizer = tokenizer
-        self.backend = backend
+        self.encoder = encoder
+        self.plan = plan
         self.max_batch_tokens = max_batch_tokens
-        self.scheduler: Scheduler = scheduler or InOrder()
+        self.workers = workers
+        self.threads = threads or torch.get_num_threads()
+        self.device = str(encoder.word_embeddings.weight.device)
+        self._device = encoder.word_embeddings.weight.device
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0  # the process that started the pool's threads (a forked child has none of them)
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, settings: EngineSettings, workers: int | None = None) -> Embedder:
         """Resolve, read and place the model named in ``settings``; raises ModelError with the reason.
 
-        ``workers``: micro-batches computed at once on CPU (default: one per torch thread, each worker with one
-        thread); always 1 on GPU.
+        ``workers``: micro-batches computed at once on CPU (default: one per thread of ``settings.threads``,
+        else of the process's torch threads, each worker with one thread); always 1 on GPU. The process's
+        thread count is the entry point's to set (the CLI does, once); this reads it.
         """
-        import torch
-
-        if settings.threads is not None:
-            torch.set_num_threads(settings.threads)
         if workers is not None and workers < 1:
             raise ValueError("workers must be at least 1")
         checkpoint = load_checkpoint(settings.model)
         requested = checkpoint.max_length if settings.max_length is None else settings.max_length
         max_length = min(requested, checkpoint.config.max_position_embeddings)
         tokenizer = Tokenizer(checkpoint.path, max_length)
-        backend = TorchBackend.load(checkpoint, settings.device, settings.dtype, settings.cpu_runtime)
-        threads = torch.get_num_threads()
-        workers = (workers or threads) if backend.device == "cpu" else 1
-        scheduler = PerCore(workers, threads) if workers > 1 else InOrder()
-        return cls(checkpoint, tokenizer, backend, settings.max_batch_tokens, scheduler)
+        device = pick_device(settings.device)
+        dtype = pick_dtype(settings.dtype, device)
+        runtimes.choose(device, dtype, settings.cpu_runtime)  # a wrong setting fails before the weights are read
+        encoder = load_encoder(checkpoint, device, dtype)
+        threads = settings.threads or torch.get_num_threads()
+        plan = runtimes.plan(encoder, device, dtype, settings.cpu_runtime, threads)
+        workers = (workers or threads) if device.type == "cpu" else 1
+        return cls(checkpoint, tokenizer, encoder, plan, settings.max_batch_tokens, workers, threads)
 
     @property
     def dim(self) -> int:
-        return self.backend.dim
+        return self.encoder.config.hidden_size
 
     @property
     def max_length(self) -> int:
         return self.tokenizer.max_length
+
+    @property
+    def runtime(self) -> str:
+        """In words, what computes the micro-batches."""
+        dtype = str(self.encoder.word_embeddings.weight.dtype).removeprefix("torch.")
+        return f"{self.plan.describe()} ({self.device}, {dtype})"
 
     def tokenize(self, texts: Sequence[str], input_type: str | None = None) -> list[np.ndarray]:
         if isinstance(texts, str):
@@ -91,9 +133,55 @@ class Embedder:
     def embed_ids(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
         """Token-id arrays -> float32 [n, dim] in input order, computed in length-sorted micro-batches."""
         out = np.empty((len(sequences), self.dim), dtype=np.float32)  # [n, dim]
+        batches = list(micro_batches([len(s) for s in sequences], self.max_batch_tokens))
+        if len(batches) <= 1 or self.workers == 1:
+            for idx in batches:  # in the calling thread, on all its threads
+                chunk = [sequences[i] for i in idx]
+                out[idx] = self.compute(self.plan.pick(chunk), chunk)
+            return out
 
-        def compute(idx: list[int]) -> None:
-            out[idx] = self.backend.embed_batch([sequences[i] for i in idx])  # [b, dim]
+        def one_worker(idx: list[int]) -> None:
+            out[idx] = self.compute(self.plan.large, [sequences[i] for i in idx])  # [b, dim]
 
-        self.scheduler.run(compute, list(micro_batches([len(s) for s in sequences], self.max_batch_tokens)))
+        # longest micro-batches first (micro_batches' order), so the last ones to start are the shortest
+        futures = [self._worker_pool().submit(one_worker, idx) for idx in batches]
+        wait(futures)  # every micro-batch has finished, failed or not, before this call returns
+        for future in futures:
+            future.result()  # the first failure, if any
         return out
+
+    def compute(self, runtime: Runtime, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """One micro-batch on ``runtime`` -> float32 [b, dim] unit rows."""
+        with torch.inference_mode():
+            return encode(runtime, pack(sequences).to(self._device)).cpu().numpy()
+
+    def _worker_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = start_workers(self.workers, max(1, self.threads // self.workers))
+                self._pool_pid = os.getpid()
+            return self._pool
+
+
+def start_workers(workers: int, threads_per_worker: int) -> ThreadPoolExecutor:
+    """``workers`` compute threads with ``threads_per_worker`` torch threads each, all started now.
+
+    torch keeps one thread count per thread, taken from a process-wide default the first time a thread uses
+    torch; ``set_num_threads`` sets both. Each worker sets its own count when it starts; once all have, the
+    calling thread puts the process default back to its own count (unchanged for itself).
+    """
+    with _THREAD_SETTINGS:
+        own = torch.get_num_threads()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="e5studio-compute",
+                                  initializer=_worker_threads, initargs=(threads_per_worker,))
+        started = threading.Barrier(workers + 1)
+        for _ in range(workers):
+            pool.submit(started.wait)
+        started.wait()
+        torch.set_num_threads(own)
+    return pool
+
+
+def _worker_threads(threads: int) -> None:
+    torch.get_num_threads()  # make this thread's count its own before setting it
+    torch.set_num_threads(threads)

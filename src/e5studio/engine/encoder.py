@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from e5studio.engine.checkpoint import BertConfig
+from e5studio.engine.layer import bert_block
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ def attend(qkv: torch.Tensor, batch: PackedBatch, num_heads: int, dropout_p: flo
 
 
 class EncoderLayer(nn.Module):
-    """One post-LayerNorm BERT block on packed tokens."""
+    """One post-LayerNorm BERT block on packed tokens (:func:`~e5studio.engine.layer.bert_block`) with torch's
+    plain kernels: what training runs (dropout, gradients) and what CUDA serves. Its submodules are the
+    layer's weights, by the names the other runtimes read them by."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -126,15 +129,22 @@ class EncoderLayer(nn.Module):
         self.ffn_out = nn.Linear(config.intermediate_size, d)
         self.ffn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
 
-    def attention(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        p = self.attention_dropout if self.training else 0.0
-        out = attend(self.qkv(x), batch, self.num_heads, p)  # [T, d]
-        return self.dropout(self.attn_out(out))  # [T, d]
+    # LayerKernels
+    def dense(self, x: torch.Tensor, name: str, activation: bool = False,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+        y = getattr(self, name)(x)
+        if activation:
+            return self.activation(y)
+        return y if residual is None else residual + self.dropout(y)
+
+    def attention(self, qkv: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        return attend(qkv, batch, self.num_heads, self.attention_dropout if self.training else 0.0)
+
+    def norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return getattr(self, name)(x)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        x = self.attn_norm(x + self.attention(x, batch))  # [T, d]
-        inner = self.activation(self.ffn_in(x))  # [T, ffn]
-        return self.ffn_norm(x + self.dropout(self.ffn_out(inner)))  # [T, d]
+        return bert_block(self, x, batch)  # [T, d]
 
 
 class BertEncoder(nn.Module):
@@ -153,11 +163,14 @@ class BertEncoder(nn.Module):
         # Training only: recompute each layer's activations in backward instead of keeping them.
         self.gradient_checkpointing = False
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        # token type 0 for every token (single-segment inputs)
+    def embed(self, batch: PackedBatch) -> torch.Tensor:
+        """The embedding layer: word + position + token type 0 (single-segment inputs), LayerNorm. -> [T, d]"""
         x = (self.word_embeddings(batch.input_ids) + self.position_embeddings(batch.positions)
              + self.token_type_embeddings.weight[0])  # [T, d]
-        x = self.embeddings_dropout(self.embeddings_norm(x))
+        return self.embeddings_dropout(self.embeddings_norm(x))
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.embed(batch)  # [T, d]
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, batch, use_reentrant=False)  # [T, d]

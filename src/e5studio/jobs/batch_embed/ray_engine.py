@@ -91,7 +91,7 @@ class WindowEmbedder:
             wspec = WindowSpec(*(int(batch[k][i]) for k in ("index", "first", "count", "start", "end")))
             window = read_window(self.spec, wspec)
             if window.rejects and self.bad_records == "fail":
-                result = WindowResult(wspec, None, window.rejects, 0, self.embedder.backend.device)
+                result = WindowResult(wspec, None, window.rejects, 0, self.embedder.device)
             else:
                 result = embed_window(self.embedder, prepare_window(self.embedder, window, self.input_type),
                                       self.output)

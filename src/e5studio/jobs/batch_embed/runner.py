@@ -368,7 +368,7 @@ def embed_window(embedder: Embedder, prepared: PreparedWindow, output: Path) -> 
         shard = write_shard(output, window.spec.index, [r.id for r in window.records],
                             [text_sha256(r.text) for r in window.records], vectors)
     tokens = int(sum(len(ids) for ids in prepared.token_ids))
-    return WindowResult(window.spec, shard, window.rejects, tokens, embedder.backend.device,
+    return WindowResult(window.spec, shard, window.rejects, tokens, embedder.device,
                         time.perf_counter() - t0)
 
 
@@ -496,7 +496,7 @@ def local_engine(settings: JobSettings, state: JobState, progress: Progress) -> 
 
     A background thread reads and tokenises the next window while this one is embedded and written. On CPU
     the engine embeds the micro-batches of a window ``workers`` at once (default: one per core), each with its
-    share of torch's threads (:mod:`e5studio.engine.parallel`).
+    share of torch's threads (:mod:`e5studio.engine.embedder`).
     """
     from e5studio.engine.embedder import Embedder
 

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as torch_dist
 
-from e5studio.engine.backend import pick_device
 from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights, save_checkpoint
+from e5studio.engine.device import pick_device
 from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
 from e5studio.engine.forward import encode
 from e5studio.engine.tokenizer import Tokenizer

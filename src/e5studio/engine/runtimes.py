@@ -1,0 +1,138 @@
+"""The runtime table: which kernels compute a micro-batch, chosen once when a model loads.
+
+A runtime is a callable ``PackedBatch -> [T, d]`` last hidden states of the batch's real tokens; pooling and
+normalisation happen after it, once (:func:`e5studio.engine.forward.encode`). Every runtime computes the same
+BERT block (:func:`e5studio.engine.layer.bert_block`) with its own kernels:
+
+| runtime              | where                        | kernels                                                   |
+|----------------------|------------------------------|-----------------------------------------------------------|
+| ``torch``            | CUDA (fp16/bf16), CPU non-fp32 | the encoder's own layers (what training runs)            |
+| ``cpu-many-rows``    | CPU fp32, large micro-batches | MKL sgemm, blocked attention, in-place activation/residual |
+| ``cpu-few-rows``     | CPU fp32, few tokens, ``cpu_runtime=torch`` | oneDNN prepacked matmuls with fused post-ops |
+| ``onnxruntime``      | CPU fp32, few tokens (default where installed) | ONNX Runtime's MLAS over the same weights   |
+
+:func:`choose` is that table as code: a :class:`RuntimePlan` names the runtime for large micro-batches and,
+on CPU, the one for few-token micro-batches (fewer than :data:`FEW_TOKENS` padded tokens: single queries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from e5studio.engine import cpu_kernels, onnx_graph
+from e5studio.engine.encoder import BertEncoder, EncoderLayer, PackedBatch
+from e5studio.engine.forward import hidden_states
+from e5studio.engine.layer import LayerKernels, bert_block
+from e5studio.errors import ModelError
+
+CPU_RUNTIMES = ("auto", "torch", "onnxruntime")
+# Micro-batches with fewer padded tokens (sequences x longest length) than this go to the few-token runtime.
+# Below it oneDNN's prepacked matmul and ONNX Runtime's MLAS beat MKL's sgemm (measured on AVX2, MiniLM and
+# E5-Large shapes, 1 and 2 threads; within a few percent of each other from 128 to 512 rows).
+FEW_TOKENS = 256
+
+
+class Runtime(Protocol):
+    name: str
+
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
+        """A packed batch (on the runtime's device) -> [T, d] last hidden states of its real tokens."""
+        ...
+
+
+class TorchRuntime:
+    """The encoder's own layers (the module training runs), in its device and dtype; under autocast in
+    ``autocast_dtype`` when given (evaluating a model while it trains on GPU)."""
+
+    name = "torch"
+
+    def __init__(self, encoder: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+        self.encoder = encoder
+        self.autocast_dtype = autocast_dtype
+
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
+        return hidden_states(self.encoder, batch, self.autocast_dtype)
+
+
+class LayersRuntime:
+    """The encoder's embedding layer, then :func:`bert_block` over one kernel set per layer."""
+
+    def __init__(self, name: str, encoder: BertEncoder, layers: Sequence[LayerKernels[torch.Tensor]]) -> None:
+        self.name = name
+        self.encoder = encoder
+        self.layers = list(layers)
+
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.encoder.embed(batch)  # [T, d]
+        for kernels in self.layers:
+            x = bert_block(kernels, x, batch)  # [T, d]
+        return x
+
+
+def _layers(encoder: BertEncoder) -> list[EncoderLayer]:
+    return [layer for layer in encoder.layers if isinstance(layer, EncoderLayer)]
+
+
+def cpu_many_rows(encoder: BertEncoder, threads: int) -> Runtime:
+    return LayersRuntime("cpu-many-rows", encoder, [cpu_kernels.ManyRowsKernels(layer) for layer in _layers(encoder)])
+
+
+def cpu_few_rows(encoder: BertEncoder, threads: int) -> Runtime:
+    return LayersRuntime("cpu-few-rows", encoder, [cpu_kernels.FewRowsKernels(layer) for layer in _layers(encoder)])
+
+
+def onnxruntime(encoder: BertEncoder, threads: int) -> Runtime:
+    return onnx_graph.OrtRuntime(encoder, threads)
+
+
+def torch_layers(encoder: BertEncoder, threads: int) -> Runtime:
+    return TorchRuntime(encoder)
+
+
+BUILDERS = {"torch": torch_layers, "cpu-many-rows": cpu_many_rows, "cpu-few-rows": cpu_few_rows,
+            "onnxruntime": onnxruntime}
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    """Which runtime computes which micro-batch; fixed when the model loads."""
+
+    large: Runtime  # every micro-batch, or those of at least FEW_TOKENS padded tokens when ``few`` is set
+    few: Runtime | None = None  # few-token micro-batches computed by the calling thread (single queries)
+
+    def pick(self, sequences: Sequence[object]) -> Runtime:
+        """The runtime for one micro-batch computed on all the process's threads."""
+        if self.few is not None and len(sequences) * max(len(s) for s in sequences) < FEW_TOKENS:  # type: ignore[arg-type]
+            return self.few
+        return self.large
+
+    def describe(self) -> str:
+        if self.few is None:
+            return self.large.name
+        return f"{self.large.name}, {self.few.name} for micro-batches under {FEW_TOKENS} tokens"
+
+
+def choose(device: torch.device, dtype: torch.dtype, cpu_runtime: str) -> tuple[str, str | None]:
+    """The table: (runtime for large micro-batches, runtime for few-token ones or None)."""
+    if cpu_runtime not in CPU_RUNTIMES:
+        raise ModelError(f"unknown cpu_runtime {cpu_runtime!r} ({', '.join(CPU_RUNTIMES)})")
+    if device.type != "cpu" or dtype != torch.float32:
+        return "torch", None
+    if cpu_runtime != "torch" and onnx_graph.available():
+        return "cpu-many-rows", "onnxruntime"
+    if cpu_runtime == "onnxruntime":
+        raise ModelError("cpu_runtime 'onnxruntime' needs the onnxruntime and onnx packages: "
+                         "pip install 'e5studio[onnx]'")
+    return "cpu-many-rows", "cpu-few-rows" if cpu_kernels.onednn_available() else None
+
+
+def plan(encoder: BertEncoder, device: torch.device, dtype: torch.dtype, cpu_runtime: str,
+         threads: int) -> RuntimePlan:
+    """Build the runtimes :func:`choose` names for ``encoder`` (already on ``device`` in ``dtype``, eval mode,
+    no gradients). ``threads``: the process's compute threads (ONNX Runtime sizes its pool with it)."""
+    large, few = choose(device, dtype, cpu_runtime)
+    return RuntimePlan(BUILDERS[large](encoder, threads), None if few is None else BUILDERS[few](encoder, threads))
