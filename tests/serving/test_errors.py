@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from e5studio.app import create_app
 from e5studio.control.store import Store
-from e5studio.serving.app import create_app
+from e5studio.serving.state import state_of
 from e5studio.settings import EngineSettings, ServeSettings
 from tests.serving.server import MINILM, Banner, ServerProcess, assert_error, assert_vectors
 
@@ -251,7 +252,7 @@ def small_app(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Itera
                              engine=EngineSettings(model=str(tiny_dir), device="cpu"))
     app = create_app(settings, store)
     with TestClient(app) as client:
-        assert app.state.pool.wait(60)
+        assert state_of(app).pool.wait(60)
         yield client, f"/api/predict/nlp/p/{endpoint.name}", key
     store.close()
 
