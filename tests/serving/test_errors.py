@@ -86,6 +86,21 @@ def test_unknown_project_or_endpoint_is_404(http: httpx.Client, banner: Banner) 
                  "endpoint 'nope' not found")
 
 
+@pytest.mark.parametrize("route", ["/api/predict/nlp", "/api/predict/generic", "/api/v2/predict/generic"])
+def test_without_a_valid_key_the_body_is_not_judged(http: httpx.Client, banner: Banner, route: str) -> None:
+    """Lookup and key come first (the body of a caller without a valid key is never parsed)."""
+    path = f"{route}/{banner.project_id}/{banner.endpoint_id}"
+    bad = b'{"inputs": [1, 2'
+    json_type = {"Content-Type": "application/json"}
+    assert_error(http.post(path, content=bad, headers=json_type), 401, "missing endpoint key")
+    assert_error(http.post(path, content=bad, headers={**json_type, "key": "nonsense"}), 403, "not valid")
+    # the OpenAI shape names its endpoint in the body; its texts are judged after the key too
+    assert_error(http.post("/v1/embeddings", json={"model": MINILM, "input": [None]},
+                           headers={"Authorization": "Bearer nonsense"}), 403, "not valid")
+    assert_error(http.post("/v1/embeddings", json={"model": MINILM, "input": [None]},
+                           headers={"Authorization": f"Bearer {banner.key}"}), 400, "'input[0]' must be a string")
+
+
 def test_unknown_route_is_404_json(http: httpx.Client) -> None:
     assert_error(http.get("/nope"), 404, "no such route", "GET /nope")
     assert_error(http.post("/api/predict/nlp/only-one-part", json=GOOD), 404, "no such route")
