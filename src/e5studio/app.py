@@ -55,7 +55,7 @@ def create_app(settings: ServeSettings, store: Store,
     metrics = Metrics()
     pool = ModelPool(store, settings.engine, metrics, settings.max_queue, loader=loader)
     jobs = JobRunner(store, settings.data_dir)
-    inference = InferenceService(store, pool, settings.max_body_bytes)
+    inference = InferenceService(store, pool)
 
     app = FastAPI(title="e5studio", version=__version__, lifespan=partial(_lifespan, pool=pool, jobs=jobs))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,

@@ -98,10 +98,9 @@ def _json_type(value: Any) -> str:
 
 
 class InferenceService:
-    def __init__(self, store: Store, pool: ModelPool, max_body_bytes: int) -> None:
+    def __init__(self, store: Store, pool: ModelPool) -> None:
         self.store = store
         self.pool = pool
-        self.max_body_bytes = max_body_bytes
 
     async def embed(self, request: Request, ref: EndpointRef, read_texts: TextReader,
                     dimensions: object = None) -> Embedded:

@@ -35,7 +35,7 @@ def _encode(row: np.ndarray, encoding_format: str) -> list[float] | str:
 
 @router.post(OPENAI_EMBEDDINGS_PATH)
 async def embeddings(request: Request, state: State) -> dict[str, Any]:
-    body = await read_json(request, state.inference.max_body_bytes)
+    body = await read_json(request, state.settings.max_body_bytes)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InputError("'model' is required: the name or id of an e5studio endpoint")

@@ -18,7 +18,7 @@ router = APIRouter()
 async def _body(request: Request, state: State) -> dict[str, Any]:
     """The JSON body; ``params`` (typed ``{"name": {"type", "value"}}`` or plain) is accepted, embeddings have
     none to apply."""
-    body = await read_json(request, state.inference.max_body_bytes)
+    body = await read_json(request, state.settings.max_body_bytes)
     params = body.get("params")
     if params is not None and not isinstance(params, dict):
         raise InputError("'params' must be a JSON object")
