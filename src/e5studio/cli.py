@@ -41,14 +41,9 @@ def _endpoint_name(model: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
-    import signal
     from pathlib import Path
 
-    import uvicorn
-
-    from e5studio.control.store import Store
-    from e5studio.serving.app import create_app
-    from e5studio.serving.routes.admin import curl_line, endpoint_urls
+    from e5studio.app import serve
 
     engine = engine_settings(args)
     settings = ServeSettings(data_dir=Path(args.data_dir), host=args.host, port=args.port,
@@ -56,31 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_body_bytes=args.max_body_bytes, public_url=args.public_url,
                              max_upload_bytes=args.max_upload_mb * 1024 * 1024)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    store = Store(settings.data_dir / "e5studio.db")
-    token = store.ensure_admin_token()
-    if token is not None:
-        print(f"Admin token (shown once; the CLI reads it from E5STUDIO_ADMIN_TOKEN): {token}", flush=True)
-    if not store.list_endpoints():
-        projects = {p.name for p in store.list_projects()}
-        if "default" not in projects:
-            store.create_project("default", "created by e5studio serve")
-        endpoint, key = store.create_endpoint("default", _endpoint_name(engine.model), engine.model, 32,
-                                              "created by e5studio serve")
-        url = endpoint_urls(settings.base_url, endpoint)["nlp"]
-        print(f"Endpoint {endpoint.name} (project default, model {endpoint.model}, batch size 32)\n"
-              f"  URL: {url}\n  key (shown once): {key}\n  try: {curl_line(url, key)}", flush=True)
-    app = create_app(settings, store)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_config=None,
-                            timeout_graceful_shutdown=30)
-    print(f"Serving on {settings.base_url} (data in {settings.data_dir})", flush=True)
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it found;
-    # handlers that ignore it make that a clean exit (status 0, store closed) instead of a traceback.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        store.close()
+    serve(settings, _endpoint_name(engine.model))
     return 0
 
 

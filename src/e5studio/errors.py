@@ -2,7 +2,8 @@
 
 Every error a user can cause or meet is an :class:`E5StudioError`; its subclass says which kind
 (bad input, auth, capacity, not found, model). The CLI prints ``str(error)`` without a traceback and
-the HTTP layer maps each class to one status code.
+the HTTP layer maps each class to one status code
+(``e5studio.serving.http_errors.STATUS_TABLE``, used for the API and the web UI alike).
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ class NotFoundError(E5StudioError):
 
 class ModelError(E5StudioError):
     """A model could not be resolved, read or run."""
+
+
+class ClientGone(E5StudioError):
+    """The client disconnected before its request was computed; nothing was computed for it."""
+
+
+class LoginRequired(AuthError):
+    """No valid web UI session: pages redirect to the login form, the UI's JSON calls answer 401."""
+
+    def __init__(self, next_url: str) -> None:
+        super().__init__("log in first: no valid session")
+        self.next_url = next_url
 
 
 class ConflictError(InputError):

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from e5studio.errors import CapacityError, InputError, ModelError
-from e5studio.serving.batcher import Batcher, ClientGone
+from e5studio.errors import CapacityError, ClientGone, InputError, ModelError
+from e5studio.serving.batcher import Batcher
 
 T = TypeVar("T")
 WAIT_S = 10.0

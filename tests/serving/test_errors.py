@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from e5studio.app import create_app
 from e5studio.control.store import Store
-from e5studio.serving.app import create_app
+from e5studio.serving.state import state_of
 from e5studio.settings import EngineSettings, ServeSettings
 from tests.serving.server import MINILM, Banner, ServerProcess, assert_error, assert_vectors
 
@@ -83,6 +84,21 @@ def test_unknown_project_or_endpoint_is_404(http: httpx.Client, banner: Banner) 
                            headers=headers), 404, "endpoint 'nope' not found")
     assert_error(http.post("/v1/embeddings", json={"model": "nope", "input": "x"}, headers=headers), 404,
                  "endpoint 'nope' not found")
+
+
+@pytest.mark.parametrize("route", ["/api/predict/nlp", "/api/predict/generic", "/api/v2/predict/generic"])
+def test_without_a_valid_key_the_body_is_not_judged(http: httpx.Client, banner: Banner, route: str) -> None:
+    """Lookup and key come first (the body of a caller without a valid key is never parsed)."""
+    path = f"{route}/{banner.project_id}/{banner.endpoint_id}"
+    bad = b'{"inputs": [1, 2'
+    json_type = {"Content-Type": "application/json"}
+    assert_error(http.post(path, content=bad, headers=json_type), 401, "missing endpoint key")
+    assert_error(http.post(path, content=bad, headers={**json_type, "key": "nonsense"}), 403, "not valid")
+    # the OpenAI shape names its endpoint in the body; its texts are judged after the key too
+    assert_error(http.post("/v1/embeddings", json={"model": MINILM, "input": [None]},
+                           headers={"Authorization": "Bearer nonsense"}), 403, "not valid")
+    assert_error(http.post("/v1/embeddings", json={"model": MINILM, "input": [None]},
+                           headers={"Authorization": f"Bearer {banner.key}"}), 400, "'input[0]' must be a string")
 
 
 def test_unknown_route_is_404_json(http: httpx.Client) -> None:
@@ -251,7 +267,7 @@ def small_app(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Itera
                              engine=EngineSettings(model=str(tiny_dir), device="cpu"))
     app = create_app(settings, store)
     with TestClient(app) as client:
-        assert app.state.pool.wait(60)
+        assert state_of(app).pool.wait(60)
         yield client, f"/api/predict/nlp/p/{endpoint.name}", key
     store.close()
 

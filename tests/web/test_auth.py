@@ -40,6 +40,16 @@ def test_pages_without_session_redirect_to_login(http: httpx.Client) -> None:
     assert http.post("/ui/projects", data={"name": "x", "csrf_token": "y"}).status_code in (303, 401)
 
 
+def test_a_form_post_without_session_is_an_html_401_page(http: httpx.Client) -> None:
+    """The one error handler: status from the one table, shown as a page of the UI."""
+    answer = http.post("/ui/projects", data={"name": "x", "csrf_token": "y"})
+    assert answer.status_code == 401, answer.text
+    assert "text/html" in answer.headers["content-type"]
+    assert "log in first" in answer.text
+    assert http.get("/ui/api/endpoints").json() == {
+        "error": {"message": "log in first: no valid session", "type": "authentication_error", "code": 401}}
+
+
 def test_wrong_token_is_refused(http: httpx.Client) -> None:
     answer = http.post("/ui/login", data={"token": "e5sadm_not-the-token", "next": "/ui/"})
     assert answer.status_code == 401

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from e5studio.errors import CapacityError, E5StudioError, ModelError
+from e5studio.errors import CapacityError, ClientGone, E5StudioError, ModelError
 
 
 class BatchObserver(Protocol):
@@ -29,10 +29,6 @@ class BatchObserver(Protocol):
     def queue_wait(self, seconds: float) -> None: ...
 
     def queue_depth(self, depth: int) -> None: ...
-
-
-class ClientGone(E5StudioError):
-    """The client disconnected before its request was computed; nothing was computed for it."""
 
 
 @dataclass(eq=False)

@@ -1,15 +1,21 @@
 """The one table from exceptions to HTTP status codes, and the one error body.
 
-Every error answer is JSON in the OpenAI shape (which the OpenAI client reads and SambaStudio clients print):
-``{"error": {"message": str, "type": str, "code": int}}``. Routes raise; they never build error responses.
+Every error answer of the API (and of the web UI's JSON calls) is JSON in the OpenAI shape (which the OpenAI
+client reads and SambaStudio clients print): ``{"error": {"message": str, "type": str, "code": int}}``; the web
+UI's pages show the same status and message as an HTML page. Routes and pages raise; the one error handler
+(installed by ``e5studio.app``) answers.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
 from e5studio import errors
-from e5studio.serving.batcher import ClientGone
 
 # Most specific first: the first class that matches decides.
 STATUS_TABLE: list[tuple[type[BaseException], int, str]] = [
@@ -17,11 +23,11 @@ STATUS_TABLE: list[tuple[type[BaseException], int, str]] = [
     (errors.ConflictError, 409, "conflict"),
     (errors.InputError, 400, "invalid_request_error"),
     (errors.ForbiddenError, 403, "permission_error"),
-    (errors.AuthError, 401, "authentication_error"),
+    (errors.AuthError, 401, "authentication_error"),  # LoginRequired too (the UI's pages redirect instead)
     (errors.NotFoundError, 404, "not_found_error"),
     (errors.CapacityError, 429, "rate_limit_error"),
     (errors.UnavailableError, 503, "unavailable_error"),
-    (ClientGone, 499, "client_closed_request"),
+    (errors.ClientGone, 499, "client_closed_request"),
     (errors.ModelError, 500, "model_error"),
     (errors.E5StudioError, 500, "server_error"),
 ]
@@ -32,6 +38,33 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         if isinstance(exc, cls):
             return status, kind
     return 500, "server_error"
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What an exception becomes in an HTTP answer."""
+
+    status: int
+    kind: str
+    message: str
+
+
+def describe(exc: BaseException, method: str, path: str) -> ErrorAnswer:
+    """Any exception raised while answering ``method path`` as (status, kind, message): ours through the
+    table, starlette's own (no such route, method not allowed), FastAPI's validation errors, and crashes
+    (logged with their traceback; the answer names only the exception's type)."""
+    if isinstance(exc, errors.E5StudioError):
+        status, kind = status_for(exc)
+        return ErrorAnswer(status, kind, str(exc))
+    if isinstance(exc, HTTPException):
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return ErrorAnswer(exc.status_code, "http_error", f"{message}: {method} {path}")
+    if isinstance(exc, RequestValidationError):
+        first: Any = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return ErrorAnswer(400, "invalid_request_error", f"{where}: {first.get('msg', 'invalid')}")
+    logging.getLogger("e5studio").error("unhandled error on %s", path, exc_info=exc)
+    return ErrorAnswer(500, "server_error", f"internal error: {type(exc).__name__}")
 
 
 def error_body(message: str, kind: str, status: int) -> dict[str, Any]:

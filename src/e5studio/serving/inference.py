@@ -1,10 +1,17 @@
-"""What every inference route does after parsing its API shape: endpoint lookup, key check, batch-size
-check, tokenise, queue, rows back. Routes only translate shapes."""
+"""The one service call of every inference route: endpoint lookup, key check, the texts, batch-size check,
+tokenise, queue, rows back. Routes only translate their API shape into a list of texts and the rows back.
+
+    route (API shape) -> InferenceService.embed -> Batcher (queue, token-budget batches) -> Embedder
+
+The texts are read only after the key check, so a caller without a valid key costs no body parsing and
+learns nothing about the body.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +20,24 @@ from starlette.requests import Request
 
 from e5studio.control.store import Endpoint, Store
 from e5studio.errors import AuthError, ForbiddenError, InputError, PayloadTooLargeError
-from e5studio.serving.metrics import Metrics
+from e5studio.serving.access_log import call_record
 from e5studio.serving.models import ModelPool
+
+TextReader = Callable[[], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
+class EndpointRef:
+    """How a request names its endpoint: ``endpoint`` (name or id) inside ``project`` (name or id), or, without
+    a project, an endpoint name or id anywhere (OpenAI's ``model``)."""
+
+    endpoint: str
+    project: str | None = None
 
 
 @dataclass(frozen=True)
 class Embedded:
+    endpoint: Endpoint
     rows: np.ndarray  # float32 [n, dim]
     tokens: int
 
@@ -79,24 +98,28 @@ def _json_type(value: Any) -> str:
 
 
 class InferenceService:
-    def __init__(self, store: Store, pool: ModelPool, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, store: Store, pool: ModelPool) -> None:
         self.store = store
         self.pool = pool
-        self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
 
-    def authorize(self, endpoint: Endpoint, request: Request) -> None:
-        key = request_key(request)
-        if key is None:
-            raise AuthError("missing endpoint key: send the header 'key: <endpoint key>' "
-                            "(or 'Authorization: Bearer <endpoint key>')")
-        if not self.store.check_endpoint_key(endpoint.id, key):
-            raise ForbiddenError(f"the key is not valid for endpoint {endpoint.name!r}")
-
-    async def embed(self, request: Request, endpoint: Endpoint, texts: list[str],
+    async def embed(self, request: Request, ref: EndpointRef, read_texts: TextReader,
                     dimensions: object = None) -> Embedded:
-        """Key already checked. Batch-size check, tokenise, queue, rows (float32 [n, dim]).
-        ``dimensions``, when given, must equal the model's (checked before any compute)."""
+        """Look ``ref`` up, check the request's key, read its texts, then :meth:`run` them. What the request
+        did is noted in its access-log record."""
+        endpoint = self.lookup(ref)
+        record = call_record(request)
+        record.endpoint, record.endpoint_id = endpoint.name, endpoint.id
+        self.check_key(endpoint, request_key(request))
+        texts = await read_texts()
+        result = await self.run(request, endpoint, texts, dimensions)
+        record.inputs, record.tokens = len(texts), result.tokens
+        return result
+
+    async def run(self, request: Request, endpoint: Endpoint, texts: list[str],
+                  dimensions: object = None) -> Embedded:
+        """Batch-size check, tokenise, queue: rows (float32 [n, dim]) for a caller whose right to ``endpoint``
+        is settled (by :meth:`embed`, or by the web UI's admin session). ``dimensions``, when given, must equal
+        the model's (checked before any compute). A client that leaves while queued is dropped before compute."""
         if len(texts) > endpoint.batch_size:
             raise InputError(f"Expected a Tensor with batch size <= {endpoint.batch_size}, "
                              f"got batch size: {len(texts)}")
@@ -106,7 +129,31 @@ class InferenceService:
                              f"embeddings), got {dimensions!r}")
         sequences = await asyncio.to_thread(embedder.tokenize, texts)
         rows = await batcher.submit(sequences, disconnected=lambda: _disconnect(request))
-        return Embedded(rows=rows, tokens=sum(len(s) for s in sequences))
+        return Embedded(endpoint=endpoint, rows=rows, tokens=sum(len(s) for s in sequences))
+
+    def lookup(self, ref: EndpointRef) -> Endpoint:
+        if ref.project is None:
+            return self.store.find_endpoint(ref.endpoint)
+        return self.store.get_endpoint(ref.project, ref.endpoint)
+
+    def check_key(self, endpoint: Endpoint, key: str | None) -> None:
+        if key is None:
+            raise AuthError("missing endpoint key: send the header 'key: <endpoint key>' "
+                            "(or 'Authorization: Bearer <endpoint key>')")
+        if not self.store.check_endpoint_key(endpoint.id, key):
+            raise ForbiddenError(f"the key is not valid for endpoint {endpoint.name!r}")
+
+    def endpoints_for_key(self, key: str | None) -> list[Endpoint]:
+        """The endpoints ``key`` opens (the admin token opens all); AuthError if none."""
+        if key is None:
+            raise AuthError("missing key: send 'Authorization: Bearer <endpoint key>'")
+        endpoints = self.store.list_endpoints()
+        if self.store.check_admin_token(key):
+            return endpoints
+        endpoints = [e for e in endpoints if self.store.check_endpoint_key(e.id, key)]
+        if not endpoints:
+            raise AuthError("the key is not valid for any endpoint")
+        return endpoints
 
 
 async def _disconnect(request: Request) -> None:

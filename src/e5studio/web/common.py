@@ -1,7 +1,9 @@
-"""What every page of the web UI shares: templates, the session dependency, CSRF-checked form reading."""
+"""What every page of the web UI shares: templates, the session dependency, CSRF-checked form reading, the
+JSON body of the UI's own JavaScript calls."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -13,8 +15,9 @@ from starlette.datastructures import FormData
 from starlette.types import Message
 
 from e5studio import __version__
-from e5studio.errors import E5StudioError, ForbiddenError, PayloadTooLargeError
+from e5studio.errors import ForbiddenError, InputError, LoginRequired, PayloadTooLargeError
 from e5studio.web.sessions import COOKIE_NAME, Session, SessionStore
+from e5studio.web.state import web_state
 
 HERE = Path(__file__).parent
 CSRF_FIELD = "csrf_token"
@@ -25,17 +28,8 @@ templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=
                         trim_blocks=True, lstrip_blocks=True)
 
 
-class LoginRequired(E5StudioError):
-    """No valid session: pages redirect to the login form, the UI's JSON calls answer 401."""
-
-    def __init__(self, next_url: str) -> None:
-        super().__init__("log in first")
-        self.next_url = next_url
-
-
 def sessions(request: Request) -> SessionStore:
-    store: SessionStore = request.app.state.ui_sessions
-    return store
+    return web_state(request).sessions
 
 
 def ui_session(request: Request) -> Session:
@@ -68,11 +62,11 @@ def check_csrf_header(request: Request, session: Session) -> None:
         raise ForbiddenError("the CSRF token is missing or wrong: reload the page and try again")
 
 
-def _limited(request: Request, limit: int) -> Request:
+def _limited(request: Request, limit: int, what: str = "the form") -> Request:
     """The same request with a body reader that stops (HTTP 413) after ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"the form is {int(declared)} bytes; the limit is {limit}")
+        raise PayloadTooLargeError(f"{what} is {int(declared)} bytes; the limit is {limit}")
     received = 0
 
     async def receive() -> Message:
@@ -81,7 +75,7 @@ def _limited(request: Request, limit: int) -> Request:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise PayloadTooLargeError(f"the form is over the limit of {limit} bytes")
+                raise PayloadTooLargeError(f"{what} is over the limit of {limit} bytes")
         return message
 
     return Request(request.scope, receive)
@@ -95,6 +89,19 @@ async def read_form(request: Request, session: Session, limit: int = FORM_LIMIT_
         await form.close()
         raise ForbiddenError("the CSRF token is missing or wrong: reload the page and try again")
     return form
+
+
+async def read_json(request: Request, session: Session, limit: int) -> dict[str, Any]:
+    """The JSON object a page's JavaScript posted (at most ``limit`` bytes), CSRF header checked first."""
+    check_csrf_header(request, session)
+    raw = await _limited(request, limit, "the request body").body()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InputError("the request body must be a JSON object")
+    return body
 
 
 def text_field(form: FormData, name: str, default: str = "") -> str:

@@ -9,23 +9,12 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
-from e5studio.control.store import Endpoint, Store
+from e5studio.control.store import Endpoint
 from e5studio.engine.checkpoint import ALIASES
 from e5studio.errors import InputError
-from e5studio.serving.inference import read_json, string_list
-from e5studio.serving.routes.admin import curl_line, endpoint_urls
-from e5studio.web.common import (
-    SessionDep,
-    check_csrf_header,
-    login_url,
-    read_form,
-    render,
-    safe_next,
-    sessions,
-    text_field,
-    ui_session,
-)
+from e5studio.web.common import SessionDep, login_url, read_form, read_json, render, safe_next, text_field, ui_session
 from e5studio.web.sessions import COOKIE_NAME, SESSION_TTL_S
+from e5studio.web.state import UI, WebState, web_state
 
 public = APIRouter(prefix="/ui")
 router = APIRouter(prefix="/ui", dependencies=[Depends(ui_session)])
@@ -38,11 +27,6 @@ E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
 MODELS_DIR = "models"  # checkpoints copied into <data dir>/models/<name>/ are offered in the model lists
 TRY_LIMIT_BYTES = 64 * 1024
 TRY_MAX_TEXTS = 8
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.inference.store
-    return store
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -58,14 +42,14 @@ async def login_form(request: Request, next: str = "/ui/") -> Response:  # noqa:
 
 
 @public.post("/login")
-async def login(request: Request) -> Response:
+async def login(request: Request, ui: UI) -> Response:
     """The admin token in, a session cookie out (HTTP-only, SameSite=Strict)."""
     form = await request.form(max_files=0, max_fields=8)
     token, target = text_field(form, "token"), safe_next(text_field(form, "next"))
-    if not token or not _store(request).check_admin_token(token):
+    if not token or not ui.store.check_admin_token(token):
         return render(request, "login.html", status_code=401, next=target,
                       error="That admin token is not valid. It is printed once when `e5studio serve` first starts.")
-    session_id, _ = sessions(request).create()
+    session_id, _ = ui.sessions.create()
     response = _redirect(target)
     response.set_cookie(COOKIE_NAME, session_id, max_age=int(SESSION_TTL_S), httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", path="/ui")
@@ -73,9 +57,9 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, session: SessionDep) -> Response:
+async def logout(request: Request, ui: UI, session: SessionDep) -> Response:
     await read_form(request, session)
-    sessions(request).delete(request.cookies.get(COOKIE_NAME))
+    ui.sessions.delete(request.cookies.get(COOKIE_NAME))
     response = _redirect(login_url("/ui/"))
     response.delete_cookie(COOKIE_NAME, path="/ui")
     return response
@@ -90,8 +74,8 @@ async def home(request: Request) -> Response:
 
 
 @router.get("/projects")
-async def projects(request: Request) -> Response:
-    store = _store(request)
+async def projects(request: Request, ui: UI) -> Response:
+    store = ui.store
     counts: dict[str, int] = {}
     for endpoint in store.list_endpoints():
         counts[endpoint.project_id] = counts.get(endpoint.project_id, 0) + 1
@@ -99,21 +83,20 @@ async def projects(request: Request) -> Response:
 
 
 @router.post("/projects")
-async def create_project(request: Request, session: SessionDep) -> Response:
+async def create_project(request: Request, ui: UI, session: SessionDep) -> Response:
     form = await read_form(request, session)
     name, description = text_field(form, "name"), text_field(form, "description")
     try:
-        project = _store(request).create_project(name, description)
+        project = ui.store.create_project(name, description)
     except InputError as exc:
-        store = _store(request)
-        return render(request, "projects.html", status_code=400, projects=store.list_projects(), counts={},
+        return render(request, "projects.html", status_code=400, projects=ui.store.list_projects(), counts={},
                       error=str(exc), form={"name": name, "description": description})
     return _redirect(f"/ui/projects/{project.name}")
 
 
 @router.get("/projects/{project}")
-async def project_page(request: Request, project: str) -> Response:
-    store = _store(request)
+async def project_page(request: Request, ui: UI, project: str) -> Response:
+    store = ui.store
     found = store.get_project(project)
     return render(request, "project.html", project=found, endpoints=store.list_endpoints(found.id))
 
@@ -123,14 +106,15 @@ async def project_page(request: Request, project: str) -> Response:
 
 def model_choices(request: Request) -> list[tuple[str, str]]:
     """(value, label) of the models a new endpoint can serve: aliases, fine-tuned jobs, models in use."""
-    store = _store(request)
+    ui = web_state(request)
+    store = ui.store
     choices = [(alias, f"{alias} ({hub_id})") for alias, hub_id in ALIASES.items() if alias != "minilm"]
     for job in store.list_jobs("train"):
         final_dir = job.metrics.get("final_dir")
         if job.status == "Succeeded" and final_dir:
             dataset = job.params.get("dataset", "?")
             choices.append((str(final_dir), f"fine-tuned: job {job.id[:8]} ({job.model} on {dataset})"))
-    models_dir: Path = request.app.state.settings.data_dir / MODELS_DIR
+    models_dir: Path = ui.settings.data_dir / MODELS_DIR
     if models_dir.is_dir():
         for directory in sorted(p.parent for p in models_dir.glob("*/config.json")):
             choices.append((str(directory.resolve()), f"local: {directory.name} ({directory.resolve()})"))
@@ -143,11 +127,11 @@ def model_choices(request: Request) -> list[tuple[str, str]]:
 
 
 def _endpoint_form(request: Request, status_code: int = 200, error: str = "", **values: Any) -> Response:
-    store = _store(request)
-    defaults = {"project": "", "name": "", "description": "", "model": request.app.state.settings.default_model,
+    ui = web_state(request)
+    defaults = {"project": "", "name": "", "description": "", "model": ui.settings.default_model,
                 "model_other": "", "batch_size": "32"}
     return render(request, "endpoint_new.html", status_code=status_code, error=error,
-                  projects=store.list_projects(), models=model_choices(request), batch_help=BATCH_SIZE_HELP,
+                  projects=ui.store.list_projects(), models=model_choices(request), batch_help=BATCH_SIZE_HELP,
                   form={**defaults, **values})
 
 
@@ -157,7 +141,7 @@ async def new_endpoint(request: Request, project: str = "") -> Response:
 
 
 @router.post("/endpoints")
-async def create_endpoint(request: Request, session: SessionDep) -> Response:
+async def create_endpoint(request: Request, ui: UI, session: SessionDep) -> Response:
     form = await read_form(request, session)
     values = {k: text_field(form, k) for k in ("project", "name", "description", "model", "model_other",
                                                 "batch_size")}
@@ -165,62 +149,67 @@ async def create_endpoint(request: Request, session: SessionDep) -> Response:
     try:
         if values["batch_size"] not in ("1", "32"):
             raise InputError(f"batch size must be 1 or 32, got {values['batch_size']!r}")
-        endpoint, key = _store(request).create_endpoint(values["project"], values["name"], model,
-                                                        int(values["batch_size"]), values["description"])
+        endpoint, key = ui.store.create_endpoint(values["project"], values["name"], model,
+                                                 int(values["batch_size"]), values["description"])
     except InputError as exc:
         return _endpoint_form(request, 400, str(exc), **values)
-    request.app.state.pool.deploy(endpoint)
+    ui.deploy(endpoint)
     session.flashes[f"key:{endpoint.id}"] = key
     return _redirect(f"/ui/endpoints/{endpoint.id}")
 
 
-def _endpoint_json(request: Request, endpoint: Endpoint) -> dict[str, Any]:
-    stats = request.app.state.metrics.endpoint_stats.get(endpoint.id)
+def _endpoint_json(ui: WebState, endpoint: Endpoint) -> dict[str, Any]:
+    stats = ui.endpoint_stats(endpoint.id)
     return {"id": endpoint.id, "name": endpoint.name, "project": endpoint.project_name, "status": endpoint.status,
             "reason": endpoint.status_reason, "requests": stats.count, "errors": stats.errors,
             "p50_ms": stats.p50_ms, "mean_ms": stats.mean_ms}
 
 
 @router.get("/endpoints/{endpoint_id}")
-async def endpoint_page(request: Request, endpoint_id: str, session: SessionDep) -> Response:
-    endpoint = _store(request).get_endpoint_by_id(endpoint_id)
-    urls = endpoint_urls(request.app.state.settings.base_url, endpoint)
+async def endpoint_page(request: Request, ui: UI, endpoint_id: str, session: SessionDep) -> Response:
+    endpoint = ui.store.get_endpoint_by_id(endpoint_id)
+    urls = ui.endpoint_urls(endpoint)
     key = session.pop_flash(f"key:{endpoint.id}")
     return render(request, "endpoint.html", endpoint=endpoint, urls=urls, key=key,
-                  curl=curl_line(urls["nlp"], key) if key else "", live=_endpoint_json(request, endpoint),
+                  curl=ui.curl_line(urls["nlp"], key) if key else "", live=_endpoint_json(ui, endpoint),
                   batch_help=BATCH_SIZE_HELP[endpoint.batch_size])
 
 
 @router.post("/endpoints/{endpoint_id}/rotate-key")
-async def rotate_key(request: Request, endpoint_id: str, session: SessionDep) -> Response:
+async def rotate_key(request: Request, ui: UI, endpoint_id: str, session: SessionDep) -> Response:
     await read_form(request, session)
-    endpoint = _store(request).get_endpoint_by_id(endpoint_id)
-    session.flashes[f"key:{endpoint.id}"] = _store(request).rotate_key(endpoint.id)
+    endpoint = ui.store.get_endpoint_by_id(endpoint_id)
+    session.flashes[f"key:{endpoint.id}"] = ui.store.rotate_key(endpoint.id)
     return _redirect(f"/ui/endpoints/{endpoint.id}")
 
 
 @router.post("/endpoints/{endpoint_id}/delete")
-async def delete_endpoint(request: Request, endpoint_id: str, session: SessionDep) -> Response:
+async def delete_endpoint(request: Request, ui: UI, endpoint_id: str, session: SessionDep) -> Response:
     await read_form(request, session)
-    endpoint = _store(request).get_endpoint_by_id(endpoint_id)
-    _store(request).delete_endpoint(endpoint.id)
+    endpoint = ui.store.get_endpoint_by_id(endpoint_id)
+    ui.store.delete_endpoint(endpoint.id)
     return _redirect(f"/ui/projects/{endpoint.project_name}")
 
 
 @router.get("/api/endpoints")
-async def endpoints_status(request: Request, project: str | None = None) -> dict[str, Any]:
+async def endpoints_status(ui: UI, project: str | None = None) -> dict[str, Any]:
     """Status, reason, request count and latency of every endpoint (polled by the pages)."""
-    return {"endpoints": [_endpoint_json(request, e) for e in _store(request).list_endpoints(project)]}
+    return {"endpoints": [_endpoint_json(ui, e) for e in ui.store.list_endpoints(project)]}
+
+
+def _try_texts(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        raise InputError("'texts' must be a non-empty list of strings")
+    return value
 
 
 @router.post("/api/endpoints/{endpoint_id}/try")
-async def try_endpoint(request: Request, endpoint_id: str, session: SessionDep) -> dict[str, Any]:
+async def try_endpoint(request: Request, ui: UI, endpoint_id: str, session: SessionDep) -> dict[str, Any]:
     """Embed one or two texts through the endpoint (the session stands in for the key): the dimension, the
     first values, and the cosine similarity of the two."""
-    check_csrf_header(request, session)
-    endpoint = _store(request).get_endpoint_by_id(endpoint_id)
-    body = await read_json(request, TRY_LIMIT_BYTES)
-    texts = string_list(body.get("texts"), "texts")
+    body = await read_json(request, session, TRY_LIMIT_BYTES)
+    endpoint = ui.store.get_endpoint_by_id(endpoint_id)
+    texts = _try_texts(body.get("texts"))
     input_type = body.get("input_type", "none")
     if input_type not in ("none", *E5_PREFIXES):
         raise InputError(f"'input_type' must be none, query or passage, got {input_type!r}")
@@ -230,7 +219,7 @@ async def try_endpoint(request: Request, endpoint_id: str, session: SessionDep) 
     if len(texts) > TRY_MAX_TEXTS:
         raise InputError(f"'texts' has {len(texts)} texts; the try box takes at most {TRY_MAX_TEXTS}")
     # batch-size-1 endpoints answer one text per call, as a client of theirs would send them
-    parts = [await request.app.state.inference.embed(request, endpoint, texts[i:i + endpoint.batch_size])
+    parts = [await ui.embed(request, endpoint, texts[i:i + endpoint.batch_size])
              for i in range(0, len(texts), endpoint.batch_size)]
     rows: np.ndarray = np.concatenate([p.rows for p in parts])
     answer: dict[str, Any] = {"texts": texts, "dimension": int(rows.shape[1]), "tokens": sum(p.tokens for p in parts),

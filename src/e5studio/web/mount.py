@@ -1,14 +1,19 @@
-"""Puts the web UI on an app: its routers, static files, session store, and HTML error pages."""
+"""Puts the web UI on an app (its state, routers and static files) and shows errors on its pages.
+
+The app's one error handler (``e5studio.app``) decides every status from the one status table; for a page of
+the UI it asks :func:`error_page` for the HTML answer.
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from e5studio.errors import LoginRequired
 from e5studio.web import datasets, endpoints, jobs
-from e5studio.web.common import HERE, LoginRequired, login_url, render
-from e5studio.web.sessions import SessionStore
+from e5studio.web.common import HERE, login_url, render
+from e5studio.web.state import WebState, install
 
 UI_PREFIX = "/ui"
 
@@ -19,19 +24,18 @@ def is_ui_page(request: Request) -> bool:
     return (path == UI_PREFIX or path.startswith(UI_PREFIX + "/")) and not path.startswith(UI_PREFIX + "/api/")
 
 
-def error_page(request: Request, status: int, message: str) -> Response:
+def error_page(request: Request, status: int, message: str, error: BaseException) -> Response | None:
+    """The answer to ``error`` on a page of the UI (None elsewhere): a page that needs a session sends the
+    browser to the login form; any other error is an HTML page with the status and message."""
+    if not is_ui_page(request):
+        return None
+    if isinstance(error, LoginRequired) and request.method == "GET":
+        return RedirectResponse(login_url(error.next_url), status_code=303)
     return render(request, "error.html", status_code=status, status=status, message=message)
 
 
-def mount_ui(app: FastAPI) -> None:
-    app.state.ui_sessions = SessionStore()
-
-    @app.exception_handler(LoginRequired)
-    async def on_login_required(request: Request, exc: LoginRequired) -> Response:
-        if is_ui_page(request) and request.method == "GET":
-            return RedirectResponse(login_url(exc.next_url), status_code=303)
-        return JSONResponse({"error": {"message": "log in first: no valid session", "type": "authentication_error",
-                                       "code": 401}}, status_code=401)
+def mount_ui(app: FastAPI, state: WebState) -> None:
+    install(app, state)
 
     @app.get(UI_PREFIX, include_in_schema=False)
     async def ui_root() -> Response:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from e5studio.control.store import DEPLOYING
+from e5studio.serving.state import State
 
 router = APIRouter()
 
@@ -19,9 +20,9 @@ async def health() -> dict[str, Any]:
 
 
 @router.get("/ready")
-async def ready(request: Request) -> JSONResponse:
+async def ready(state: State) -> JSONResponse:
     """200 once no endpoint is still deploying (every Live endpoint's model is loaded); 503 before."""
-    endpoints = request.app.state.inference.store.list_endpoints()
+    endpoints = state.store.list_endpoints()
     deploying = [e.name for e in endpoints if e.status == DEPLOYING]
     body = {"ready": not deploying, "deploying": deploying,
             "endpoints": {e.name: e.status for e in endpoints}}
@@ -29,5 +30,5 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

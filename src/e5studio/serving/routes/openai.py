@@ -9,14 +9,13 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from e5studio.errors import AuthError, InputError
-from e5studio.serving.inference import InferenceService, read_json, request_key, string_list
+from e5studio.errors import InputError
+from e5studio.serving.inference import EndpointRef, read_json, request_key, string_list
+from e5studio.serving.state import State
+from e5studio.serving.urls import OPENAI_EMBEDDINGS_PATH, OPENAI_MODELS_PATH
 
 router = APIRouter()
-
-
-def _service(request: Request) -> InferenceService:
-    return request.app.state.inference
+ENCODINGS = ("float", "base64")
 
 
 def _texts(value: Any) -> list[str]:
@@ -34,48 +33,36 @@ def _encode(row: np.ndarray, encoding_format: str) -> list[float] | str:
     return row.tolist()
 
 
-@router.post("/v1/embeddings")
-async def embeddings(request: Request) -> dict[str, Any]:
-    service = _service(request)
-    body = await read_json(request, service.max_body_bytes)
+@router.post(OPENAI_EMBEDDINGS_PATH)
+async def embeddings(request: Request, state: State) -> dict[str, Any]:
+    body = await read_json(request, state.settings.max_body_bytes)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InputError("'model' is required: the name or id of an e5studio endpoint")
-    endpoint = service.store.find_endpoint(model)
-    request.state.endpoint = endpoint.name
-    request.state.endpoint_id = endpoint.id
-    service.authorize(endpoint, request)
-    if "input" not in body:
-        raise InputError("'input' is required: a string or a list of strings")
-    texts = _texts(body["input"])
     encoding_format = body.get("encoding_format") or "float"
-    if encoding_format not in ("float", "base64"):
-        raise InputError(f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}")
-    result = await service.embed(request, endpoint, texts, dimensions=body.get("dimensions"))
-    request.state.inputs = len(texts)
-    request.state.tokens = result.tokens
+
+    async def texts() -> list[str]:
+        if "input" not in body:
+            raise InputError("'input' is required: a string or a list of strings")
+        found = _texts(body["input"])
+        if encoding_format not in ENCODINGS:
+            raise InputError(f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}")
+        return found
+
+    result = await state.inference.embed(request, EndpointRef(model), texts, dimensions=body.get("dimensions"))
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(row, encoding_format)}
                  for i, row in enumerate(result.rows)],
-        "model": endpoint.name,
+        "model": result.endpoint.name,
         "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
     }
 
 
-@router.get("/v1/models")
-async def models(request: Request) -> dict[str, Any]:
+@router.get(OPENAI_MODELS_PATH)
+async def models(request: Request, state: State) -> dict[str, Any]:
     """The endpoints this key opens (the admin token lists all)."""
-    service = _service(request)
-    key = request_key(request)
-    if key is None:
-        raise AuthError("missing key: send 'Authorization: Bearer <endpoint key>'")
-    endpoints = service.store.list_endpoints()
-    if not service.store.check_admin_token(key):
-        endpoints = [e for e in endpoints if service.store.check_endpoint_key(e.id, key)]
-        if not endpoints:
-            raise AuthError("the key is not valid for any endpoint")
     return {"object": "list", "data": [
         {"id": e.name, "object": "model", "owned_by": e.project_name,
          "created": int(datetime.fromisoformat(e.created_at).timestamp())}
-        for e in endpoints]}
+        for e in state.inference.endpoints_for_key(request_key(request))]}

@@ -1,5 +1,5 @@
 """SambaStudio's three embedding request shapes on one endpoint (what LangChain's SambaStudioEmbeddings and
-the platform's curl examples send)."""
+the platform's curl examples send): each turns its body into a list of texts and the rows into its answer."""
 
 from __future__ import annotations
 
@@ -8,65 +8,64 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from e5studio.errors import InputError
-from e5studio.serving.inference import InferenceService, read_json, string_list
+from e5studio.serving.inference import EndpointRef, TextReader, read_json, string_list
+from e5studio.serving.state import State
+from e5studio.serving.urls import GENERIC_PATH, GENERIC_V2_PATH, NLP_PATH
 
 router = APIRouter()
 
 
-def _service(request: Request) -> InferenceService:
-    return request.app.state.inference
-
-
-def _check_params(body: dict[str, Any]) -> None:
-    """``params`` (typed ``{"name": {"type", "value"}}`` or plain) is accepted; embeddings have none to apply."""
+async def _body(request: Request, state: State) -> dict[str, Any]:
+    """The JSON body; ``params`` (typed ``{"name": {"type", "value"}}`` or plain) is accepted, embeddings have
+    none to apply."""
+    body = await read_json(request, state.settings.max_body_bytes)
     params = body.get("params")
     if params is not None and not isinstance(params, dict):
         raise InputError("'params' must be a JSON object")
+    return body
 
 
-async def _embed(request: Request, project: str, endpoint_ref: str, texts_of: str) -> tuple[list[Any], Any]:
-    service = _service(request)
-    endpoint = service.store.get_endpoint(project, endpoint_ref)
-    request.state.endpoint = endpoint.name
-    request.state.endpoint_id = endpoint.id
-    service.authorize(endpoint, request)
-    body = await read_json(request, service.max_body_bytes)
-    _check_params(body)
-    if texts_of == "items":
+def _list_of(field: str, request: Request, state: State) -> TextReader:
+    """The texts of a body that sends them as a list of strings under ``field``."""
+
+    async def read() -> list[str]:
+        body = await _body(request, state)
+        if field not in body:
+            raise InputError(f"request body needs '{field}': a list of strings")
+        return string_list(body[field], field)
+
+    return read
+
+
+@router.post(NLP_PATH)
+async def predict_nlp(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
+    result = await state.inference.embed(request, EndpointRef(endpoint, project), _list_of("inputs", request, state))
+    return {"data": result.rows.tolist()}
+
+
+@router.post(GENERIC_PATH)
+async def predict_generic(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
+    result = await state.inference.embed(request, EndpointRef(endpoint, project),
+                                         _list_of("instances", request, state))
+    return {"predictions": result.rows.tolist()}
+
+
+@router.post(GENERIC_V2_PATH)
+async def predict_generic_v2(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
+    ids: list[Any] = []
+
+    async def texts() -> list[str]:
+        body = await _body(request, state)
         items = body.get("items")
         if not isinstance(items, list) or not items:
             raise InputError("'items' must be a non-empty list of {\"id\": str, \"value\": str} objects")
-        ids: list[Any] = []
-        texts: list[str] = []
+        values: list[str] = []
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("value"), str):
                 raise InputError(f"'items[{i}]' must be an object with a string 'value'")
             ids.append(item.get("id", str(i)))
-            texts.append(item["value"])
-    else:
-        if texts_of not in body:
-            raise InputError(f"request body needs '{texts_of}': a list of strings")
-        texts = string_list(body[texts_of], texts_of)
-        ids = []
-    result = await service.embed(request, endpoint, texts)
-    request.state.inputs = len(texts)
-    request.state.tokens = result.tokens
-    return ids, result.rows
+            values.append(item["value"])
+        return values
 
-
-@router.post("/api/predict/nlp/{project}/{endpoint}")
-async def predict_nlp(request: Request, project: str, endpoint: str) -> dict[str, Any]:
-    _, rows = await _embed(request, project, endpoint, "inputs")
-    return {"data": rows.tolist()}
-
-
-@router.post("/api/predict/generic/{project}/{endpoint}")
-async def predict_generic(request: Request, project: str, endpoint: str) -> dict[str, Any]:
-    _, rows = await _embed(request, project, endpoint, "instances")
-    return {"predictions": rows.tolist()}
-
-
-@router.post("/api/v2/predict/generic/{project}/{endpoint}")
-async def predict_generic_v2(request: Request, project: str, endpoint: str) -> dict[str, Any]:
-    ids, rows = await _embed(request, project, endpoint, "items")
-    return {"items": [{"id": i, "value": row} for i, row in zip(ids, rows.tolist(), strict=True)]}
+    result = await state.inference.embed(request, EndpointRef(endpoint, project), texts)
+    return {"items": [{"id": i, "value": row} for i, row in zip(ids, result.rows.tolist(), strict=True)]}

@@ -1,0 +1,150 @@
+"""The composition root: builds the control store, the model pool (one embedder + batcher per model), the
+job runner and the metrics, and puts the serving API and the web UI on one app with one error handler.
+
+The only module that knows both halves: ``e5studio.serving`` and ``e5studio.web`` never import each other;
+each reads its own typed state (``serving.state.ServingState``, ``web.state.WebState``) built here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from e5studio import __version__
+from e5studio.control.job_runner import JobRunner
+from e5studio.control.store import Store
+from e5studio.engine.embedder import Embedder
+from e5studio.errors import E5StudioError
+from e5studio.serving import state as serving_state
+from e5studio.serving.access_log import AccessLog, call_record
+from e5studio.serving.http_errors import describe, error_body
+from e5studio.serving.inference import InferenceService
+from e5studio.serving.metrics import Metrics
+from e5studio.serving.models import ModelPool
+from e5studio.serving.routes import admin, health, openai, sambastudio
+from e5studio.serving.urls import curl_line, endpoint_urls
+from e5studio.settings import EngineSettings, ServeSettings
+from e5studio.web.mount import error_page, mount_ui
+from e5studio.web.sessions import SessionStore
+from e5studio.web.state import WebState
+
+log = logging.getLogger("e5studio")
+STORE_FILE = "e5studio.db"
+JOB_POLL_S = 1.0
+JOB_STOP_TIMEOUT_S = 20.0
+DEFAULT_PROJECT = "default"
+
+
+def open_store(settings: ServeSettings) -> Store:
+    """The control store of the data directory (created on first use)."""
+    return Store(settings.data_dir / STORE_FILE)
+
+
+def create_app(settings: ServeSettings, store: Store,
+               loader: Callable[[EngineSettings], Embedder] = Embedder.load) -> FastAPI:
+    """The server: serving routes and web UI over ``store``; models load when the app starts (lifespan)."""
+    metrics = Metrics()
+    pool = ModelPool(store, settings.engine, metrics, settings.max_queue, loader=loader)
+    jobs = JobRunner(store, settings.data_dir)
+    inference = InferenceService(store, pool)
+
+    app = FastAPI(title="e5studio", version=__version__, lifespan=partial(_lifespan, pool=pool, jobs=jobs))
+    serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
+                                                          metrics=metrics, inference=inference))
+    for error in (E5StudioError, HTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(error, _answer_error)
+    for module in (sambastudio, openai, health, admin):
+        app.include_router(module.router)
+    mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(), deploy=pool.deploy,
+                           endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,
+                           endpoint_stats=metrics.endpoint_stats.get, embed=inference.run))
+    _legacy_state(app, settings, inference, pool, jobs)
+    app.add_middleware(AccessLog, metrics=metrics)
+    return app
+
+
+def _legacy_state(app: FastAPI, settings: ServeSettings, inference: InferenceService, pool: ModelPool,
+                  jobs: JobRunner) -> None:
+    """TEMPORARY: web/jobs.py and web/datasets.py (owned by the job-spec branch) still read
+    ``request.app.state.{settings,inference.store,jobs,pool}``; once they use ``web.state.web_state``, delete
+    this function and its call."""
+    app.state.settings = settings
+    app.state.inference = inference
+    app.state.pool = pool
+    app.state.jobs = jobs
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner) -> AsyncIterator[None]:
+    pool.restore()  # every endpoint of the store starts deploying
+    await asyncio.to_thread(jobs.recover)  # jobs of a previous server: Interrupted (resumable)
+    watcher = asyncio.create_task(_watch_jobs(jobs))
+    yield
+    watcher.cancel()
+    await asyncio.to_thread(jobs.close, JOB_STOP_TIMEOUT_S)  # children record Interrupted
+    pool.close()  # queued requests finish before the workers stop
+
+
+async def _watch_jobs(jobs: JobRunner) -> None:
+    while True:
+        await asyncio.sleep(JOB_POLL_S)
+        try:
+            await asyncio.to_thread(jobs.poll)
+        except Exception:  # a failed poll must not end the watching
+            log.exception("polling the background jobs failed")
+
+
+async def _answer_error(request: Request, exc: Exception) -> Response:
+    """The one error handler: status and message from the one table (``serving.http_errors``); a page of the
+    web UI shows them as HTML, everything else (API, the UI's JSON calls) gets the JSON error body."""
+    answer = describe(exc, request.method, request.url.path)
+    call_record(request).error_type = answer.kind
+    page = error_page(request, answer.status, answer.message, exc)
+    if page is not None:
+        return page
+    return JSONResponse(error_body(answer.message, answer.kind, answer.status), status_code=answer.status)
+
+
+def first_start(store: Store, settings: ServeSettings, endpoint_name: str) -> list[str]:
+    """On a new data directory: make the admin token and, with no endpoint yet, a default project and an
+    endpoint (batch size 32) for the settings' model. Returns the lines to print (secrets shown once)."""
+    lines: list[str] = []
+    token = store.ensure_admin_token()
+    if token is not None:
+        lines.append(f"Admin token (shown once; the CLI reads it from E5STUDIO_ADMIN_TOKEN): {token}")
+    if not store.list_endpoints():
+        if DEFAULT_PROJECT not in {p.name for p in store.list_projects()}:
+            store.create_project(DEFAULT_PROJECT, "created by e5studio serve")
+        model = settings.engine.model
+        endpoint, key = store.create_endpoint(DEFAULT_PROJECT, endpoint_name, model, 32, "created by e5studio serve")
+        url = endpoint_urls(settings.base_url, endpoint)["nlp"]
+        lines.append(f"Endpoint {endpoint.name} (project {DEFAULT_PROJECT}, model {endpoint.model}, batch size 32)\n"
+                     f"  URL: {url}\n  key (shown once): {key}\n  try: {curl_line(url, key)}")
+    return lines
+
+
+def serve(settings: ServeSettings, endpoint_name: str) -> None:
+    """Open the store, set up a first start, serve until SIGINT/SIGTERM (graceful: queued requests finish,
+    running jobs record Interrupted), close the store."""
+    import uvicorn
+
+    with open_store(settings) as store:
+        for line in first_start(store, settings, endpoint_name):
+            print(line, flush=True)
+        config = uvicorn.Config(create_app(settings, store), host=settings.host, port=settings.port,
+                                access_log=False, log_config=None, timeout_graceful_shutdown=30)
+        print(f"Serving on {settings.base_url} (data in {settings.data_dir})", flush=True)
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it
+        # found; handlers that ignore it make that a clean exit (status 0, store closed), not a traceback.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        uvicorn.Server(config).run()
