@@ -44,7 +44,7 @@ from e5studio.control.store import (
     Store,
 )
 from e5studio.errors import ConflictError, NotFoundError, UnavailableError
-from e5studio.jobs.train.data import validate_dataset
+from e5studio.jobspec.dataset_format import validate_dataset
 from tests.jobs.toy import tiny_checkpoint, toy_dataset
 
 # 24 queries / batch 4 = 6 steps per epoch, 2 epochs = 12 steps; checkpoints every 2 steps

@@ -22,7 +22,7 @@ from e5studio.control.store import (
     Store,
 )
 from e5studio.jobs.train import commands
-from e5studio.jobs.train.data import validate_dataset
+from e5studio.jobspec.dataset_format import validate_dataset
 
 # 24 queries / batch 4 = 6 steps, one epoch, a checkpoint every 2 steps
 FLAGS = ["--epochs", "1", "--batch-size", "4", "--train-n-passages", "3", "--lr", "1e-3", "--save-every", "2",

@@ -48,7 +48,7 @@ def _add_validation_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(directory: str, args: argparse.Namespace) -> Any:
-    from e5studio.jobs.train.data import validate_dataset
+    from e5studio.jobspec.dataset_format import validate_dataset
 
     report = validate_dataset(Path(directory), args.train_n_passages, args.max_problems)
     for line in report.lines():
@@ -84,8 +84,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def _mine(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
-    from e5studio.jobs.train.data import validate_dataset
     from e5studio.jobs.train.mining import mine_negatives
+    from e5studio.jobspec.dataset_format import validate_dataset
     from e5studio.settings import EngineSettings
 
     with _store(args) as store:
@@ -113,7 +113,7 @@ def _mine(args: argparse.Namespace) -> int:
 
 def _check_unchanged(dataset: Any) -> None:
     from e5studio.jobs.files import file_sha256
-    from e5studio.jobs.train.data import PASSAGES_FILE, TRAIN_FILE
+    from e5studio.jobspec.layout import PASSAGES_FILE, TRAIN_FILE
 
     for name, expected in ((PASSAGES_FILE, dataset.passages_sha256), (TRAIN_FILE, dataset.train_sha256)):
         path = Path(dataset.path) / name
@@ -216,8 +216,8 @@ def _train(args: argparse.Namespace) -> int:
     import torch.distributed as torch_dist
 
     from e5studio.control.store import JOB_FAILED, JOB_INTERRUPTED, JOB_OWNER_CLI, JOB_RUNNING, JOB_SUCCEEDED
-    from e5studio.jobs.train.evaluate import load_eval_set
     from e5studio.jobs.train.trainer import DistContext, RunOptions, Trainer, TrainJob, TrainSettings
+    from e5studio.retrieval.evaluate import load_eval_set
 
     dist = DistContext.from_env(os.environ)
     if args.threads is not None:
