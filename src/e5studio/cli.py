@@ -159,8 +159,9 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from e5studio.control.store import Store
+    from e5studio.jobspec.layout import store_path
 
-    with Store(Path(args.data_dir) / "e5studio.db") as store:
+    with Store(store_path(Path(args.data_dir))) as store:
         token = store.rotate_admin_token()
     print(f"New admin token (shown once): {token}")
     return 0

@@ -14,12 +14,14 @@ from starlette.datastructures import FormData, UploadFile
 
 from e5studio.control.store import Store
 from e5studio.errors import InputError
-from e5studio.jobs.train.data import PASSAGES_FILE, TRAIN_FILE, ValidationReport, validate_dataset
+from e5studio.jobspec.dataset_format import ValidationReport, validate_dataset
+from e5studio.jobspec.layout import DATASETS_DIR, PASSAGES_FILE, TRAIN_FILE
+from e5studio.jobspec.train_params import ALL_PARAMS
 from e5studio.web.common import SessionDep, read_form, render, text_field, ui_session
 
 router = APIRouter(prefix="/ui", dependencies=[Depends(ui_session)])
 COPY_CHUNK = 1024 * 1024
-DEFAULT_TRAIN_N_PASSAGES = 8
+DEFAULT_TRAIN_N_PASSAGES: int = ALL_PARAMS["train_n_passages"].default  # type: ignore[assignment]
 
 
 def _store(request: Request) -> Store:
@@ -96,7 +98,7 @@ async def add_by_upload(request: Request, session: SessionDep) -> Response:
     form = await read_form(request, session, limit=limit)
     values = {k: text_field(form, k) for k in ("name", "description")}
     data_dir: Path = request.app.state.settings.data_dir
-    directory = (data_dir / "datasets" / "uploads" / secrets.token_hex(8)).resolve()
+    directory = (data_dir / DATASETS_DIR / "uploads" / secrets.token_hex(8)).resolve()
     try:
         if not values["name"]:
             raise InputError("name is required")

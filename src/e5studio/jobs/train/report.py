@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "metrics.png"
-
 
 class MetricsLog:
     """Append-only JSONL of step and eval records; on resume, records after the checkpoint are dropped."""
