@@ -18,7 +18,7 @@ from e5studio.control.store import (
     JOB_OWNER_SERVER,
     JOB_RUNNING,
     JOB_SUCCEEDED,
-    Job,
+    JobRecord,
     Store,
 )
 from e5studio.jobs.train import commands
@@ -45,7 +45,7 @@ def _store(data_dir: Path) -> Store:
     return Store(data_dir / "e5studio.db")
 
 
-def _server_job(data_dir: Path, model: Path, output: Path) -> Job:
+def _server_job(data_dir: Path, model: Path, output: Path) -> JobRecord:
     """A job row the way the server's runner records it before starting the process."""
     with _store(data_dir) as store:
         return store.create_job("train", str(model), str(output.resolve()), {"epochs": 1},

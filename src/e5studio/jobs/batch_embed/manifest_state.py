@@ -190,7 +190,7 @@ def _lock(output: Path) -> IO[bytes]:
     except ImportError:  # pragma: no cover - not POSIX: no lock
         return handle
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_FILE_EX | fcntl.LOCK_FILE_NB)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
         raise InputError(f"another embed-corpus job is running on {output}; wait for it or stop it") from None
