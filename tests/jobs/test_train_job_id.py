@@ -146,7 +146,9 @@ def test_sigterm_after_a_cancel_keeps_cancelled_and_resume_by_job_id_continues(
     with _store(data_dir) as store:
         cancelled = store.get_job(job.id)
         assert (cancelled.status, cancelled.status_reason) == (JOB_CANCELLED, "cancelled")
-        store.transition_job(job.id, (JOB_CANCELLED,), JOB_FAILED, "pretend it failed")  # resumable too
+        # pretend it failed (resumable too); a Cancelled job becomes Failed only by running again
+        assert store.transition_job(job.id, (JOB_CANCELLED,), JOB_RUNNING, "resumed")
+        assert store.transition_job(job.id, (JOB_RUNNING,), JOB_FAILED, "pretend it failed")
     monkeypatch.undo()
     capsys.readouterr()
     assert train(data_dir, tiny_nodropout_dir, output, "--job-id", job.id, "--resume") == 0

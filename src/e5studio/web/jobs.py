@@ -13,6 +13,7 @@ from e5studio.control.job_records import JOB_RESUMABLE_STATUSES, JOB_RUNNING, KI
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
 from e5studio.errors import InputError
+from e5studio.jobspec.layout import eval_files
 from e5studio.jobspec.train_params import TRAIN_PARAMS
 from e5studio.web.common import SessionDep, read_form, render, text_field, ui_session
 from e5studio.web.endpoints import BATCH_SIZE_HELP, model_choices
@@ -68,7 +69,7 @@ def _train_form(request: Request, status_code: int = 200, error: str = "", form:
                      "eval_dir": ""})
     return render(request, "jobs.html", status_code=status_code, error=error,
                   jobs=_store(request).list_jobs(KIND_TRAIN), datasets=_store(request).list_datasets(),
-                  models=model_choices(request), params=train_params(),
+                  models=model_choices(request), params=train_params(), eval_files=", ".join(eval_files()),
                   form={**defaults, **(form or {})})
 
 
