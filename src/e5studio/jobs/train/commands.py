@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from e5studio.errors import InputError
-from e5studio.jobspec.layout import DATASETS_DIR, store_path
+from e5studio.jobspec.layout import DATASETS_DIR, eval_files, store_path
 from e5studio.jobspec.params import add_arguments
 from e5studio.jobspec.train_params import ALL_PARAMS, HYPERPARAMETERS, RUN_PARAMS
 
@@ -360,8 +360,8 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--model", required=True, help="hub id, alias or local directory to start from")
     train.add_argument("--output", required=True, help="job directory: checkpoints/, best/, final/, metrics")
     train.add_argument("--eval-dir", default=None,
-                       help="evaluation set (passages.jsonl, queries.test.jsonl, qrels.test.tsv): nDCG@10, MRR@10, "
-                            "Recall@100 before training and after each epoch")
+                       help=f"evaluation set ({', '.join(eval_files())}): nDCG@10, MRR@10, Recall@100, MAP "
+                            "(the metrics of `e5studio eval`) before training and after each epoch")
     train.add_argument("--eval-max-queries", type=int, default=None, help="evaluate on the first N judged queries")
     train.add_argument("--eval-max-length", type=int, default=None, help="truncation in evaluation (default: "
                                                                          "the model's serving length)")
