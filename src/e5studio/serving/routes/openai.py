@@ -63,6 +63,6 @@ async def embeddings(request: Request, state: State) -> dict[str, Any]:
 async def models(request: Request, state: State) -> dict[str, Any]:
     """The endpoints this key opens (the admin token lists all)."""
     return {"object": "list", "data": [
-        {"id": e.name, "object": "model", "owned_by": e.project_name,
+        {"id": e.name, "object": "model", "owned_by": e.project_name, "precision": e.precision,
          "created": int(datetime.fromisoformat(e.created_at).timestamp())}
         for e in state.inference.endpoints_for_key(request_key(request))]}
