@@ -79,14 +79,16 @@ def test_int8_linear_is_the_quantized_product_exactly(shape: tuple[int, int], ro
 
     got = layer(x.clone())
 
-    smooth = int8_kernels.smoothing(input_range, weight).double()
-    q, scales = int8_kernels.quantize_weight(weight * smooth.float()[None, :])
-    xs = x.double() / smooth
+    # the same quantization of the input (in fp32, as the layer does), then the product in float64
+    smooth = int8_kernels.smoothing(input_range, weight)
+    q, scales = int8_kernels.quantize_weight(weight * smooth[None, :])
+    xs = x * layer.inv_smooth
     low, high = xs.amin(1, keepdim=True), xs.amax(1, keepdim=True)
-    step = (high - low) / int8_kernels.ACTIVATION_MAX
-    xq = torch.round((xs - low) / step)
+    inv_step = int8_kernels.ACTIVATION_MAX / (high - low)
+    xq = torch.round(torch.addcmul(-low * inv_step, xs, inv_step)).double()
+    assert xq.min() >= 0 and xq.max() <= int8_kernels.ACTIVATION_MAX
     w = q.double() * scales.double()[:, None]
-    expected = step * (xq @ w.T) + low * w.sum(1) + bias.double()
+    expected = (xq @ w.T) / inv_step.double() + low.double() * w.sum(1) + bias.double()
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
     cosine = F.cosine_similarity(got, F.linear(x, weight, bias), dim=1)
     assert cosine.min() > 0.999

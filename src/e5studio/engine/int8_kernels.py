@@ -83,11 +83,11 @@ class Int8Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """[T, in] fp32 -> [T, out] fp32."""
         x = x * self.inv_smooth  # [T, in]
-        low, high = torch.aminmax(x, dim=1, keepdim=True)  # [T, 1] each
-        scale = (high - low).clamp_min_(1e-12).div_(ACTIVATION_MAX)  # [T, 1]
-        q = x.sub_(low).div_(scale)  # [T, in] in 0..127
+        high, low = x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True)  # [T, 1] (aminmax is 3x slower)
+        inv_step = ACTIVATION_MAX / (high - low).clamp_min_(1e-12)  # [T, 1]
+        q = torch.addcmul(-low * inv_step, x, inv_step, out=x)  # [T, in] in 0..127
         y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(q, 1.0, 0, self.packed)  # [T, out]
-        return y.mul_(scale).addcmul_(low, self.column_sums).add_(self.bias)
+        return y.div_(inv_step).addcmul_(low, self.column_sums).add_(self.bias)
 
 
 class Int8Kernels(ManyRowsKernels):
