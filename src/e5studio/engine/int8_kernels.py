@@ -17,7 +17,8 @@ Two measured choices (all-MiniLM-L6-v2, 300 SciFact passages and 100 queries, co
   projection alone: mean cosine 0.9986). Each dense layer's input channel c is divided by
   ``s_c = sqrt(max|x_c| / max|W_:,c|)`` and the weight's column multiplied by it (the product is unchanged);
   ``max|x_c|`` is measured once at load by running :data:`~e5studio.engine.calibration.CALIBRATION_TEXTS` in
-  fp32. Mean cosine 0.9976 -> 0.9984 (passages), 0.9970 -> 0.9986 (queries).
+  fp32. Mean cosine 0.9976 -> 0.9984 (passages), 0.9970 -> 0.9986 (queries). Only the layers whose input is
+  a LayerNorm output (QKV, feed-forward in) are smoothed; the other two quantize their input in place.
 Embeddings, LayerNorm, attention (softmax), the activation and pooling stay fp32.
 
 Attention runs sequence by sequence, each on its own length (no padding, no mask): rounding to integers turns
@@ -41,6 +42,7 @@ from e5studio.engine.layer import DENSE_LAYERS, bert_block
 ACTIVATION_MAX = 127  # activations on 7 bits (0..127): no int16 saturation on AVX2 (module docstring)
 WEIGHT_MAX = 127
 SMOOTH_ALPHA = 0.5
+SMOOTHED = ("qkv", "ffn_in")  # the dense layers whose input is a LayerNorm output (outlier channels)
 
 InputRanges = dict[str, torch.Tensor]  # dense layer name -> max |x_c| over the calibration tokens, [in]
 
@@ -65,7 +67,9 @@ def smoothing(input_range: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class Int8Linear:
-    """One dense layer ``x W^T + b`` in int8 (module docstring)."""
+    """One dense layer ``x W^T + b`` in int8 (module docstring). With ``input_range`` the layer is smoothed
+    (for inputs with outlier channels: LayerNorm outputs); without, it quantizes its input in place (for
+    inputs that are temporaries of the block: the attention context, the activated feed-forward)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, input_range: torch.Tensor | None) -> None:
         smooth = torch.ones(weight.shape[1]) if input_range is None else smoothing(input_range, weight)
@@ -76,13 +80,14 @@ class Int8Linear:
             zero_points = torch.zeros(q.shape[0], dtype=torch.long)
             qweight = torch.quantize_per_channel(dequantized, scales.double(), zero_points, 0, torch.qint8)
         self.packed = torch.ops.quantized.linear_prepack(qweight, None)
-        self.inv_smooth = (1.0 / smooth).contiguous()  # [in]
+        self.inv_smooth = None if input_range is None else (1.0 / smooth).contiguous()  # [in]
         self.column_sums = dequantized.sum(dim=1)  # [out]: what a row offset adds to every output
         self.bias = bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, in] fp32 -> [T, out] fp32."""
-        x = x * self.inv_smooth  # [T, in]
+        """[T, in] fp32 -> [T, out] fp32 (overwrites ``x`` when the layer is not smoothed)."""
+        if self.inv_smooth is not None:
+            x = x * self.inv_smooth  # [T, in], a new tensor: the caller's x is the block's residual
         high, low = x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True)  # [T, 1] (aminmax is 3x slower)
         inv_step = ACTIVATION_MAX / (high - low).clamp_min_(1e-12)  # [T, 1]
         q = torch.addcmul(-low * inv_step, x, inv_step, out=x)  # [T, in] in 0..127
@@ -97,7 +102,8 @@ class Int8Kernels(ManyRowsKernels):
     def __init__(self, layer: EncoderLayer, input_ranges: InputRanges | None = None) -> None:
         super().__init__(layer)
         ranges = input_ranges or {}
-        self.linear = {name: Int8Linear(*self.weights[name], ranges.get(name)) for name in DENSE_LAYERS}
+        self.linear = {name: Int8Linear(*self.weights[name], ranges.get(name) if name in SMOOTHED else None)
+                       for name in DENSE_LAYERS}
 
     def dense(self, x: torch.Tensor, name: str, activation: bool = False,
               residual: torch.Tensor | None = None) -> torch.Tensor:
