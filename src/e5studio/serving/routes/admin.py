@@ -9,18 +9,24 @@ from fastapi import APIRouter, Depends, Request
 
 from e5studio.control.store import Endpoint
 from e5studio.errors import AuthError, ForbiddenError, InputError
-from e5studio.serving.inference import read_json, request_key
+from e5studio.serving.inference import bearer_token, read_json
 from e5studio.serving.state import ServingState, State
+from e5studio.serving.throttle import client_address
 from e5studio.serving.urls import curl_line, endpoint_urls
 
 ADMIN_BODY_LIMIT = 64 * 1024
 
 
 def require_admin(request: Request, state: State) -> None:
-    token = request_key(request)
+    """The admin token of ``Authorization: Bearer`` (other headers, e.g. a stray ``key:``, play no part);
+    failures are throttled per client address."""
+    address = client_address(request.client)
+    state.login_throttle.check(address)
+    token = bearer_token(request)
     if token is None:
         raise AuthError("missing admin token: send 'Authorization: Bearer <admin token>'")
     if not state.store.check_admin_token(token):
+        state.login_throttle.failed(address)
         raise ForbiddenError("the admin token is not valid")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from e5studio.errors import InputError
-from e5studio.serving.inference import EndpointRef, read_json, request_key, string_list
+from e5studio.serving.inference import EndpointRef, read_json, request_keys, string_list
 from e5studio.serving.state import State
 from e5studio.serving.urls import OPENAI_EMBEDDINGS_PATH, OPENAI_MODELS_PATH
 
@@ -65,4 +65,4 @@ async def models(request: Request, state: State) -> dict[str, Any]:
     return {"object": "list", "data": [
         {"id": e.name, "object": "model", "owned_by": e.project_name,
          "created": int(datetime.fromisoformat(e.created_at).timestamp())}
-        for e in state.inference.endpoints_for_key(request_key(request))]}
+        for e in state.inference.endpoints_for_key(request_keys(request))]}
