@@ -27,6 +27,7 @@ from e5studio.engine.embedder import Embedder
 from e5studio.errors import E5StudioError
 from e5studio.serving import state as serving_state
 from e5studio.serving.access_log import AccessLog, call_record
+from e5studio.serving.allocator import tune_malloc
 from e5studio.serving.batcher import QueueLimits
 from e5studio.serving.guards import BodyDeadline, CrashGuard
 from e5studio.serving.http_errors import describe, error_body, log_crash
@@ -34,8 +35,9 @@ from e5studio.serving.inference import InferenceService
 from e5studio.serving.metrics import Metrics
 from e5studio.serving.models import ModelPool
 from e5studio.serving.routes import admin, health, openai, sambastudio
+from e5studio.serving.schemas import install_openapi
 from e5studio.serving.throttle import LoginThrottle
-from e5studio.serving.urls import curl_line, endpoint_urls
+from e5studio.serving.urls import INFERENCE_PATHS, curl_line, endpoint_urls
 from e5studio.settings import EngineSettings, ServeSettings
 from e5studio.web.mount import error_page, mount_ui
 from e5studio.web.sessions import SessionStore
@@ -85,6 +87,7 @@ def create_app(settings: ServeSettings, store: Store,
         app.add_exception_handler(error, _answer_error)
     for module in (sambastudio, openai, health, admin):
         app.include_router(module.router)
+    install_openapi(app, INFERENCE_PATHS, admin.router.prefix)
     mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(), deploy=pool.deploy,
                            endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,
                            endpoint_stats=metrics.endpoint_stats.get, embed=inference.run, login_guard=throttle))
@@ -173,6 +176,7 @@ def serve(settings: ServeSettings, endpoint_name: str) -> None:
     running jobs record Interrupted), close the store."""
     import uvicorn
 
+    tune_malloc()  # also where the server is started without the CLI (done already: no harm)
     with open_store(settings) as store:
         for line in first_start(store, settings, endpoint_name):
             print(line, flush=True)
