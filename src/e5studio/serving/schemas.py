@@ -62,7 +62,7 @@ class EndpointCreate(BaseModel):
     project: str = Field(description="project name or id")
     name: str
     model: str | None = Field(None, description="hub id, alias or local directory (default: the server's model)")
-    batch_size: int = 32
+    batch_size: Literal[1, 32] = Field(32, description="32 for vectorising a knowledge base, 1 for a live service")
     description: str = ""
 
 
