@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from e5studio.errors import CapacityError, ClientGone, E5StudioError, ModelError
+from e5studio.errors import CapacityError, ClientGone, E5StudioError, ModelError, UnavailableError
 
 
 class BatchObserver(Protocol):
@@ -121,7 +121,7 @@ class Batcher:
         an overloaded server says no in microseconds."""
         with self._cond:
             if self._stopping or not self._thread.is_alive():
-                raise ModelError("the engine worker is shut down")
+                raise UnavailableError("the engine worker is shut down (the server is stopping)")
             waiting = len(self._queue) + self._reserved
             tokens = self._queued_tokens + estimated_tokens
             wait_s = tokens / self._tokens_per_s if self._tokens_per_s else 0.0
@@ -157,7 +157,7 @@ class Batcher:
             reservation = self.reserve(job.tokens)
         with self._cond:
             if self._stopping or not self._thread.is_alive():
-                raise ModelError("the engine worker is shut down")
+                raise UnavailableError("the engine worker is shut down (the server is stopping)")
             if reservation.active:  # the place held becomes the job's, at its real size
                 reservation.active = False
                 self._reserved -= 1
