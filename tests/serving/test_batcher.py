@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from e5studio.errors import CapacityError, ClientGone, InputError, ModelError
+from e5studio.errors import CapacityError, ClientGone, InputError, ModelError, UnavailableError
 from e5studio.serving.batcher import Batcher, QueueLimits
 
 T = TypeVar("T")
@@ -308,7 +308,7 @@ def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
         await closing
         for i, rows in enumerate(results, start=1):
             np.testing.assert_array_equal(rows, expected_rows([seq(i)]))
-        with pytest.raises(ModelError, match="shut down"):
+        with pytest.raises(UnavailableError, match="shut down"):
             await batcher.submit([seq(99)])
 
     run(main)
