@@ -45,13 +45,13 @@ def _peak_rss_mb() -> float:
 
 def worker_job(a: argparse.Namespace) -> dict[str, Any]:
     from e5studio.jobs.batch_embed.reader import InputSpec
-    from e5studio.jobs.batch_embed.runner import JobSettings, run_job
+    from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, run_job
     from e5studio.settings import EngineSettings
 
     options = {"threads": a.threads, "max_length": a.max_length, "max_batch_tokens": a.max_batch_tokens,
                "dtype": a.dtype}
     engine = EngineSettings(model=a.model, device=a.device, **{k: v for k, v in options.items() if v is not None})
-    settings = JobSettings(input=InputSpec.create(a.input), output=Path(a.output), engine=engine,
+    settings = EmbedCorpusSettings(input=InputSpec.create(a.input), output=Path(a.output), engine=engine,
                            input_type=None if a.input_type == "none" else a.input_type, window_size=a.window_size,
                            overwrite=True, progress=False)
     t0 = time.perf_counter()
@@ -161,8 +161,7 @@ def flat_memory(a: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def quality(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     from e5studio.engine.embedder import Embedder
-    from e5studio.jobs.batch_embed.evaluation import EvalSettings, run_eval
-    from e5studio.jobs.train.evaluate import load_eval_set
+    from e5studio.retrieval.evaluate import EvalSettings, load_eval_set, run_eval
     from e5studio.retrieval.index import ExactIndex
     from e5studio.retrieval.metrics import evaluate
     from e5studio.settings import EngineSettings

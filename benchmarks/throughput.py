@@ -184,7 +184,7 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
     def pct(xs: list[float], p: float) -> float:
         return float(np.percentile(xs, p))
 
-    return {
+    result = {
         "model": model, "device": str(device), "dtype": str(ours.encoder.word_embeddings.weight.dtype),
         "threads": args.threads, "e5studio_scheduler": scheduler_name(ours),
         "e5studio_runtime": ours.runtime, "passages": n_passages,
@@ -204,6 +204,54 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
         "idle_ms": args.idle_ms, "idle_queries": len(idle_ours),
         "e5studio_idle_p50_ms": pct(idle_ours, 50), "st_idle_p50_ms": pct(idle_st, 50),
         "idle_latency_ratio_p50": pct(idle_ours, 50) / pct(idle_st, 50),
+        "tokenize_p50_ms": pct([timed(lambda q=q: ours.tokenize([q]), device)[0] * 1000 for q in queries], 50),
+    }
+    if device.type == "cpu" and not args.no_int8:
+        result.update(bench_int8(settings, ours, passages, queries, flops, tokens, best_st, v_ours, args))
+    return result
+
+
+def bench_int8(settings: EngineSettings, ours: Embedder, passages: list[str], queries: list[str], flops: float,
+               tokens: int, best_st: float, v_fp32: np.ndarray, args: argparse.Namespace) -> dict:
+    """e5studio int8 against sentence-transformers fp32 (``best_st``, same run) and ONNX Runtime's own dynamic
+    int8 model; the cosine gate against e5studio fp32; single-query latency; the int8 matmul peak."""
+    from dataclasses import replace
+
+    from int8_peers import OrtDynamicInt8, int8_matmul_peak
+
+    int8 = Embedder.load(replace(settings, precision="int8"))
+    peer = OrtDynamicInt8(ours.encoder, lambda texts: ours.tokenize(texts), args.threads)
+    device = torch.device("cpu")
+    int8.embed(passages[:8])
+    peer.encode(passages[:8])
+    t_int8, t_peer, peaks8 = [], [], []
+    v_int8 = v_peer = np.zeros(0)
+    for _ in range(args.rounds):
+        dt, v_int8 = timed(lambda: int8.embed(passages), device)
+        t_int8.append(dt)
+        dt, v_peer = timed(lambda: peer.encode(passages), device)
+        t_peer.append(dt)
+        peaks8.append(int8_matmul_peak(args.threads))
+    p_cos = (v_int8 * v_fp32).sum(1)
+    peer_cos = (v_peer * v_fp32).sum(1)
+    q_int8 = np.concatenate([int8.embed([q]) for q in queries])
+    q_cos = (q_int8 * ours.embed(queries)).sum(1)
+    for q in queries[:3]:
+        int8.embed([q])
+    lat = [timed(lambda q=q: int8.embed([q]), device)[0] * 1000 for q in queries]
+    query_tokens = [len(s) for s in ours.tokenize(queries)]
+    best8, best_peer, peak8 = min(t_int8), min(t_peer), max(peaks8)
+    return {
+        "int8_items_s": len(passages) / best8, "int8_tokens_s": tokens / best8,
+        "int8_vs_st_fp32": best_st / best8, "ort_int8_tokens_s": tokens / best_peer,
+        "int8_vs_ort_int8": best_peer / best8, "ort_int8_vs_st_fp32": best_st / best_peer,
+        "int8_rounds_s": t_int8, "ort_int8_rounds_s": t_peer,
+        "int8_peak_gops": peak8, "int8_gops": flops / best8 / 1e9, "int8_peak_fraction": flops / best8 / 1e9 / peak8,
+        "int8_passage_min_cosine": float(p_cos.min()), "int8_passage_mean_cosine": float(p_cos.mean()),
+        "int8_query_min_cosine": float(q_cos.min()), "int8_query_mean_cosine": float(q_cos.mean()),
+        "ort_int8_passage_min_cosine": float(peer_cos.min()), "ort_int8_passage_mean_cosine": float(peer_cos.mean()),
+        "int8_p50_ms": float(np.percentile(lat, 50)), "int8_p95_ms": float(np.percentile(lat, 95)),
+        "query_tokens_min_median_max": [min(query_tokens), int(np.median(query_tokens)), max(query_tokens)],
     }
 
 
@@ -233,6 +281,24 @@ def report(r: dict) -> None:
     print(f"  after {r['idle_ms']:.0f} ms idle before each of {r['idle_queries']} queries: e5studio p50 "
           f"{r['e5studio_idle_p50_ms']:.2f} ms, sentence-transformers p50 {r['st_idle_p50_ms']:.2f} ms, "
           f"ratio {r['idle_latency_ratio_p50']:.2f}")
+    print(f"  tokenising one query: p50 {r['tokenize_p50_ms']:.3f} ms")
+    if "int8_tokens_s" not in r:
+        return
+    print(f"int8 (e5studio --precision int8; int8 matmul peak {r['int8_peak_gops']:.1f} GOP/s, "
+          f"{r['int8_peak_gops'] / r['peak_gflops']:.2f}x the fp32 peak)")
+    print(f"  e5studio int8           {r['int8_items_s']:8.1f} items/s {r['int8_tokens_s']:9.0f} tokens/s "
+          f"{r['int8_gops']:7.1f} GOP/s = {r['int8_peak_fraction']:.0%} of the int8 peak")
+    print(f"  ONNX Runtime dyn. int8  {r['ort_int8_tokens_s']:27.0f} tokens/s  "
+          f"({r['ort_int8_vs_st_fp32']:.2f}x sentence-transformers fp32)")
+    print(f"  ratio int8 / sentence-transformers fp32: {r['int8_vs_st_fp32']:.2f}x   "
+          f"int8 / ONNX Runtime int8: {r['int8_vs_ort_int8']:.2f}x")
+    print(f"  cosine int8 vs fp32: passages min {r['int8_passage_min_cosine']:.4f} mean "
+          f"{r['int8_passage_mean_cosine']:.5f}; queries min {r['int8_query_min_cosine']:.4f} mean "
+          f"{r['int8_query_mean_cosine']:.5f} (ONNX Runtime int8 passages: min "
+          f"{r['ort_int8_passage_min_cosine']:.4f} mean {r['ort_int8_passage_mean_cosine']:.5f})")
+    lo, mid, hi = r["query_tokens_min_median_max"]
+    print(f"  single query int8 p50 {r['int8_p50_ms']:.2f} ms  p95 {r['int8_p95_ms']:.2f} ms "
+          f"(fp32 p50 {r['e5studio_p50_ms']:.2f} ms; queries of {lo}-{hi} tokens, median {mid})")
 
 
 def main() -> None:
@@ -253,6 +319,7 @@ def main() -> None:
     parser.add_argument("--idle-ms", type=float, default=50.0, help="the idle pause before each of those")
     parser.add_argument("--tokenizer-from", type=Path, default=None,
                         help="tokenizer files for the E5-shape checkpoint (default: the MiniLM package's)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 rounds (CPU)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

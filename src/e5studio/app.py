@@ -91,22 +91,10 @@ def create_app(settings: ServeSettings, store: Store,
     mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(), deploy=pool.deploy,
                            endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,
                            endpoint_stats=metrics.endpoint_stats.get, embed=inference.run, login_guard=throttle))
-    _legacy_state(app, settings, inference, pool, jobs)
     app.add_middleware(CrashGuard, answer=_answer_crash)  # inside the access log: a crash is logged as a 500
     app.add_middleware(AccessLog, metrics=metrics)
     app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
     return app
-
-
-def _legacy_state(app: FastAPI, settings: ServeSettings, inference: InferenceService, pool: ModelPool,
-                  jobs: JobRunner) -> None:
-    """TEMPORARY: web/jobs.py and web/datasets.py (owned by the job-spec branch) still read
-    ``request.app.state.{settings,inference.store,jobs,pool}``; once they use ``web.state.web_state``, delete
-    this function and its call."""
-    app.state.settings = settings
-    app.state.inference = inference
-    app.state.pool = pool
-    app.state.jobs = jobs
 
 
 @asynccontextmanager
@@ -164,7 +152,8 @@ def first_start(store: Store, settings: ServeSettings, endpoint_name: str) -> li
         if DEFAULT_PROJECT not in {p.name for p in store.list_projects()}:
             store.create_project(DEFAULT_PROJECT, "created by e5studio serve")
         model = settings.engine.model
-        endpoint, key = store.create_endpoint(DEFAULT_PROJECT, endpoint_name, model, 32, "created by e5studio serve")
+        endpoint, key = store.create_endpoint(DEFAULT_PROJECT, endpoint_name, model, 32, "created by e5studio serve",
+                                              settings.engine.precision)
         url = endpoint_urls(settings.base_url, endpoint)["nlp"]
         lines.append(f"Endpoint {endpoint.name} (project {DEFAULT_PROJECT}, model {endpoint.model}, batch size 32)\n"
                      f"  URL: {url}\n  key (shown once): {key}\n  try: {curl_line(url, key)}")

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from e5studio import __version__
-from e5studio.engine_flags import add_engine_flags, engine_settings
+from e5studio.engine.flags import add_engine_flags, engine_settings
 from e5studio.errors import E5StudioError, InputError
 from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
@@ -111,6 +111,8 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     if args.action == "create":
         body = {"project": args.project, "name": args.name, "batch_size": args.batch_size,
                 "description": args.description, "model": args.model or DEFAULT_MODEL}
+        if args.precision:  # else the server's default (serve --precision)
+            body["precision"] = args.precision
         result = _admin(args, "POST", "/api/admin/endpoints", body)
         _print(result)
         print(f"\nThe key is shown once. Try:\n  {result['curl']}")  # type: ignore[index]
@@ -119,7 +121,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         for e in _admin(args, "GET", f"/api/admin/endpoints{query}")["endpoints"]:  # type: ignore[index]
             reason = f"  ({e['status_reason'][:80]})" if e["status_reason"] else ""
             print(f"{e['project_name']}/{e['name']}  {e['status']}{reason}  model={e['model']}  "
-                  f"batch_size={e['batch_size']}  {e['urls']['nlp']}")
+                  f"batch_size={e['batch_size']}  precision={e['precision']}  {e['urls']['nlp']}")
     elif args.action == "show":
         _print(_admin(args, "GET", path(args.project, args.name)))
     elif args.action == "delete":
@@ -135,8 +137,9 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from e5studio.control.store import Store
+    from e5studio.jobspec.layout import store_path
 
-    with Store(Path(args.data_dir) / "e5studio.db") as store:
+    with Store(store_path(Path(args.data_dir))) as store:
         token = store.rotate_admin_token()
     print(f"New admin token (shown once): {token}")
     return 0
@@ -204,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--model", default=None, help=f"hub id, alias or directory (default {DEFAULT_MODEL})")
     ec.add_argument("--batch-size", type=int, choices=[1, 32], default=32,
                     help="32 for vectorising a knowledge base, 1 for a live service; fixed at creation")
+    ec.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                    help="fp32 or int8 (CPU: dense layers in int8); fixed at creation (default: the server's "
+                         "--precision)")
     ec.add_argument("--description", default="")
     el = esub.add_parser("list")
     el.add_argument("--project", default=None)

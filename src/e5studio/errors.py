@@ -67,3 +67,11 @@ class BodyTimeoutError(InputError):
 
 class ForbiddenError(AuthError):
     """Credentials were given but are not valid for this target."""
+
+
+class ParamError(InputError):
+    """A job parameter is unknown or out of range; ``field`` names it (for the form field to mark)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

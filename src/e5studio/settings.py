@@ -26,6 +26,8 @@ class EngineSettings:
     cpu_runtime: on CPU in fp32, ``auto`` runs few-token micro-batches (single queries) on ONNX Runtime where
       it is installed and everything else on torch; ``torch`` uses torch only; ``onnxruntime`` is ``auto``
       that fails where ONNX Runtime is missing.
+    precision: ``fp32`` (default) or ``int8``: every dense layer in int8 (weights per output channel, quantized at
+      load from the fp32 checkpoint; activations per row at run time); CPU only.
     """
 
     model: str = DEFAULT_MODEL
@@ -35,12 +37,15 @@ class EngineSettings:
     max_batch_tokens: int = 4096
     max_length: int | None = None
     cpu_runtime: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         from e5studio.errors import InputError
 
         if self.cpu_runtime not in ("auto", "torch", "onnxruntime"):
             raise InputError(f"cpu_runtime must be auto, torch or onnxruntime, got {self.cpu_runtime!r}")
+        if self.precision not in ("fp32", "int8"):
+            raise InputError(f"precision must be fp32 or int8, got {self.precision!r}")
 
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")
@@ -66,6 +71,8 @@ class EngineSettings:
             values["max_batch_tokens"] = int(env["E5STUDIO_MAX_BATCH_TOKENS"])
         if "E5STUDIO_CPU_RUNTIME" in env:
             values["cpu_runtime"] = env["E5STUDIO_CPU_RUNTIME"]
+        if "E5STUDIO_PRECISION" in env:
+            values["precision"] = env["E5STUDIO_PRECISION"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

@@ -18,7 +18,7 @@ import pytest
 
 from e5studio.engine.embedder import Embedder
 from e5studio.jobs.batch_embed.reader import InputSpec
-from e5studio.jobs.batch_embed.runner import JobSettings
+from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings
 from e5studio.settings import EngineSettings
 
 WORDS = ["protein", "vitamin", "cell", "gene", "tumour", "immune", "receptor", "dose", "trial", "cohort", "signal",
@@ -39,12 +39,12 @@ def write_jsonl(path: Path, rows: Sequence[object]) -> Path:
     return path
 
 
-def settings_for(input_path: Path, output: Path, model: Path, **overrides: object) -> JobSettings:
+def settings_for(input_path: Path, output: Path, model: Path, **overrides: object) -> EmbedCorpusSettings:
     spec = InputSpec.create(input_path, str(overrides.pop("format", "auto")),
                             overrides.pop("text_field", None), overrides.pop("id_field", None))  # type: ignore[arg-type]
     engine = EngineSettings(model=str(model), device="cpu", threads=1)
     values: dict[str, object] = {"window_size": 16, "progress": False, **overrides}
-    return JobSettings(input=spec, output=output, engine=engine, **values)  # type: ignore[arg-type]
+    return EmbedCorpusSettings(input=spec, output=output, engine=engine, **values)  # type: ignore[arg-type]
 
 
 def cli_env() -> dict[str, str]:

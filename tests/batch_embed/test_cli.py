@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from e5studio.engine.embedder import Embedder
-from e5studio.jobs.batch_embed.evaluation import EvalSettings, run_eval, with_prefix
 from e5studio.jobs.batch_embed.writer import read_output
+from e5studio.retrieval.evaluate import EvalSettings, run_eval, with_prefix
 from e5studio.retrieval.search import exact_search
 from tests.batch_embed.conftest import cli_env, make_texts, run_cli, write_jsonl
 

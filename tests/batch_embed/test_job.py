@@ -13,9 +13,12 @@ import pytest
 
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import InputError
-from e5studio.jobs.batch_embed.runner import JobState, model_identity, run_job
-from e5studio.jobs.batch_embed.writer import MANIFEST, read_output
+from e5studio.jobs.batch_embed.manifest_state import ManifestState
+from e5studio.jobs.batch_embed.model_identity import model_identity
+from e5studio.jobs.batch_embed.runner import run_job
+from e5studio.jobs.batch_embed.writer import read_output
 from e5studio.jobs.files import file_sha256
+from e5studio.jobspec.layout import MANIFEST_FILE as MANIFEST
 from e5studio.retrieval.index import ExactIndex
 from tests.batch_embed.conftest import make_texts, settings_for, write_jsonl
 
@@ -155,7 +158,7 @@ def test_empty_input(tmp_path: Path, tiny_dir: Path) -> None:
 
 def test_one_job_per_output_folder(tmp_path: Path, corpus: Path, tiny_dir: Path) -> None:
     settings = settings_for(corpus, tmp_path / "out", tiny_dir)
-    holder = JobState.open(settings, model_identity(settings.engine))
+    holder = ManifestState.open(settings, model_identity(settings.engine))
     try:
         with pytest.raises(InputError, match="another embed-corpus job is running"):
             run_job(settings)

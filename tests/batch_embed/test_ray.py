@@ -16,9 +16,10 @@ import pytest
 import ray
 
 from e5studio.errors import InputError
-from e5studio.jobs.batch_embed.ray_engine import RayEngine, RayOptions
+from e5studio.jobs.batch_embed.ray_executor import RayExecutor, RayOptions
 from e5studio.jobs.batch_embed.runner import run_job
-from e5studio.jobs.batch_embed.writer import MANIFEST, read_output
+from e5studio.jobs.batch_embed.writer import read_output
+from e5studio.jobspec.layout import MANIFEST_FILE as MANIFEST
 from tests.batch_embed.conftest import make_texts, settings_for, write_jsonl
 
 # Ray Data's own configuration objects warn about their deprecated fields when they are read.
@@ -44,7 +45,7 @@ def test_ray_engine_writes_the_same_shards_and_manifest(tmp_path: Path, tiny_dir
     corpus = write_jsonl(tmp_path / "passages.jsonl", rows)
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     run_job(settings_for(corpus, local, tiny_dir, window_size=12))
-    engine = RayEngine(RayOptions(workers=2, cpus_per_worker=1))
+    engine = RayExecutor(RayOptions(workers=2, cpus_per_worker=1))
     result = run_job(settings_for(corpus, on_ray, tiny_dir, window_size=12), engine)
     assert result.run["engine"] == "ray" and result.manifest["status"] == "complete"
     assert _shards(on_ray) == _shards(local)
@@ -89,4 +90,4 @@ def test_ray_engine_fail_mode_reports_line_numbers(tmp_path: Path, tiny_dir: Pat
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
     with pytest.raises(InputError, match=r"c\.jsonl:5: missing text field"):
         run_job(settings_for(corpus, tmp_path / "out", tiny_dir, window_size=5, bad_records="fail"),
-                RayEngine(RayOptions(workers=1)))
+                RayExecutor(RayOptions(workers=1)))

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from e5studio.jobs.batch_embed.runner import run_job
-from e5studio.jobs.batch_embed.writer import MANIFEST, read_output
+from e5studio.jobs.batch_embed.writer import read_output
+from e5studio.jobspec.layout import MANIFEST_FILE as MANIFEST
 from tests.batch_embed.conftest import cli_env, make_texts, settings_for, write_jsonl
 
 

@@ -21,17 +21,8 @@ from pathlib import Path
 import pytest
 
 from e5studio.cli import build_parser
-from e5studio.control.job_runner import (
-    BATCH_EMBED_PARAMS,
-    CANCEL_REASON,
-    TRAIN_PARAMS,
-    JobRunner,
-    ParamError,
-    restart_reason,
-    shutdown_reason,
-    train_param_defaults,
-    validate_params,
-)
+from e5studio.control.job_records import CANCEL_REASON, restart_reason, shutdown_reason
+from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import (
     JOB_CANCELLED,
     JOB_FAILED,
@@ -43,8 +34,11 @@ from e5studio.control.store import (
     Dataset,
     Store,
 )
-from e5studio.errors import ConflictError, NotFoundError, UnavailableError
-from e5studio.jobs.train.data import validate_dataset
+from e5studio.errors import ConflictError, NotFoundError, ParamError, UnavailableError
+from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
+from e5studio.jobspec.dataset_format import validate_dataset
+from e5studio.jobspec.params import validate_params
+from e5studio.jobspec.train_params import TRAIN_PARAMS, train_param_defaults
 from tests.jobs.toy import tiny_checkpoint, toy_dataset
 
 # 24 queries / batch 4 = 6 steps per epoch, 2 epochs = 12 steps; checkpoints every 2 steps

@@ -9,7 +9,8 @@ import torch.distributed as dist
 
 from e5studio.engine.checkpoint import load_checkpoint
 from e5studio.engine.tokenizer import Tokenizer
-from e5studio.jobs.train.data import GroupSampler, TrainData
+from e5studio.jobs.train.passages import TrainData
+from e5studio.jobs.train.sampling import GroupSampler
 from e5studio.jobs.train.trainer import DistContext, load_encoder, prepare_step, step_loss
 
 GLOBAL_BATCH = 8

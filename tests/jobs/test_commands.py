@@ -11,8 +11,8 @@ import pytest
 from e5studio.cli import main
 from e5studio.control.store import Store
 from e5studio.engine.embedder import Embedder
-from e5studio.jobs.train.data import validate_dataset
 from e5studio.jobs.train.mining import mine_negatives
+from e5studio.jobspec.dataset_format import validate_dataset
 from e5studio.retrieval.search import exact_search
 from e5studio.settings import EngineSettings
 

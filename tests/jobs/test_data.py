@@ -10,13 +10,9 @@ import pytest
 
 from e5studio.errors import InputError
 from e5studio.jobs.files import file_sha256
-from e5studio.jobs.train.data import (
-    GroupSampler,
-    PassageStore,
-    TrainData,
-    read_examples,
-    validate_dataset,
-)
+from e5studio.jobs.train.passages import PassageStore, TrainData, read_examples
+from e5studio.jobs.train.sampling import GroupSampler
+from e5studio.jobspec.dataset_format import validate_dataset
 from tests.jobs.toy import toy_dataset, write_jsonl
 
 EXAMPLE = Path(__file__).parent / "platform_example"

@@ -9,13 +9,13 @@ import torch
 
 from e5studio.engine.checkpoint import load_checkpoint
 from e5studio.engine.tokenizer import Tokenizer
-from e5studio.jobs.train.data import GroupSampler, TrainData
+from e5studio.jobs.train.passages import TrainData
+from e5studio.jobs.train.sampling import GroupSampler
+from e5studio.jobs.train.settings import RunOptions, TrainSettings
 from e5studio.jobs.train.trainer import (
     DistContext,
-    RunOptions,
     Trainer,
-    TrainJob,
-    TrainSettings,
+    TrainRun,
     load_encoder,
     prepare_step,
     step_loss,
@@ -45,7 +45,7 @@ def test_autocast_step_loss_is_fp32_and_close_to_fp32(dtype: torch.dtype, toy_di
 
 
 def test_bf16_training_with_gradient_checkpointing(tmp_path: Path, toy_dir: Path, tiny_dropout_dir: Path) -> None:
-    job = TrainJob(model=str(tiny_dropout_dir), dataset_dir=toy_dir, output=tmp_path / "out",
+    job = TrainRun(model=str(tiny_dropout_dir), dataset_dir=toy_dir, output=tmp_path / "out",
                    settings=TrainSettings(epochs=1, batch_size=8, train_n_passages=3, precision="bf16"),
                    options=RunOptions(device="cuda", gradient_checkpointing=True, progress=False))
     result = Trainer(job).run()

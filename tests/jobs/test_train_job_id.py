@@ -18,11 +18,11 @@ from e5studio.control.store import (
     JOB_OWNER_SERVER,
     JOB_RUNNING,
     JOB_SUCCEEDED,
-    Job,
+    JobRecord,
     Store,
 )
 from e5studio.jobs.train import commands
-from e5studio.jobs.train.data import validate_dataset
+from e5studio.jobspec.dataset_format import validate_dataset
 
 # 24 queries / batch 4 = 6 steps, one epoch, a checkpoint every 2 steps
 FLAGS = ["--epochs", "1", "--batch-size", "4", "--train-n-passages", "3", "--lr", "1e-3", "--save-every", "2",
@@ -45,7 +45,7 @@ def _store(data_dir: Path) -> Store:
     return Store(data_dir / "e5studio.db")
 
 
-def _server_job(data_dir: Path, model: Path, output: Path) -> Job:
+def _server_job(data_dir: Path, model: Path, output: Path) -> JobRecord:
     """A job row the way the server's runner records it before starting the process."""
     with _store(data_dir) as store:
         return store.create_job("train", str(model), str(output.resolve()), {"epochs": 1},
@@ -146,7 +146,9 @@ def test_sigterm_after_a_cancel_keeps_cancelled_and_resume_by_job_id_continues(
     with _store(data_dir) as store:
         cancelled = store.get_job(job.id)
         assert (cancelled.status, cancelled.status_reason) == (JOB_CANCELLED, "cancelled")
-        store.transition_job(job.id, (JOB_CANCELLED,), JOB_FAILED, "pretend it failed")  # resumable too
+        # pretend it failed (resumable too); a Cancelled job becomes Failed only by running again
+        assert store.transition_job(job.id, (JOB_CANCELLED,), JOB_RUNNING, "resumed")
+        assert store.transition_job(job.id, (JOB_RUNNING,), JOB_FAILED, "pretend it failed")
     monkeypatch.undo()
     capsys.readouterr()
     assert train(data_dir, tiny_nodropout_dir, output, "--job-id", job.id, "--resume") == 0

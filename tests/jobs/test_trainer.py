@@ -22,8 +22,9 @@ from e5studio.jobs.train.checkpoints import (
     remove_temporary,
     save_checkpoint_state,
 )
-from e5studio.jobs.train.evaluate import load_eval_set
-from e5studio.jobs.train.trainer import RunOptions, Trainer, TrainJob, TrainSettings
+from e5studio.jobs.train.settings import RunOptions, TrainSettings
+from e5studio.jobs.train.trainer import Trainer, TrainRun
+from e5studio.retrieval.evaluate import load_eval_set
 from e5studio.settings import EngineSettings
 from tests.reference import sentence_transformers_embeddings
 
@@ -162,10 +163,10 @@ def test_export_loads_in_e5studio_transformers_and_sentence_transformers(runs: d
 # ------------------------------------------------------------------------------------------------ in-process
 
 
-def _job(toy_dir: Path, model: Path, output: Path, **changes: object) -> TrainJob:
+def _job(toy_dir: Path, model: Path, output: Path, **changes: object) -> TrainRun:
     settings = TrainSettings(**{"epochs": 1, "batch_size": 4, "train_n_passages": 3, "query_max_length": 16,
                                 "passage_max_length": 32, **changes})  # type: ignore[arg-type]
-    return TrainJob(model=str(model), dataset_dir=toy_dir, output=output, settings=settings,
+    return TrainRun(model=str(model), dataset_dir=toy_dir, output=output, settings=settings,
                     options=RunOptions(device="cpu", save_every=2, progress=False))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import pytrec_eval
 
-from e5studio.jobs.train.evaluate import EvalSet, load_eval_set
+from e5studio.retrieval.evaluate import EvalSet, load_eval_set
 from e5studio.retrieval.metrics import Qrels, Run, evaluate, per_query
 
 MTEB_MINILM_SCIFACT_NDCG10 = 0.64508
@@ -146,7 +146,7 @@ def test_bm25_reproduces_the_shared_data_figures(shared_data_dir: Path, name: st
 @pytest.mark.slow
 def test_minilm_on_scifact_matches_mteb(shared_data_dir: Path, minilm_embedder: object) -> None:
     """Embeds all 5,183 SciFact passages with MiniLM (a few minutes on 2 CPU cores)."""
-    from e5studio.jobs.batch_embed.evaluation import EvalSettings, run_eval
+    from e5studio.retrieval.evaluate import EvalSettings, run_eval
 
     report = run_eval(minilm_embedder, EvalSettings(data=shared_data_dir / "scifact", query_prefix="",  # type: ignore[arg-type]
                                                     passage_prefix=""))

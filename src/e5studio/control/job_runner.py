@@ -4,7 +4,8 @@ The runner imports no ML code: each job is a child process ``python -m e5studio 
 ``... embed-corpus ...`` in its own process group (a Ctrl-C meant for the server never reaches it), with
 stdout and stderr in ``<data_dir>/jobs/<job id>/job.log``; the job's outputs live in the same folder.
 
-Who records what in the control store (statuses in :mod:`.store`):
+Who records what in the control store (statuses and the legal moves between them in :mod:`.job_records`;
+parameters in :mod:`e5studio.jobspec`; what the processes write is read by :mod:`.job_outputs`):
 
 - The runner creates the job row (Running) before it starts the process, and records the pid.
 - A train process records its own progress, its result (Succeeded, Failed with the error) and, on Ctrl-C
@@ -24,22 +25,22 @@ complete shard) with :meth:`JobRunner.resume`.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from e5studio.control.store import (
+from e5studio.control import job_outputs
+from e5studio.control.datasets import Dataset
+from e5studio.control.job_records import (
+    CANCEL_REASON,
+    CLI_GONE_REASON,
     JOB_CANCELLED,
     JOB_FAILED,
     JOB_INTERRUPTED,
@@ -48,126 +49,23 @@ from e5studio.control.store import (
     JOB_RESUMABLE_STATUSES,
     JOB_RUNNING,
     JOB_SUCCEEDED,
-    Dataset,
-    Job,
-    Store,
+    KIND_BATCH_EMBED,
+    KIND_TRAIN,
+    RESUMED_REASON,
+    JobRecord,
+    restart_reason,
+    shutdown_reason,
 )
-from e5studio.errors import ConflictError, E5StudioError, InputError, UnavailableError
+from e5studio.control.processes import is_job_process, pid_alive, runner_alive, signal_group
+from e5studio.control.store import Store
+from e5studio.errors import ConflictError, E5StudioError, InputError, ParamError, UnavailableError
+from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
+from e5studio.jobspec.layout import JOBS_DIR, LOG_FILE, PASSAGES_FILE, STORE_FILE, VECTORS_DIR, eval_files
+from e5studio.jobspec.params import command_args, validate_params
+from e5studio.jobspec.train_params import TRAIN_PARAMS
 
-KIND_TRAIN = "train"
-KIND_BATCH_EMBED = "batch_embed"
-JOBS_DIR = "jobs"  # under the data dir: one folder per job, named by its id
-LOG_FILE = "job.log"
-METRICS_FILE = "metrics.jsonl"  # what a train job writes (jobs/train/report.py)
-FINAL_DIR = "final"  # a train job's exported model (Hugging Face layout, loadable as a local model)
-VECTORS_DIR = "vectors"  # a batch-embedding job's embed-corpus output
-MANIFEST_FILE = "manifest.json"  # embed-corpus's record of what is done
-EVAL_FILES = ("passages.jsonl", "queries.test.jsonl", "qrels.test.tsv")
-
-CANCEL_REASON = "cancelled"
-_RESUME_HINT = {KIND_TRAIN: "resume continues from the last checkpoint",
-                KIND_BATCH_EMBED: "resume continues after the last complete shard"}
-_CLI_GONE_REASON = ("the train process ended without recording a result; `e5studio train ... --resume` continues "
-                    "from the last checkpoint")
 _POLL_S = 0.1
 _REASON_CHARS = 2000
-
-
-def restart_reason(kind: str) -> str:
-    """The reason :meth:`JobRunner.recover` records for the jobs of a server that is gone."""
-    return f"server restarted; {_RESUME_HINT.get(kind, 'resume continues')}"
-
-
-def shutdown_reason(kind: str) -> str:
-    """The reason recorded for jobs stopped by :meth:`JobRunner.close`."""
-    return f"server shut down; {_RESUME_HINT.get(kind, 'resume continues')}"
-
-
-# ---------------------------------------------------------------------------------------------- parameters
-
-
-class ParamError(InputError):
-    """A job parameter is unknown or out of range; ``field`` names it (for the form field to mark)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-@dataclass(frozen=True)
-class _Param:
-    flag: str
-    type: type  # int or float
-    default: int | float | None
-    rule: str  # what a valid value is, in words
-    valid: Callable[[float], bool]
-
-
-# The train command's hyperparameters the UI may set, with `e5studio train`'s defaults (a test checks they match).
-TRAIN_PARAMS: dict[str, _Param] = {
-    "epochs": _Param("--epochs", int, 3, "an integer >= 1", lambda v: v >= 1),
-    "batch_size": _Param("--batch-size", int, 32, "an integer >= 1", lambda v: v >= 1),
-    "train_n_passages": _Param("--train-n-passages", int, 8, "an integer >= 1", lambda v: v >= 1),
-    "lr": _Param("--lr", float, 2e-5, "a number > 0", lambda v: v > 0),
-    "temperature": _Param("--temperature", float, 0.01, "a number > 0", lambda v: v > 0),
-    "warmup_ratio": _Param("--warmup-ratio", float, 0.1, "a number >= 0 and < 1", lambda v: 0 <= v < 1),
-    "query_max_length": _Param("--query-max-length", int, 64, "an integer >= 2", lambda v: v >= 2),
-    "passage_max_length": _Param("--passage-max-length", int, 256, "an integer >= 2", lambda v: v >= 2),
-    "seed": _Param("--seed", int, 42, "an integer from 0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
-    "save_every": _Param("--save-every", int, 500, "an integer >= 0 (0: checkpoints at epoch ends only)",
-                         lambda v: v >= 0),
-    "threads": _Param("--threads", int, None, "an integer >= 1 (empty: one per core)", lambda v: v >= 1),
-}
-
-# embed-corpus settings the UI may set (defaults: embed-corpus's own).
-BATCH_EMBED_PARAMS: dict[str, _Param] = {
-    "window_size": _Param("--window-size", int, 10_000, "an integer >= 1 (input lines per shard)", lambda v: v >= 1),
-    "threads": _Param("--threads", int, None, "an integer >= 1 (empty: one per core)", lambda v: v >= 1),
-    "workers": _Param("--workers", int, None, "an integer >= 1 (empty: one per core on CPU)", lambda v: v >= 1),
-}
-
-
-def train_param_defaults() -> dict[str, int | float | None]:
-    """The train parameters and their defaults (None: the command's own choice), e.g. to prefill a form."""
-    return {name: spec.default for name, spec in TRAIN_PARAMS.items()}
-
-
-def validate_params(params: Mapping[str, object], specs: Mapping[str, _Param]) -> dict[str, int | float | None]:
-    """Every parameter of ``specs`` with its checked value (given or default); raises :class:`ParamError`.
-
-    Numbers may come as strings (form fields); ``None`` or an empty string means the default.
-    """
-    unknown = sorted(set(params) - set(specs))
-    if unknown:
-        raise ParamError(unknown[0], f"unknown parameter; known: {', '.join(specs)}")
-    return {name: _coerce(name, spec, params.get(name)) for name, spec in specs.items()}
-
-
-def _coerce(name: str, spec: _Param, value: object) -> int | float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return spec.default
-    number: int | float | None = None
-    if isinstance(value, bool):
-        number = None
-    elif spec.type is int:
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)
-        elif isinstance(value, str):
-            with suppress(ValueError):
-                number = int(value.strip())
-    else:
-        if isinstance(value, int | float):
-            number = float(value)
-        elif isinstance(value, str):
-            with suppress(ValueError):
-                number = float(value.strip())
-        if number is not None and not math.isfinite(number):
-            number = None
-    if number is None or not spec.valid(number):
-        raise ParamError(name, f"must be {spec.rule}, got {value!r}")
-    return number
 
 
 def _check_model(model: object) -> str:
@@ -180,84 +78,11 @@ def _check_eval_dir(eval_dir: str | None) -> str | None:
     if eval_dir is None or not str(eval_dir).strip():
         return None
     path = Path(eval_dir).expanduser().resolve()
-    missing = [name for name in EVAL_FILES if not (path / name).is_file()]
+    files = eval_files()
+    missing = [name for name in files if not (path / name).is_file()]
     if missing:
-        raise ParamError("eval_dir", f"{path} must hold {', '.join(EVAL_FILES)}; missing {', '.join(missing)}")
+        raise ParamError("eval_dir", f"{path} must hold {', '.join(files)}; missing {', '.join(missing)}")
     return str(path)
-
-
-# ---------------------------------------------------------------------------------------------- processes
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):  # no /proc (not Linux): trust kill(0)
-        return True
-    return state not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> bytes | None:
-    """The command line of ``pid`` (arguments joined by NUL), None where /proc cannot tell."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-
-
-def _is_job_process(job: Job) -> bool:
-    """Whether ``job.pid`` is alive and is that job's process (a reused pid is not)."""
-    if job.pid is None or not _pid_alive(job.pid):
-        return False
-    command = _cmdline(job.pid)
-    if command is None:
-        return not Path("/proc").is_dir()  # no /proc: trust the pid; a vanished entry: gone
-    if job.owner == JOB_OWNER_SERVER:  # the job id is in its arguments (--job-id, or the output path)
-        return job.id.encode() in command
-    return b"e5studio" in command and b"train" in command
-
-
-def _runner_alive(job: Job) -> bool:
-    """Whether the server process that owns ``job`` is still running (another server on the same data dir)."""
-    return job.runner_pid > 0 and job.runner_pid != os.getpid() and _pid_alive(job.runner_pid)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of a text file (read from the end, never the whole file)."""
-    if lines <= 0 or not path.is_file():
-        return []
-    with path.open("rb") as f:
-        end = f.seek(0, os.SEEK_END)
-        data = b""
-        block = 8192
-        while end > 0 and data.count(b"\n") <= lines:
-            start = max(0, end - block)
-            f.seek(start)
-            data = f.read(end - start) + data
-            end = start
-            block *= 2
-    return data.decode("utf-8", errors="replace").splitlines()[-lines:]
-
-
-def _bucket_means(points: list[list[float]], max_points: int) -> list[list[float]]:
-    """At most ``max_points`` points: consecutive buckets as [last x, mean y] (a smoothed loss curve)."""
-    if max_points < 1 or len(points) <= max_points:
-        return points
-    size = math.ceil(len(points) / max_points)
-    buckets = [points[i:i + size] for i in range(0, len(points), size)]
-    return [[b[-1][0], sum(p[1] for p in b) / len(b)] for b in buckets]
 
 
 # ---------------------------------------------------------------------------------------------- the runner
@@ -276,7 +101,7 @@ class JobRunner:
                  env: Mapping[str, str] | None = None) -> None:
         self.store = store
         self.data_dir = Path(data_dir).resolve()
-        database = self.data_dir / "e5studio.db"
+        database = self.data_dir / STORE_FILE
         if store.path == ":memory:" or Path(store.path).resolve() != database:
             raise ValueError(f"the job runner needs the store at {database} (its job processes open that file); "
                              f"got {store.path}")
@@ -291,7 +116,7 @@ class JobRunner:
     # -- starting ------------------------------------------------------------------------------------
 
     def start_train(self, dataset_ref: str, model: str, params: Mapping[str, object],
-                    eval_dir: str | None = None) -> Job:
+                    eval_dir: str | None = None) -> JobRecord:
         """Fine-tune ``model`` on a recorded dataset in a new job; returns it Running (pid recorded).
 
         ``params``: any of :data:`TRAIN_PARAMS` (others default to `e5studio train`'s defaults);
@@ -307,7 +132,7 @@ class JobRunner:
             job = self._record(KIND_TRAIN, model, dataset, {"eval_dir": eval_path, **values})
             return self._spawn(job, self._train_args(job, resume=False))
 
-    def start_batch_embed(self, dataset_ref: str, model: str, params: Mapping[str, object] | None = None) -> Job:
+    def start_batch_embed(self, dataset_ref: str, model: str, params: Mapping[str, object] | None = None) -> JobRecord:
         """Embed a recorded dataset's passages.jsonl with ``model`` into ``<job dir>/vectors`` (Parquet shards,
         manifest, search index: an ``e5studio embed-corpus`` output); returns the job Running.
 
@@ -319,11 +144,11 @@ class JobRunner:
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
             job = self._record(KIND_BATCH_EMBED, model, dataset,
-                               {"input": str(Path(dataset.path) / "passages.jsonl"), **values})
+                               {"input": str(Path(dataset.path) / PASSAGES_FILE), **values})
             self.store.update_job(job.id, total_steps=dataset.passages)
             return self._spawn(job, self._embed_args(job))
 
-    def _record(self, kind: str, model: str, dataset: Dataset, params: Mapping[str, object]) -> Job:
+    def _record(self, kind: str, model: str, dataset: Dataset, params: Mapping[str, object]) -> JobRecord:
         """A new server-owned job row in its own folder (caller holds the lock)."""
         self._check_open()
         job_id = Store.new_job_id()
@@ -332,7 +157,7 @@ class JobRunner:
                                      job_id=job_id, owner=JOB_OWNER_SERVER, log_path=str(folder / LOG_FILE),
                                      runner_id=self.id, runner_pid=os.getpid())
 
-    def resume(self, job_id: str) -> Job:
+    def resume(self, job_id: str) -> JobRecord:
         """Start a stopped (Interrupted, Failed or Cancelled) job of this server again where it stopped."""
         with self._lock:
             self._check_open()
@@ -346,11 +171,11 @@ class JobRunner:
             if job.status not in JOB_RESUMABLE_STATUSES:
                 raise ConflictError(f"job {job_id} is {job.status}; only Interrupted, Failed or Cancelled jobs "
                                     "can be resumed")
-            if job_id in self._children or _is_job_process(job):
+            if job_id in self._children or is_job_process(job):
                 raise ConflictError(f"job {job_id} is still stopping; resume it in a moment")
             self.store.set_job_process(job_id, None, owner=JOB_OWNER_SERVER, runner_id=self.id,
                                        runner_pid=os.getpid())
-            if not self.store.transition_job(job_id, JOB_RESUMABLE_STATUSES, JOB_RUNNING, "resumed"):
+            if not self.store.transition_job(job_id, JOB_RESUMABLE_STATUSES, JOB_RUNNING, RESUMED_REASON):
                 raise ConflictError(f"job {job_id} changed status meanwhile; not resumed")
             job = self.store.get_job(job_id)
             args = self._train_args(job, resume=True) if job.kind == KIND_TRAIN else self._embed_args(job)
@@ -365,28 +190,23 @@ class JobRunner:
         folder.mkdir(parents=True)
         return folder
 
-    def _train_args(self, job: Job, resume: bool) -> list[str]:
+    def _train_args(self, job: JobRecord, resume: bool) -> list[str]:
         p = job.params
         args = ["train", "--job-id", job.id, "--dataset", str(job.dataset_id), "--model", job.model,
                 "--output", job.output, "--data-dir", str(self.data_dir), "--no-progress"]
-        for name, spec in TRAIN_PARAMS.items():
-            if p.get(name) is not None:
-                args += [spec.flag, str(p[name])]
+        args += command_args(TRAIN_PARAMS, p)
         if p.get("eval_dir"):
             args += ["--eval-dir", str(p["eval_dir"])]
         return [*args, "--resume"] if resume else args
 
-    def _embed_args(self, job: Job) -> list[str]:
+    def _embed_args(self, job: JobRecord) -> list[str]:
         p = job.params
         args = ["embed-corpus", str(p["input"]), "--output", str(Path(job.output) / VECTORS_DIR), "--model",
                 job.model, "--format", "jsonl", "--text-field", "contents", "--input-type", "passage",
                 "--no-progress"]
-        for name, spec in BATCH_EMBED_PARAMS.items():
-            if p.get(name) is not None:
-                args += [spec.flag, str(p[name])]
-        return args
+        return args + command_args(BATCH_EMBED_PARAMS, p)
 
-    def _spawn(self, job: Job, args: list[str]) -> Job:
+    def _spawn(self, job: JobRecord, args: list[str]) -> JobRecord:
         """Start the job's process (own process group, output to its log) and record its pid."""
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with open(job.log_path, "ab") as log:
@@ -405,10 +225,10 @@ class JobRunner:
 
     # -- watching ------------------------------------------------------------------------------------
 
-    def poll(self) -> list[Job]:
+    def poll(self) -> list[JobRecord]:
         """Reap ended job processes, recording a final status where the process did not, and refresh the
         progress of batch embeddings; returns the jobs whose process ended since the last call."""
-        ended: list[Job] = []
+        ended: list[JobRecord] = []
         with self._lock:
             for job_id, child in list(self._children.items()):
                 code = child.poll()
@@ -421,7 +241,7 @@ class JobRunner:
                 ended.append(self._reap(job_id, code))
         return ended
 
-    def _reap(self, job_id: str, code: int) -> Job:
+    def _reap(self, job_id: str, code: int) -> JobRecord:
         job = self.store.get_job(job_id)
         if job.kind == KIND_BATCH_EMBED:
             self._embed_progress(job)
@@ -434,7 +254,7 @@ class JobRunner:
             self.store.transition_job(job_id, (JOB_RUNNING,), JOB_FAILED, self._failure_reason(job, code))
         return self.store.set_job_process(job_id, None)
 
-    def _failure_reason(self, job: Job, code: int) -> str:
+    def _failure_reason(self, job: JobRecord, code: int) -> str:
         how = f"exit code {code}"
         if code < 0:
             with suppress(ValueError):
@@ -444,21 +264,17 @@ class JobRunner:
         reason = f"the job process ended without recording a result ({how})" + (f": {last}" if last else "")
         return reason[:_REASON_CHARS]
 
-    def _embed_progress(self, job: Job) -> None:
+    def _embed_progress(self, job: JobRecord) -> None:
         """Passages done (embedded or rejected) from embed-corpus's manifest; its summary once complete."""
-        try:
-            manifest = json.loads((Path(job.output) / VECTORS_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
-            done = int(manifest["count"]) + int(manifest["rejects"]["count"])
-        except (OSError, ValueError, KeyError, TypeError):
+        progress = job_outputs.embed_progress(job)
+        if progress is None:
             return
-        if manifest.get("status") == "complete":
-            self.store.update_job(job.id, step=done, metrics={
-                "count": manifest["count"], "rejects": manifest["rejects"]["count"], "dim": manifest.get("dim"),
-                "vectors": str(Path(job.output) / VECTORS_DIR)})
-        elif done != job.step:
-            self.store.update_job(job.id, step=done)
+        if progress.summary is not None:
+            self.store.update_job(job.id, step=progress.done, metrics=progress.summary)
+        elif progress.done != job.step:
+            self.store.update_job(job.id, step=progress.done)
 
-    def wait(self, job_id: str, timeout: float) -> Job:
+    def wait(self, job_id: str, timeout: float) -> JobRecord:
         """Poll until the job is in a final status with no process of this runner left; TimeoutError after
         ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
@@ -475,7 +291,7 @@ class JobRunner:
 
     # -- stopping ------------------------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str) -> JobRecord:
         """Record the Running job Cancelled, then SIGTERM its process (which stops at once and keeps
         Cancelled; a train job resumes from its last checkpoint). Returns the job; :meth:`poll` reaps it."""
         with self._lock:
@@ -486,16 +302,16 @@ class JobRunner:
             child = self._children.get(job_id)
             if child is not None:
                 if child.poll() is None:
-                    _signal_group(child.pid, signal.SIGTERM)
-            elif _is_job_process(job) and job.pid is not None:
+                    signal_group(child.pid, signal.SIGTERM)
+            elif is_job_process(job) and job.pid is not None:
                 if job.owner == JOB_OWNER_SERVER:  # another server's child: its own process group
-                    _signal_group(job.pid, signal.SIGTERM)
+                    signal_group(job.pid, signal.SIGTERM)
                 else:
                     with suppress(ProcessLookupError, PermissionError):
                         os.kill(job.pid, signal.SIGTERM)
             return self.store.get_job(job_id)
 
-    def close(self, timeout: float = 10.0) -> list[Job]:
+    def close(self, timeout: float = 10.0) -> list[JobRecord]:
         """Server shutdown: SIGTERM every job process, wait up to ``timeout`` s (then SIGKILL), record each
         job Interrupted (Cancelled ones stay Cancelled, finished ones keep their result); returns them.
 
@@ -506,17 +322,17 @@ class JobRunner:
             self._closing = True
             children = [c for c in self._children.values() if c.poll() is None]
             for child in children:
-                _signal_group(child.pid, signal.SIGTERM)
+                signal_group(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in children:
             try:
                 child.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(child.pid, signal.SIGKILL)
+                signal_group(child.pid, signal.SIGKILL)
                 child.wait()
         return self.poll()
 
-    def recover(self, timeout: float = 10.0) -> list[Job]:
+    def recover(self, timeout: float = 10.0) -> list[JobRecord]:
         """Server start: mark Interrupted (resumable) every Running job whose owner is gone; returns them.
 
         A job of a previous server (not this runner, its server process no longer running) whose process
@@ -524,18 +340,18 @@ class JobRunner:
         it. Jobs of another live server on the same data dir are left alone; a command-line train job is
         marked Interrupted only once its process is gone.
         """
-        recovered: list[Job] = []
+        recovered: list[JobRecord] = []
         with self._lock:
             for job in self.store.list_jobs(status=JOB_RUNNING):
                 if job.owner == JOB_OWNER_SERVER:
-                    if job.runner_id == self.id or _runner_alive(job):
+                    if job.runner_id == self.id or runner_alive(job):
                         continue
-                    if _is_job_process(job) and job.pid is not None:
+                    if is_job_process(job) and job.pid is not None:
                         self._stop_orphan(job.pid, timeout)
                     changed = self.store.transition_job(job.id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED,
                                                          restart_reason(job.kind))
-                elif job.owner == JOB_OWNER_CLI and job.pid is not None and not _is_job_process(job):
-                    changed = self.store.transition_job(job.id, (JOB_RUNNING,), JOB_INTERRUPTED, _CLI_GONE_REASON)
+                elif job.owner == JOB_OWNER_CLI and job.pid is not None and not is_job_process(job):
+                    changed = self.store.transition_job(job.id, (JOB_RUNNING,), JOB_INTERRUPTED, CLI_GONE_REASON)
                 else:
                     continue
                 if changed:
@@ -546,11 +362,11 @@ class JobRunner:
     def _stop_orphan(pid: int, timeout: float) -> None:
         """SIGTERM a job process that is not our child (its group: it leads one), SIGKILL after ``timeout``."""
         for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            _signal_group(pid, sig)
+            signal_group(pid, sig)
             deadline = time.monotonic() + wait_s
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(_POLL_S)
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return
 
     # -- reading -------------------------------------------------------------------------------------
@@ -558,44 +374,18 @@ class JobRunner:
     def log_tail(self, job_id: str, lines: int = 50) -> list[str]:
         """The last ``lines`` lines of the job's log (empty for a job without one)."""
         job = self.store.get_job(job_id)
-        return _tail(Path(job.log_path), lines) if job.log_path else []
+        return job_outputs.tail(Path(job.log_path), lines) if job.log_path else []
 
     def history(self, job_id: str, max_points: int = 2000) -> dict[str, list[list[float]]]:
-        """A train job's curves from its metrics.jsonl: ``{"loss": [[step, loss], ...], "eval": [[epoch, step,
-        ndcg@10], ...]}`` (empty lists before any record; other kinds: always empty).
-
-        More than ``max_points`` loss points are merged into consecutive buckets ([last step, mean loss]);
-        evaluations (one per epoch, plus step 0 before training) are all kept.
-        """
-        job = self.store.get_job(job_id)
-        loss: list[list[float]] = []
-        evals: list[list[float]] = []
-        path = Path(job.output) / METRICS_FILE
-        if job.kind == KIND_TRAIN and path.is_file():
-            with path.open(encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        record: dict[str, Any] = json.loads(line)
-                        if record.get("event") == "step":
-                            loss.append([int(record["step"]), float(record["loss"])])
-                        elif record.get("event") == "eval" and "ndcg@10" in record:
-                            evals.append([int(record["epoch"]), int(record["step"]), float(record["ndcg@10"])])
-                    except (ValueError, KeyError, TypeError, AttributeError):  # a line cut by a crash
-                        continue
-        return {"loss": _bucket_means(loss, max_points), "eval": evals}
+        """A train job's loss and nDCG@10 curves (:func:`.job_outputs.train_history`)."""
+        return job_outputs.train_history(self.store.get_job(job_id), max_points)
 
     @staticmethod
-    def final_model_dir(job: Job) -> Path | None:
+    def final_model_dir(job: JobRecord) -> Path | None:
         """A Succeeded train job's exported model (a local model directory endpoints can serve), else None."""
-        folder = Path(job.output) / FINAL_DIR
-        if job.kind == KIND_TRAIN and job.status == JOB_SUCCEEDED and (folder / "config.json").is_file():
-            return folder
-        return None
+        return job_outputs.final_model_dir(job)
 
     @staticmethod
-    def vectors_dir(job: Job) -> Path | None:
+    def vectors_dir(job: JobRecord) -> Path | None:
         """A Succeeded batch embedding's output (``e5studio search`` reads it), else None."""
-        folder = Path(job.output) / VECTORS_DIR
-        if job.kind == KIND_BATCH_EMBED and job.status == JOB_SUCCEEDED and (folder / MANIFEST_FILE).is_file():
-            return folder
-        return None
+        return job_outputs.vectors_dir(job)

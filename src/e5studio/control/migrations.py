@@ -94,6 +94,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX jobs_by_status ON jobs(status);
         """,
     ),
+    (
+        "0004_endpoint_precision",
+        """
+        ALTER TABLE endpoints ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32';
+        """,
+    ),
 ]
 
 _RECORD_TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"

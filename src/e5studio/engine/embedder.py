@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from e5studio.engine import runtimes
+from e5studio.engine.calibration import CALIBRATION_TEXTS
 from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights
 from e5studio.engine.device import pick_device, pick_dtype
-from e5studio.engine.encoder import BertEncoder, pack
+from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
 from e5studio.engine.forward import encode
 from e5studio.engine.runtimes import Runtime, RuntimePlan
 from e5studio.engine.tokenizer import Tokenizer
@@ -100,10 +101,15 @@ class Embedder:
         tokenizer = Tokenizer(checkpoint.path, max_length)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
-        runtimes.choose(device, dtype, settings.cpu_runtime)  # a wrong setting fails before the weights are read
+        # a wrong setting fails before the weights are read
+        runtimes.choose(device, dtype, settings.cpu_runtime, settings.precision)
         encoder = load_encoder(checkpoint, device, dtype)
         threads = settings.threads or torch.get_num_threads()
-        plan = runtimes.plan(encoder, device, dtype, settings.cpu_runtime, threads)
+
+        def calibration() -> list[PackedBatch]:
+            return [pack(tokenizer.encode(list(CALIBRATION_TEXTS)))]
+
+        plan = runtimes.plan(encoder, device, dtype, settings.cpu_runtime, threads, settings.precision, calibration)
         workers = (workers or threads) if device.type == "cpu" else 1
         return cls(checkpoint, tokenizer, encoder, plan, settings.max_batch_tokens, workers, threads)
 
@@ -120,6 +126,11 @@ class Embedder:
         """In words, what computes the micro-batches."""
         dtype = str(self.encoder.word_embeddings.weight.dtype).removeprefix("torch.")
         return f"{self.plan.describe()} ({self.device}, {dtype})"
+
+    @property
+    def precision(self) -> str:
+        """``int8`` when the dense layers compute in int8, else ``fp32`` (also for fp16/bf16 on GPU: see dtype)."""
+        return "int8" if self.plan.large.name == "cpu-int8" else "fp32"
 
     def tokenize(self, texts: Sequence[str], input_type: str | None = None) -> list[np.ndarray]:
         if isinstance(texts, str):

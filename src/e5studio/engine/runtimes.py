@@ -10,6 +10,7 @@ BERT block (:func:`e5studio.engine.layer.bert_block`) with its own kernels:
 | ``cpu-many-rows``    | CPU fp32, large micro-batches | MKL sgemm, blocked attention, in-place activation/residual |
 | ``cpu-few-rows``     | CPU fp32, few tokens, ``cpu_runtime=torch`` | oneDNN prepacked matmuls with fused post-ops |
 | ``onnxruntime``      | CPU fp32, few tokens (default where installed) | ONNX Runtime's MLAS over the same weights   |
+| ``cpu-int8``         | CPU, ``precision=int8``       | FBGEMM int8 dense layers, per-row activations, fp32 rest |
 
 :func:`choose` is that table as code: a :class:`RuntimePlan` names the runtime for large micro-batches and,
 on CPU, the one for few-token micro-batches (fewer than :data:`FEW_TOKENS` padded tokens: single queries).
@@ -17,19 +18,21 @@ on CPU, the one for few-token micro-batches (fewer than :data:`FEW_TOKENS` padde
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from e5studio.engine import cpu_kernels, onnx_graph
+from e5studio.engine import cpu_kernels, int8_kernels, onnx_graph
 from e5studio.engine.encoder import BertEncoder, EncoderLayer, PackedBatch
 from e5studio.engine.forward import hidden_states
 from e5studio.engine.layer import LayerKernels, bert_block
 from e5studio.errors import ModelError
 
 CPU_RUNTIMES = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "int8")
+Calibration = Callable[[], Sequence[PackedBatch]]  # a few ordinary texts, packed (what int8 measures ranges on)
 # Micro-batches with fewer padded tokens (sequences x longest length) than this go to the few-token runtime.
 # Below it oneDNN's prepacked matmul and ONNX Runtime's MLAS beat MKL's sgemm (measured on AVX2, MiniLM and
 # E5-Large shapes, 1 and 2 threads; within a few percent of each other from 128 to 512 rows).
@@ -77,24 +80,30 @@ def _layers(encoder: BertEncoder) -> list[EncoderLayer]:
     return [layer for layer in encoder.layers if isinstance(layer, EncoderLayer)]
 
 
-def cpu_many_rows(encoder: BertEncoder, threads: int) -> Runtime:
+def cpu_many_rows(encoder: BertEncoder, threads: int, calibration: Calibration | None = None) -> Runtime:
     return LayersRuntime("cpu-many-rows", encoder, [cpu_kernels.ManyRowsKernels(layer) for layer in _layers(encoder)])
 
 
-def cpu_few_rows(encoder: BertEncoder, threads: int) -> Runtime:
+def cpu_few_rows(encoder: BertEncoder, threads: int, calibration: Calibration | None = None) -> Runtime:
     return LayersRuntime("cpu-few-rows", encoder, [cpu_kernels.FewRowsKernels(layer) for layer in _layers(encoder)])
 
 
-def onnxruntime(encoder: BertEncoder, threads: int) -> Runtime:
+def onnxruntime(encoder: BertEncoder, threads: int, calibration: Calibration | None = None) -> Runtime:
     return onnx_graph.OrtRuntime(encoder, threads)
 
 
-def torch_layers(encoder: BertEncoder, threads: int) -> Runtime:
+def torch_layers(encoder: BertEncoder, threads: int, calibration: Calibration | None = None) -> Runtime:
     return TorchRuntime(encoder)
 
 
-BUILDERS = {"torch": torch_layers, "cpu-many-rows": cpu_many_rows, "cpu-few-rows": cpu_few_rows,
-            "onnxruntime": onnxruntime}
+def cpu_int8(encoder: BertEncoder, threads: int, calibration: Calibration | None = None) -> Runtime:
+    return LayersRuntime("cpu-int8", encoder, int8_kernels.int8_layers(encoder, calibration))
+
+
+BUILDERS: dict[str, Callable[..., Runtime]] = {
+    "torch": torch_layers, "cpu-many-rows": cpu_many_rows, "cpu-few-rows": cpu_few_rows,
+    "onnxruntime": onnxruntime, "cpu-int8": cpu_int8,
+}
 
 
 @dataclass(frozen=True)
@@ -116,10 +125,22 @@ class RuntimePlan:
         return f"{self.large.name}, {self.few.name} for micro-batches under {FEW_TOKENS} tokens"
 
 
-def choose(device: torch.device, dtype: torch.dtype, cpu_runtime: str) -> tuple[str, str | None]:
+def choose(device: torch.device, dtype: torch.dtype, cpu_runtime: str, precision: str = "fp32"
+           ) -> tuple[str, str | None]:
     """The table: (runtime for large micro-batches, runtime for few-token ones or None)."""
     if cpu_runtime not in CPU_RUNTIMES:
         raise ModelError(f"unknown cpu_runtime {cpu_runtime!r} ({', '.join(CPU_RUNTIMES)})")
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ModelError(f"precision int8 runs on the CPU only; on {device.type} use --precision fp32 with "
+                             "--dtype float16 or bfloat16 (the default there)")
+        if dtype != torch.float32:
+            raise ModelError("precision int8 keeps activations in fp32: use --dtype auto or float32 with it")
+        if not int8_kernels.available():
+            raise ModelError("precision int8 needs torch's FBGEMM quantized kernels (x86-64 builds of torch)")
+        return "cpu-int8", None  # FBGEMM is as fast for a single query as for many rows: one runtime
     if device.type != "cpu" or dtype != torch.float32:
         return "torch", None
     if cpu_runtime != "torch" and onnx_graph.available():
@@ -130,9 +151,11 @@ def choose(device: torch.device, dtype: torch.dtype, cpu_runtime: str) -> tuple[
     return "cpu-many-rows", "cpu-few-rows" if cpu_kernels.onednn_available() else None
 
 
-def plan(encoder: BertEncoder, device: torch.device, dtype: torch.dtype, cpu_runtime: str,
-         threads: int) -> RuntimePlan:
+def plan(encoder: BertEncoder, device: torch.device, dtype: torch.dtype, cpu_runtime: str, threads: int,
+         precision: str = "fp32", calibration: Calibration | None = None) -> RuntimePlan:
     """Build the runtimes :func:`choose` names for ``encoder`` (already on ``device`` in ``dtype``, eval mode,
-    no gradients). ``threads``: the process's compute threads (ONNX Runtime sizes its pool with it)."""
-    large, few = choose(device, dtype, cpu_runtime)
-    return RuntimePlan(BUILDERS[large](encoder, threads), None if few is None else BUILDERS[few](encoder, threads))
+    no gradients). ``threads``: the process's compute threads (ONNX Runtime sizes its pool with it);
+    ``calibration``: texts the int8 runtime measures its input ranges on."""
+    large, few = choose(device, dtype, cpu_runtime, precision)
+    return RuntimePlan(BUILDERS[large](encoder, threads, calibration),
+                       None if few is None else BUILDERS[few](encoder, threads, calibration))

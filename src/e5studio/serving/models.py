@@ -20,9 +20,15 @@ from e5studio.serving.metrics import Metrics
 from e5studio.settings import EngineSettings
 
 
-def model_key(model: str) -> str:
-    """One key per model however it is named (alias or hub id)."""
-    return ALIASES.get(model.lower(), model)
+def model_key(model: str, precision: str = "fp32") -> str:
+    """One key per model however it is named (alias or hub id), and per precision (an int8 copy is another
+    loaded model): ``intfloat/e5-large-v2``, ``intfloat/e5-large-v2@int8``."""
+    name = ALIASES.get(model.lower(), model)
+    return name if precision == "fp32" else f"{name}@{precision}"
+
+
+def endpoint_model_key(endpoint: Endpoint) -> str:
+    return model_key(endpoint.model, endpoint.precision)
 
 
 @dataclass
@@ -50,7 +56,7 @@ class ModelPool:
 
     def deploy(self, endpoint: Endpoint) -> None:
         """Bring ``endpoint`` to Live (now, if its model is loaded) or start loading its model."""
-        key = model_key(endpoint.model)
+        key = endpoint_model_key(endpoint)
         with self._lock:
             loaded = self._models.get(key)
             start = loaded is None or (loaded.done.is_set() and loaded.embedder is None)  # new, or retry a failure
@@ -61,8 +67,8 @@ class ModelPool:
             if not loaded.done.is_set():
                 self._store.set_status(endpoint.id, DEPLOYING, f"loading {endpoint.model}")
             if start:  # after Deploying is recorded, so a fast failure cannot be overwritten by it
-                loader = threading.Thread(target=self._load, args=(loaded, endpoint.model), daemon=True,
-                                          name=f"e5studio-load-{key}")
+                loader = threading.Thread(target=self._load, args=(loaded, endpoint.model, endpoint.precision),
+                                          daemon=True, name=f"e5studio-load-{key}")
                 self._loaders.append(loader)
                 loader.start()
         if loaded.done.is_set():
@@ -73,9 +79,9 @@ class ModelPool:
         for endpoint in self._store.list_endpoints():
             self.deploy(endpoint)
 
-    def _load(self, loaded: LoadedModel, model: str) -> None:
+    def _load(self, loaded: LoadedModel, model: str, precision: str) -> None:
         try:
-            embedder = self._loader(replace(self._engine, model=model))
+            embedder = self._loader(replace(self._engine, model=model, precision=precision))
             loaded.batcher = Batcher(embedder.embed_ids, max_batch_tokens=embedder.max_batch_tokens,
                                      limits=self._limits, observer=self._metrics.observer(loaded.key),
                                      name=loaded.key)
@@ -89,7 +95,7 @@ class ModelPool:
 
     def _publish(self, loaded: LoadedModel) -> None:
         for endpoint in self._store.list_endpoints():
-            if model_key(endpoint.model) != loaded.key:
+            if endpoint_model_key(endpoint) != loaded.key:
                 continue
             if loaded.embedder is not None:
                 self._store.set_status(endpoint.id, LIVE, "")
@@ -98,7 +104,7 @@ class ModelPool:
 
     def get(self, endpoint: Endpoint) -> tuple[Embedder, Batcher]:
         """The loaded model of a Live endpoint, or UnavailableError saying why not."""
-        loaded = self._models.get(model_key(endpoint.model))
+        loaded = self._models.get(endpoint_model_key(endpoint))
         if loaded is None or not loaded.done.is_set():
             raise UnavailableError(f"endpoint {endpoint.name!r} is {DEPLOYING}: model {endpoint.model} is loading")
         if loaded.embedder is None or loaded.batcher is None:

@@ -64,6 +64,7 @@ class EndpointCreate(BaseModel):
     model: str | None = Field(None, description="hub id, alias or local directory (default: the server's model)")
     batch_size: Literal[1, 32] = Field(32, description="32 for vectorising a knowledge base, 1 for a live service")
     description: str = ""
+    precision: str | None = Field(None, description="fp32 or int8 (default: the server's --precision)")
 
 
 # ------------------------------------------------------------------------------------------- responses
@@ -119,6 +120,7 @@ class ModelCard(BaseModel):
     id: str
     object: Literal["model"]
     owned_by: str
+    precision: str
     created: int
 
 
@@ -150,9 +152,14 @@ def body(model: type[BaseModel]) -> dict[str, Any]:
         "schema": {"$ref": REF.format(model=model.__name__)}}}}}
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses`` of a route: each error status with the one error body."""
-    return {status: {"model": ErrorBody, "description": "error"} for status in statuses}
+def errors(*statuses: int, ok: type[BaseModel] | None = None) -> dict[int | str, dict[str, Any]]:
+    """``responses`` of a route: each error status with the one error body, and the 200 answer's model where
+    given (declared only: the route builds its answer itself, nothing is validated on the way out)."""
+    responses: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody, "description": "error"}
+                                                  for status in statuses}
+    if ok is not None:
+        responses[200] = {"model": ok, "description": "success"}
+    return responses
 
 
 def install_openapi(app: FastAPI, inference_paths: set[str], admin_prefix: str) -> None:

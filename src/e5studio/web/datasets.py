@@ -14,16 +14,19 @@ from starlette.datastructures import FormData, UploadFile
 
 from e5studio.control.store import Store
 from e5studio.errors import InputError
-from e5studio.jobs.train.data import PASSAGES_FILE, TRAIN_FILE, ValidationReport, validate_dataset
+from e5studio.jobspec.dataset_format import ValidationReport, validate_dataset
+from e5studio.jobspec.layout import DATASETS_DIR, PASSAGES_FILE, TRAIN_FILE
+from e5studio.jobspec.train_params import ALL_PARAMS
 from e5studio.web.common import SessionDep, read_form, render, text_field, ui_session
+from e5studio.web.state import web_state
 
 router = APIRouter(prefix="/ui", dependencies=[Depends(ui_session)])
 COPY_CHUNK = 1024 * 1024
-DEFAULT_TRAIN_N_PASSAGES = 8
+DEFAULT_TRAIN_N_PASSAGES: int = ALL_PARAMS["train_n_passages"].default  # type: ignore[assignment]
 
 
 def _store(request: Request) -> Store:
-    store: Store = request.app.state.inference.store
+    store: Store = web_state(request).store
     return store
 
 
@@ -92,11 +95,11 @@ async def _save(upload: UploadFile, destination: Path, limit: int) -> None:
 @router.post("/datasets/upload")
 async def add_by_upload(request: Request, session: SessionDep) -> Response:
     """Upload passages.jsonl + train.jsonl (size-limited, streamed to disk), validate, record."""
-    limit: int = request.app.state.settings.max_upload_bytes
+    limit: int = web_state(request).settings.max_upload_bytes
     form = await read_form(request, session, limit=limit)
     values = {k: text_field(form, k) for k in ("name", "description")}
-    data_dir: Path = request.app.state.settings.data_dir
-    directory = (data_dir / "datasets" / "uploads" / secrets.token_hex(8)).resolve()
+    data_dir: Path = web_state(request).settings.data_dir
+    directory = (data_dir / DATASETS_DIR / "uploads" / secrets.token_hex(8)).resolve()
     try:
         if not values["name"]:
             raise InputError("name is required")

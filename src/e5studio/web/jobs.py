@@ -9,55 +9,47 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
-from e5studio.control.job_runner import JobRunner, train_param_defaults
-from e5studio.control.store import JOB_RESUMABLE_STATUSES, JOB_RUNNING, Job, Store
+from e5studio.control.job_records import JOB_RESUMABLE_STATUSES, JOB_RUNNING, KIND_BATCH_EMBED, KIND_TRAIN, JobRecord
+from e5studio.control.job_runner import JobRunner
+from e5studio.control.store import Store
 from e5studio.errors import InputError
+from e5studio.jobspec.layout import eval_files
+from e5studio.jobspec.train_params import TRAIN_PARAMS
 from e5studio.web.common import SessionDep, read_form, render, text_field, ui_session
 from e5studio.web.endpoints import BATCH_SIZE_HELP, model_choices
+from e5studio.web.state import web_state
 
 router = APIRouter(prefix="/ui", dependencies=[Depends(ui_session)])
 LOG_LINES = 40
 
 
-PARAM_HELP = {
-    "epochs": "passes over the training queries; each epoch rotates positives and negatives",
-    "batch_size": "queries per optimizer step; each brings train_n_passages passages",
-    "train_n_passages": "passages per query: 1 positive + N-1 hard negatives",
-    "lr": "peak learning rate (linear warmup, then linear decay)",
-    "temperature": "InfoNCE temperature (the E5 recipe uses 0.01)",
-    "warmup_ratio": "share of the steps spent warming the learning rate up",
-    "query_max_length": "queries are cut at this many tokens",
-    "passage_max_length": "passages are cut at this many tokens (the model reads up to 512)",
-    "seed": "random seed of sampling and initialisation",
-    "save_every": "a checkpoint every N steps (and at each epoch end); resume starts there",
-    "threads": "CPU threads of the training process (empty: one per core)",
-}
-
-
 @dataclass(frozen=True)
-class Param:
+class FormField:
+    """One field of the train form, as the template shows it."""
+
     name: str
     default: str
     help: str
 
 
-def train_params() -> list[Param]:
-    """The form fields of a train job: every parameter the runner takes, its default and one line of help."""
-    return [Param(name, "" if default is None else str(default), PARAM_HELP.get(name, ""))
-            for name, default in train_param_defaults().items()]
+def train_params() -> list[FormField]:
+    """The form fields of a train job: every parameter the runner takes, its default and one line of help
+    (all from the one spec, :mod:`e5studio.jobspec.train_params`)."""
+    return [FormField(p.name, "" if p.default is None else str(p.default),
+                  p.help + (f" (empty: {p.empty})" if p.empty else "")) for p in TRAIN_PARAMS.values()]
 
 
 def _store(request: Request) -> Store:
-    store: Store = request.app.state.inference.store
+    store: Store = web_state(request).store
     return store
 
 
 def _runner(request: Request) -> JobRunner:
-    runner: JobRunner = request.app.state.jobs
+    runner: JobRunner = web_state(request).jobs
     return runner
 
 
-def _job_json(request: Request, job: Job, details: bool = False) -> dict[str, Any]:
+def _job_json(request: Request, job: JobRecord, details: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"id": job.id, "kind": job.kind, "status": job.status, "status_reason": job.status_reason,
                            "step": job.step, "total_steps": job.total_steps, "progress": round(job.progress, 4),
                            "model": job.model, "created_at": job.created_at}
@@ -74,10 +66,11 @@ def _job_json(request: Request, job: Job, details: bool = False) -> dict[str, An
 def _train_form(request: Request, status_code: int = 200, error: str = "", form: dict[str, str] | None = None
                 ) -> Response:
     defaults = {p.name: p.default for p in train_params()}
-    defaults.update({"dataset": "", "model": request.app.state.settings.default_model, "model_other": "",
+    defaults.update({"dataset": "", "model": web_state(request).settings.default_model, "model_other": "",
                      "eval_dir": ""})
-    return render(request, "jobs.html", status_code=status_code, error=error, jobs=_store(request).list_jobs("train"),
-                  datasets=_store(request).list_datasets(), models=model_choices(request), params=train_params(),
+    return render(request, "jobs.html", status_code=status_code, error=error,
+                  jobs=_store(request).list_jobs(KIND_TRAIN), datasets=_store(request).list_datasets(),
+                  models=model_choices(request), params=train_params(), eval_files=", ".join(eval_files()),
                   form={**defaults, **(form or {})})
 
 
@@ -142,7 +135,7 @@ async def deploy_job(request: Request, job_id: str, session: SessionDep) -> Resp
     endpoint, key = _store(request).create_endpoint(
         text_field(form, "project"), text_field(form, "name"), str(final_dir), int(batch_size),
         f"fine-tuned by train job {job.id}")
-    request.app.state.pool.deploy(endpoint)
+    web_state(request).deploy(endpoint)
     session.flashes[f"key:{endpoint.id}"] = key
     return RedirectResponse(f"/ui/endpoints/{endpoint.id}", status_code=303)
 
@@ -164,9 +157,9 @@ async def job_status(request: Request, job_id: str) -> dict[str, Any]:
 def _batch_page(request: Request, status_code: int = 200, error: str = "", form: dict[str, str] | None = None
                 ) -> Response:
     return render(request, "batch_jobs.html", status_code=status_code, error=error,
-                  jobs=_store(request).list_jobs("batch_embed"), datasets=_store(request).list_datasets(),
+                  jobs=_store(request).list_jobs(KIND_BATCH_EMBED), datasets=_store(request).list_datasets(),
                   models=model_choices(request),
-                  form={"dataset": "", "model": request.app.state.settings.default_model, **(form or {})})
+                  form={"dataset": "", "model": web_state(request).settings.default_model, **(form or {})})
 
 
 @router.get("/batch-jobs")

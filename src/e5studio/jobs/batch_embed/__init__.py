@@ -2,11 +2,14 @@
 
 - ``reader``: streams the input in fixed windows of input lines/rows; bad records become rejects with
   their line numbers.
+- ``windows``: one window tokenised, embedded (length-sorted micro-batches) and written as a shard.
 - ``writer``: atomic Parquet shards (``id``, ``text_sha256``, fixed-size float32 ``embedding``) and the
-  manifest that lists them.
-- ``runner``: the resumable job on one machine (``--engine local``); ``ray_engine``: the same job on
-  Ray Data (``--engine ray``).
+  manifest file.
+- ``manifest_state``: what is done, kept consistent across crashes and reruns; ``model_identity``: the
+  checksum of the model that shaped the vectors.
+- ``runner``: the job and its window executors: ``LocalExecutor`` (``--engine local``, with ``prefetch``
+  and ``progress``); ``ray_executor``: the same windows on Ray Data (``--engine ray``); ``summary``.
 - ``sinks``: the exact search index next to the shards and PostgreSQL/pgvector.
-- ``evaluation``: retrieval evaluation of a model on a test collection (``e5studio eval``).
-- ``commands``: the CLI (``embed-corpus``, ``search``, ``eval``); only argparse at import time.
+- ``commands``: the CLI (``embed-corpus``, ``search``, ``eval``); only argparse at import time. ``eval``
+  runs the shared pipeline of :mod:`e5studio.retrieval.evaluate`.
 """

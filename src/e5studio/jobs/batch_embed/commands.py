@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from e5studio.engine_flags import add_engine_flags, engine_settings
+from e5studio.engine.flags import add_engine_flags, engine_settings
 from e5studio.errors import InputError
+from e5studio.jobspec.batch_params import WINDOW_SIZE, WORKERS
+from e5studio.jobspec.params import add_arguments
 from e5studio.settings import DEFAULT_MODEL
 
 
@@ -32,24 +34,24 @@ def _input_type(value: str) -> str | None:
 
 def cmd_embed_corpus(args: argparse.Namespace) -> int:
     from e5studio.jobs.batch_embed.reader import InputSpec
-    from e5studio.jobs.batch_embed.runner import JobSettings, local_engine, run_job
+    from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, WindowExecutor, local_executor, run_job
     from e5studio.jobs.batch_embed.sinks import PostgresSink
 
-    settings = JobSettings(
+    settings = EmbedCorpusSettings(
         input=InputSpec.create(args.input, args.format, args.text_field, args.id_field),
         output=Path(args.output), engine=engine_settings(args), input_type=_input_type(args.input_type),
         window_size=args.window_size, bad_records=args.bad_records, overwrite=args.overwrite,
         progress=not args.no_progress, workers=args.workers if args.engine == "local" else None)
     sinks = [PostgresSink(url, args.table) for url in args.sink]
-    engine: Any = local_engine
+    executor: WindowExecutor = local_executor
     if args.engine == "ray":
-        from e5studio.jobs.batch_embed.ray_engine import RayEngine, RayOptions
+        from e5studio.jobs.batch_embed.ray_executor import RayExecutor, RayOptions
 
-        engine = RayEngine(RayOptions(address=args.ray_address, workers=args.workers or 1,
+        executor = RayExecutor(RayOptions(address=args.ray_address, workers=args.workers or 1,
                                       gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                                       num_cpus=args.ray_num_cpus))
     try:
-        result = run_job(settings, engine, sinks)
+        result = run_job(settings, executor, sinks)
     except KeyboardInterrupt:
         print(f"e5studio: interrupted; rerun the same command to continue {args.output}", file=sys.stderr)
         return 130
@@ -62,8 +64,8 @@ def cmd_embed_corpus(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
-    from e5studio.jobs.batch_embed.sinks import INDEX_DIR
     from e5studio.jobs.batch_embed.writer import read_manifest
+    from e5studio.jobspec.layout import INDEX_DIR
     from e5studio.retrieval.index import ExactIndex
 
     folder = Path(args.index)
@@ -120,8 +122,8 @@ def _texts_for(manifest: dict[str, Any] | None, ids: set[str]) -> dict[str, str]
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
-    from e5studio.jobs.batch_embed.evaluation import EvalSettings, run_eval
-    from e5studio.jobs.batch_embed.runner import model_identity
+    from e5studio.jobs.batch_embed.model_identity import model_identity
+    from e5studio.retrieval.evaluate import EvalSettings, run_eval
 
     query_prefix, passage_prefix = args.query_prefix, args.passage_prefix
     if args.no_prefixes:
@@ -164,8 +166,7 @@ def add_parsers(sub: Any) -> None:
     embed.add_argument("--input-type", choices=["passage", "query", "none"], default="passage",
                        help="E5 prefix added where missing, never twice (default passage: 'passage: '); none: "
                             "texts as given")
-    embed.add_argument("--window-size", type=int, default=10_000,
-                       help="input lines per shard; texts are sorted by length within it (default 10000)")
+    add_arguments(embed, [WINDOW_SIZE])
     embed.add_argument("--bad-records", choices=["skip", "fail"], default="skip",
                        help="skip: write each bad record (invalid JSON, missing text ...) with its line number to "
                             "OUTPUT/rejects.jsonl and go on (default); fail: stop with the list")
@@ -178,9 +179,7 @@ def add_parsers(sub: Any) -> None:
     embed.add_argument("--ray-address", default=None,
                        help="with --engine ray: 'auto' or ray://HOST:10001 for a running cluster (default: start a "
                             "local Ray)")
-    embed.add_argument("--workers", type=int, default=None,
-                       help="local: micro-batches embedded in parallel, one model shared (default: one per CPU core; "
-                            "1 on GPU); ray: actors in the pool, one engine each (default 1)")
+    add_arguments(embed, [WORKERS])
     embed.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --engine ray: GPUs per actor")
     embed.add_argument("--cpus-per-worker", type=float, default=1.0, help="with --engine ray: CPU cores per actor")
     embed.add_argument("--ray-num-cpus", type=int, default=None,

@@ -18,9 +18,9 @@ from typing import Any
 
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.writer import iter_output, read_manifest
+from e5studio.jobspec.layout import INDEX_DIR
 from e5studio.retrieval.index import ExactIndex
 
-INDEX_DIR = "index"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
 

@@ -22,10 +22,8 @@ import numpy as np
 
 from e5studio.errors import InputError
 from e5studio.jobs.files import file_sha256
+from e5studio.jobspec.layout import MANIFEST_FILE, SHARDS_DIR
 
-MANIFEST = "manifest.json"
-SHARDS_DIR = "shards"
-REJECTS = "rejects.jsonl"
 FORMAT = "e5studio.vectors/1"
 _TMP_PREFIX = ".tmp-"
 
@@ -126,7 +124,7 @@ def read_shard(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def read_manifest(output: Path) -> dict[str, Any] | None:
-    path = output / MANIFEST
+    path = output / MANIFEST_FILE
     if not path.is_file():
         return None
     try:
@@ -139,7 +137,7 @@ def read_manifest(output: Path) -> dict[str, Any] | None:
 
 
 def write_manifest(output: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_bytes(output / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+    atomic_write_bytes(output / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
 
 
 def done_shards(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -154,7 +152,7 @@ def iter_output(output: Path, verify: bool = False) -> Iterator[tuple[list[str],
     """
     manifest = read_manifest(output)
     if manifest is None:
-        raise InputError(f"{output}: no {MANIFEST} (not an embed-corpus output folder)")
+        raise InputError(f"{output}: no {MANIFEST_FILE} (not an embed-corpus output folder)")
     for entry in done_shards(manifest):
         if not entry.get("file"):
             continue

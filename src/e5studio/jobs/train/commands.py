@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from e5studio.errors import InputError
+from e5studio.jobspec.layout import DATASETS_DIR, eval_files, store_path
+from e5studio.jobspec.params import add_arguments
+from e5studio.jobspec.train_params import ALL_PARAMS, HYPERPARAMETERS, RUN_PARAMS
 
 if TYPE_CHECKING:
     from e5studio.control.store import Store
@@ -29,7 +32,7 @@ DEFAULT_DATA_DIR = ".e5studio"
 def _store(args: argparse.Namespace) -> Store:
     from e5studio.control.store import Store
 
-    return Store(Path(args.data_dir) / "e5studio.db")
+    return Store(store_path(Path(args.data_dir)))
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +41,9 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_validation_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train-n-passages", type=int, default=8,
-                        help="passages per query in a training step (1 positive + N-1 negatives), default 8: "
-                             "queries with fewer negatives get a warning")
+    n = ALL_PARAMS["train_n_passages"]
+    parser.add_argument(n.flag, type=int, default=n.default,
+                        help=f"{n.help} (default {n.default}): queries with fewer negatives get a warning")
     parser.add_argument("--max-problems", type=int, default=100, help="stop after this many errors (default 100)")
 
 
@@ -48,7 +51,7 @@ def _add_validation_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(directory: str, args: argparse.Namespace) -> Any:
-    from e5studio.jobs.train.data import validate_dataset
+    from e5studio.jobspec.dataset_format import validate_dataset
 
     report = validate_dataset(Path(directory), args.train_n_passages, args.max_problems)
     for line in report.lines():
@@ -84,8 +87,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def _mine(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
-    from e5studio.jobs.train.data import validate_dataset
     from e5studio.jobs.train.mining import mine_negatives
+    from e5studio.jobspec.dataset_format import validate_dataset
     from e5studio.settings import EngineSettings
 
     with _store(args) as store:
@@ -95,7 +98,7 @@ def _mine(args: argparse.Namespace) -> int:
                                            max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
         embedder = Embedder.load(settings)
         newest = store.get_dataset(source.name).version
-        destination = Path(args.data_dir).resolve() / "datasets" / source.name / f"v{newest + 1}"
+        destination = Path(args.data_dir).resolve() / DATASETS_DIR / source.name / f"v{newest + 1}"
         t0 = time.perf_counter()
         result = mine_negatives(Path(source.path), destination, embedder, args.top_k, args.skip_top)
         report = validate_dataset(destination, args.train_n_passages)
@@ -113,7 +116,7 @@ def _mine(args: argparse.Namespace) -> int:
 
 def _check_unchanged(dataset: Any) -> None:
     from e5studio.jobs.files import file_sha256
-    from e5studio.jobs.train.data import PASSAGES_FILE, TRAIN_FILE
+    from e5studio.jobspec.layout import PASSAGES_FILE, TRAIN_FILE
 
     for name, expected in ((PASSAGES_FILE, dataset.passages_sha256), (TRAIN_FILE, dataset.train_sha256)):
         path = Path(dataset.path) / name
@@ -183,10 +186,18 @@ def _claim_job(store: Store, job_id: str, output: Path, dataset: Any, model: str
     The job must be a train job for the same output, dataset and model; a Failed or Interrupted one
     becomes Running again. Cancelled means "do not run" (a cancel may arrive before the process starts).
     """
-    from e5studio.control.store import JOB_CANCELLED, JOB_FAILED, JOB_INTERRUPTED, JOB_RUNNING
+    from e5studio.control.job_records import (
+        JOB_CANCELLED,
+        JOB_FAILED,
+        JOB_INTERRUPTED,
+        JOB_RUNNING,
+        KIND_TRAIN,
+        RESTARTED_REASON,
+        RESUMED_REASON,
+    )
 
     job = store.get_job(job_id)
-    mismatch = [name for name, ok in (("kind", job.kind == "train"), ("output", job.output == str(output)),
+    mismatch = [name for name, ok in (("kind", job.kind == KIND_TRAIN), ("output", job.output == str(output)),
                                       ("dataset", job.dataset_id == dataset.id), ("model", job.model == model))
                 if not ok]
     if mismatch:
@@ -194,7 +205,8 @@ def _claim_job(store: Store, job_id: str, output: Path, dataset: Any, model: str
                          f"(job: kind {job.kind}, output {job.output}, model {job.model})")
     if job.status == JOB_RUNNING:
         return True
-    if store.transition_job(job_id, (JOB_FAILED, JOB_INTERRUPTED), JOB_RUNNING, "resumed" if resume else "restarted"):
+    if store.transition_job(job_id, (JOB_FAILED, JOB_INTERRUPTED), JOB_RUNNING,
+                            RESUMED_REASON if resume else RESTARTED_REASON):
         return True
     status = store.get_job(job_id).status
     if status == JOB_CANCELLED:
@@ -215,23 +227,27 @@ def _train(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as torch_dist
 
-    from e5studio.control.store import JOB_FAILED, JOB_INTERRUPTED, JOB_OWNER_CLI, JOB_RUNNING, JOB_SUCCEEDED
-    from e5studio.jobs.train.evaluate import load_eval_set
-    from e5studio.jobs.train.trainer import DistContext, RunOptions, Trainer, TrainJob, TrainSettings
+    from e5studio.control.job_records import (
+        JOB_CANCELLED,
+        JOB_FAILED,
+        JOB_INTERRUPTED,
+        JOB_OWNER_CLI,
+        JOB_RUNNING,
+        JOB_STATUSES,
+        JOB_SUCCEEDED,
+        KIND_TRAIN,
+        RESUMED_REASON,
+    )
+    from e5studio.jobs.train.settings import RunOptions, TrainSettings
+    from e5studio.jobs.train.trainer import DistContext, Trainer, TrainRun
+    from e5studio.retrieval.evaluate import load_eval_set
 
     dist = DistContext.from_env(os.environ)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     output = Path(args.output).resolve()
     store = _store(args)
     job_id: str | None = None
     try:
-        settings = TrainSettings(
-            epochs=args.epochs, batch_size=args.batch_size, train_n_passages=args.train_n_passages,
-            learning_rate=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
-            max_grad_norm=args.max_grad_norm, temperature=args.temperature, seed=args.seed,
-            query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
-            precision=args.precision)
+        settings = TrainSettings.from_args(args)
         options = RunOptions(device=args.device, gradient_checkpointing=args.gradient_checkpointing,
                              save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
                              eval_max_length=args.eval_max_length, progress=not args.no_progress)
@@ -247,7 +263,7 @@ def _train(args: argparse.Namespace) -> int:
         if dist.world_size > 1:
             backend = "nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo"
             torch_dist.init_process_group(backend)
-        job = TrainJob(model=args.model, dataset_dir=Path(dataset.path), output=output, settings=settings,
+        job = TrainRun(model=args.model, dataset_dir=Path(dataset.path), output=output, settings=settings,
                        options=options, evalset=evalset,
                        dataset_checksums={"passages": dataset.passages_sha256, "train": dataset.train_sha256})
         trainer = Trainer(job, dist)
@@ -255,12 +271,12 @@ def _train(args: argparse.Namespace) -> int:
             if job_id is None:
                 params = {"dataset": dataset.ref, "eval_dir": args.eval_dir, "world_size": dist.world_size,
                           **{k: v for k, v in vars(settings).items()}}
-                previous = store.latest_job_for_output("train", str(output)) if args.resume else None
+                previous = store.latest_job_for_output(KIND_TRAIN, str(output)) if args.resume else None
                 if previous is not None:
                     job_id = previous.id
-                    store.update_job(job_id, status=JOB_RUNNING, status_reason="resumed")
+                    store.transition_job(job_id, JOB_STATUSES, JOB_RUNNING, RESUMED_REASON)
                 else:
-                    job_id = store.create_job("train", args.model, str(output), params, dataset.id).id
+                    job_id = store.create_job(KIND_TRAIN, args.model, str(output), params, dataset.id).id
                 store.set_job_process(job_id, os.getpid(), owner=JOB_OWNER_CLI, runner_id="", runner_pid=0)
             trainer.reporter = StoreReporter(store, job_id)
             print(f"train job {job_id}: {args.model} on dataset {dataset.ref} -> {output} "
@@ -276,7 +292,9 @@ def _train(args: argparse.Namespace) -> int:
             if result.history:
                 summary["before"] = {k: v for k, v in result.history[0].items() if "@" in k}
                 summary["after"] = {k: v for k, v in result.history[-1].items() if "@" in k}
-            store.update_job(job_id, status=JOB_SUCCEEDED, status_reason="", step=result.steps, metrics=summary)
+            store.update_job(job_id, step=result.steps, metrics=summary)
+            # done, even if a cancel came too late to stop it
+            store.transition_job(job_id, (JOB_RUNNING, JOB_CANCELLED), JOB_SUCCEEDED, "")
             print(json.dumps({"job": job_id, **summary}, indent=2))
     except (KeyboardInterrupt, Terminated) as exc:
         how = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
@@ -340,29 +358,15 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--model", required=True, help="hub id, alias or local directory to start from")
     train.add_argument("--output", required=True, help="job directory: checkpoints/, best/, final/, metrics")
     train.add_argument("--eval-dir", default=None,
-                       help="evaluation set (passages.jsonl, queries.test.jsonl, qrels.test.tsv): nDCG@10, MRR@10, "
-                            "Recall@100 before training and after each epoch")
+                       help=f"evaluation set ({', '.join(eval_files())}): nDCG@10, MRR@10, Recall@100, MAP "
+                            "(the metrics of `e5studio eval`) before training and after each epoch")
     train.add_argument("--eval-max-queries", type=int, default=None, help="evaluate on the first N judged queries")
     train.add_argument("--eval-max-length", type=int, default=None, help="truncation in evaluation (default: "
                                                                          "the model's serving length)")
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=32, help="queries per step, over all processes (default 32)")
-    train.add_argument("--train-n-passages", type=int, default=8, help="1 positive + N-1 negatives (default 8)")
-    train.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (default 2e-5)")
-    train.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warmup")
-    train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
-    train.add_argument("--temperature", type=float, default=0.01, help="InfoNCE temperature (E5: 0.01)")
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--query-max-length", type=int, default=64)
-    train.add_argument("--passage-max-length", type=int, default=256)
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU trains in fp32")
+    add_arguments(train, HYPERPARAMETERS.values())
     train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
-    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    train.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and each epoch end)")
-    train.add_argument("--keep-checkpoints", type=int, default=2, help="complete checkpoints kept (default 2)")
+    add_arguments(train, RUN_PARAMS.values())
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--job-id", default=None,

@@ -19,7 +19,8 @@ import numpy as np
 
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import InputError
-from e5studio.jobs.train.data import PASSAGES_FILE, TRAIN_FILE, PassageStore, read_examples
+from e5studio.jobs.train.passages import PassageStore, read_examples
+from e5studio.jobspec.layout import PASSAGES_FILE, TRAIN_FILE
 from e5studio.retrieval.search import exact_search
 
 CHUNK = 4096  # passages embedded per call (bounds the texts held at once)

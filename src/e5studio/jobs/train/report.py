@@ -2,7 +2,7 @@
 
 ``metrics.jsonl`` holds one JSON object per line: ``{"event": "step", "step", "epoch", "loss", "lr",
 "grad_norm", "groups_per_s"}`` after every optimizer step and ``{"event": "eval", "step", "epoch",
-"ndcg@10", "mrr@10", "recall@100", "seconds"}`` before training (step 0) and after each epoch.
+"ndcg@10", "mrr@10", "recall@100", "map", "seconds"}`` before training (step 0) and after each epoch.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "metrics.png"
 
 
 class MetricsLog:

@@ -1,7 +1,7 @@
 """The E5 fine-tuning loop: one process, or several under ``torchrun`` (DDP, embeddings all-gathered).
 
 Each step: the global batch of ``batch_size`` query groups (a pure function of seed, epoch and step, see
-:mod:`.data`) is split evenly across ranks; each rank tokenises its slice (queries with ``query: ``,
+:mod:`.sampling`) is split evenly across ranks; each rank tokenises its slice (queries with ``query: ``,
 passages with ``passage: ``, separate max lengths), packs queries and passages into one padding-free
 batch, runs the encoder once, mean-pools and L2-normalises, all-gathers the query and passage embeddings
 (its own slice keeps its autograd graph), and computes :func:`.loss.info_nce` over the whole global batch.
@@ -38,65 +38,18 @@ from e5studio.jobs.train.checkpoints import (
     save_checkpoint_state,
     write_atomically,
 )
-from e5studio.jobs.train.data import Group, GroupSampler, PassageStore, TrainData
-from e5studio.jobs.train.evaluate import EvalSet, evaluate_module
-from e5studio.jobs.train.loss import E5_TEMPERATURE, false_negative_mask, info_nce
-from e5studio.jobs.train.report import METRICS_FILE, PLOT_FILE, MetricsLog, Progress, plot_metrics
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Hyperparameters (E5 fine-tuning defaults); a resumed run must use the same ones."""
-
-    epochs: int = 3
-    batch_size: int = 32  # query groups per optimizer step, over all processes
-    train_n_passages: int = 8  # 1 positive + 7 negatives per query
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1  # share of all steps spent warming the LR up linearly from 0
-    weight_decay: float = 0.01  # AdamW, not applied to biases and LayerNorm weights
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    temperature: float = E5_TEMPERATURE
-    seed: int = 42
-    query_max_length: int = 64
-    passage_max_length: int | None = 256  # None: the model's own maximum
-    precision: str = "auto"  # autocast on CUDA: auto = bf16 where supported, else fp16; CPU is always fp32
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1, "batch size must be at least 1"),
-            (self.train_n_passages >= 1, "train_n_passages must be at least 1"),
-            (self.learning_rate > 0, "learning rate must be positive"),
-            (0 <= self.warmup_ratio < 1, "warmup ratio must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight decay must be >= 0"),
-            (self.max_grad_norm >= 0, "max grad norm must be >= 0"),
-            (self.temperature > 0, "temperature must be positive"),
-            (self.query_max_length >= 2, "query max length must be at least 2"),
-            (self.passage_max_length is None or self.passage_max_length >= 2, "passage max length must be >= 2"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
+from e5studio.jobs.train.evaluate import evaluate_module
+from e5studio.jobs.train.loss import false_negative_mask, info_nce
+from e5studio.jobs.train.passages import PassageStore, TrainData
+from e5studio.jobs.train.report import MetricsLog, Progress, plot_metrics
+from e5studio.jobs.train.sampling import Group, GroupSampler
+from e5studio.jobs.train.settings import RunOptions, TrainSettings
+from e5studio.jobspec.layout import BEST_DIR, CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE, PLOT_FILE
+from e5studio.retrieval.evaluate import EvalSet
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """How a run executes; none of these change the trained weights (on a given device)."""
-
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    save_every: int = 500  # also at each epoch end; 0 = epoch ends only
-    keep_checkpoints: int = 2
-    eval_max_length: int | None = None  # None: the model's serving length
-    eval_batch_tokens: int = 8192
-    progress: bool = True
-
-
-@dataclass(frozen=True)
-class TrainJob:
+class TrainRun:
     """Everything one run needs: model, data, output, hyperparameters, options."""
 
     model: str
@@ -274,10 +227,34 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-class Trainer:
-    """Runs one :class:`TrainJob`; construct it, then :meth:`run`."""
+@dataclass
+class _Optimisation:
+    """The module being trained and what updates it."""
 
-    def __init__(self, job: TrainJob, dist: DistContext = DistContext(), reporter: Reporter | None = None) -> None:
+    encoder: BertEncoder
+    model: torch.nn.Module  # the encoder, wrapped in DDP under torchrun
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class _Position:
+    """Where the run stands: steps done, evaluations, the best one, and this process's timing."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # eval records
+    best: dict[str, Any] | None = None
+    done_here: int = 0
+    train_seconds: float = 0.0  # optimizer steps only (evaluation and checkpoints excluded)
+    rate: float = 0.0
+    resumed_from: str = ""  # the checkpoint folder restored, if any
+
+
+class Trainer:
+    """Runs one :class:`TrainRun`; construct it, then :meth:`run`."""
+
+    def __init__(self, job: TrainRun, dist: DistContext = DistContext(), reporter: Reporter | None = None) -> None:
         self.job = job
         self.dist = dist
         self.reporter: Reporter = reporter or NullReporter()
@@ -301,7 +278,7 @@ class Trainer:
         self.total_steps = self.sampler.steps_per_epoch * s.epochs
         self.warmup_steps = math.ceil(s.warmup_ratio * self.total_steps)
         self.output = job.output
-        self.checkpoints_dir = job.output / "checkpoints"
+        self.checkpoints_dir = job.output / CHECKPOINTS_DIR
         self.log = MetricsLog(job.output / METRICS_FILE)
 
     # -- state ---------------------------------------------------------------------------------------
@@ -322,105 +299,125 @@ class Trainer:
         if changed:
             raise InputError(f"cannot resume: {', '.join(changed)} differ from the checkpoint's")
 
-    # -- main ----------------------------------------------------------------------------------------
+    # -- main: the phases of a run -------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> TrainResult:
-        s, opts, dist = self.job.settings, self.job.options, self.dist
-        torch.manual_seed(s.seed + dist.rank)  # dropout masks; restored exactly on resume
+        """Build the model, restore a checkpoint (``resume``), evaluate the start, train every step left
+        (evaluating and saving at epoch ends), export the final model."""
+        opt = self._build()
+        at = self._restore(opt, resume)
+        progress = Progress(self.total_steps, at.step, self.job.options.progress and self.dist.is_main)
+        if self.dist.is_main:
+            self.reporter.on_start(self.total_steps, at.step)
+            if resume:
+                progress.write(f"resuming from {at.resumed_from} (step {at.step})" if at.resumed_from
+                               else "no checkpoint to resume from: starting at step 0")
+        if at.step == 0 and self.job.evalset is not None and not at.history:
+            at.history.append(self._evaluate(opt.encoder, 0, 0, progress))
+        while at.step < self.total_steps:
+            self._train_step(opt, at, progress)
+            self._after_step(opt, at, progress)
+        progress.close()
+        return self._finish(opt, at)
+
+    def _build(self) -> _Optimisation:
+        torch.manual_seed(self.job.settings.seed + self.dist.rank)  # dropout masks; restored exactly on resume
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         encoder = load_encoder(self.checkpoint)
-        encoder.gradient_checkpointing = opts.gradient_checkpointing
+        encoder.gradient_checkpointing = self.job.options.gradient_checkpointing
         encoder.to(self.device).train()
         model: torch.nn.Module = encoder
-        if dist.world_size > 1:
+        if self.dist.world_size > 1:
             model = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=None)
-        optimizer = build_optimizer(encoder, s)
+        optimizer = build_optimizer(encoder, self.job.settings)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(self.warmup_steps,
                                                                                   self.total_steps))
         scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
-        history: list[dict[str, Any]] = []  # eval records
-        best: dict[str, Any] | None = None
-        step = 0
-        if dist.is_main:
+        return _Optimisation(encoder, model, optimizer, scheduler, scaler)
+
+    def _restore(self, opt: _Optimisation, resume: bool) -> _Position:
+        """The newest checkpoint's state (``resume``), else a fresh start; refuses to overwrite a run."""
+        if self.dist.is_main:
             remove_temporary(self.checkpoints_dir)
             remove_temporary(self.output)
         latest = latest_checkpoint(self.checkpoints_dir)
         if latest is not None and not resume:
             raise InputError(f"{self.output} already holds training checkpoints ({latest.name}); pass --resume "
                              "to continue that run, or choose another --output")
-        if resume and latest is not None:
-            state = load_checkpoint_state(latest)
-            self._check_resumable(state.get("fingerprint", {}))
-            encoder.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            rng = state["rng"]
-            _set_rng_state(rng[dist.rank] if dist.rank < len(rng) else rng[0])
-            step, history, best = int(state["step"]), list(state["history"]), state["best"]
-            if dist.is_main:
-                self.log.truncate_after(step)
-        elif dist.is_main:
-            self.log.reset()
-        progress = Progress(self.total_steps, step, opts.progress and dist.is_main)
-        if dist.is_main:
-            self.reporter.on_start(self.total_steps, step)
-            if resume:
-                progress.write(f"resuming from {latest.name} (step {step})" if latest is not None
-                               else "no checkpoint to resume from: starting at step 0")
-        if step == 0 and self.job.evalset is not None and not history:
-            history.append(self._evaluate(encoder, 0, 0, progress))
+        if latest is None:
+            if self.dist.is_main:
+                self.log.reset()
+            return _Position()
+        state = load_checkpoint_state(latest)
+        self._check_resumable(state.get("fingerprint", {}))
+        opt.encoder.load_state_dict(state["model"])
+        opt.optimizer.load_state_dict(state["optimizer"])
+        opt.scheduler.load_state_dict(state["scheduler"])
+        opt.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        _set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+        at = _Position(int(state["step"]), list(state["history"]), state["best"], resumed_from=latest.name)
+        if self.dist.is_main:
+            self.log.truncate_after(at.step)
+        return at
+
+    def _train_step(self, opt: _Optimisation, at: _Position, progress: Progress) -> None:
+        """One optimizer step on the global batch; rank 0 logs it."""
+        s, dist = self.job.settings, self.dist
         spe = self.sampler.steps_per_epoch
-        rate = 0.0
-        train_seconds = 0.0  # optimizer steps only (evaluation and checkpoints excluded)
-        done_here = 0
-        while step < self.total_steps:
-            epoch, in_epoch = divmod(step, spe)
-            t0 = time.perf_counter()
-            inputs = prepare_step(self.sampler.batch(epoch, in_epoch), self.data.passages, self.query_tokenizer,
-                                  self.passage_tokenizer, dist.rank, dist.world_size)
-            loss = step_loss(model, inputs, dist, self.device, s.temperature, self.autocast)
-            scaler.scale(loss * dist.world_size).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(),
-                                                       s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
-            lr = scheduler.get_last_lr()[0]
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            done_here += 1
-            seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            rate = s.batch_size / max(seconds, 1e-9)
-            if dist.is_main:
-                value = float(loss.detach())
-                self.log.append({"event": "step", "step": step, "epoch": round(step / spe, 4), "loss": value,
-                                 "lr": lr, "grad_norm": float(grad_norm), "groups_per_s": round(rate, 3)})
-                progress.update(value, rate, epoch + 1)
-                self.reporter.on_step(step, self.total_steps, value)
-            epoch_end = step % spe == 0
-            if epoch_end and self.job.evalset is not None:
-                record = self._evaluate(encoder, step, step // spe, progress)
-                history.append(record)
-                if dist.is_main and (best is None or record["ndcg@10"] > best["ndcg@10"]):
-                    best = record
-                    export_model(encoder, self.checkpoint, self.output / "best")
-            if epoch_end or (opts.save_every and step % opts.save_every == 0):
-                self._save(step, encoder, optimizer, scheduler, scaler, history, best)
-        progress.close()
-        overall = s.batch_size * done_here / train_seconds if done_here else rate
-        final_dir = self.output / "final"
+        epoch, in_epoch = divmod(at.step, spe)
+        t0 = time.perf_counter()
+        inputs = prepare_step(self.sampler.batch(epoch, in_epoch), self.data.passages, self.query_tokenizer,
+                              self.passage_tokenizer, dist.rank, dist.world_size)
+        loss = step_loss(opt.model, inputs, dist, self.device, s.temperature, self.autocast)
+        opt.scaler.scale(loss * dist.world_size).backward()
+        opt.scaler.unscale_(opt.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(opt.encoder.parameters(),
+                                                   s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
+        lr = opt.scheduler.get_last_lr()[0]
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        opt.scheduler.step()
+        opt.optimizer.zero_grad(set_to_none=True)
+        at.step += 1
+        at.done_here += 1
+        seconds = time.perf_counter() - t0
+        at.train_seconds += seconds
+        at.rate = s.batch_size / max(seconds, 1e-9)
         if dist.is_main:
-            export_model(encoder, self.checkpoint, final_dir)
+            value = float(loss.detach())
+            self.log.append({"event": "step", "step": at.step, "epoch": round(at.step / spe, 4), "loss": value,
+                             "lr": lr, "grad_norm": float(grad_norm), "groups_per_s": round(at.rate, 3)})
+            progress.update(value, at.rate, epoch + 1)
+            self.reporter.on_step(at.step, self.total_steps, value)
+
+    def _after_step(self, opt: _Optimisation, at: _Position, progress: Progress) -> None:
+        """At an epoch end: evaluate (keeping the best model); then a checkpoint when one is due."""
+        spe = self.sampler.steps_per_epoch
+        epoch_end = at.step % spe == 0
+        if epoch_end and self.job.evalset is not None:
+            record = self._evaluate(opt.encoder, at.step, at.step // spe, progress)
+            at.history.append(record)
+            if self.dist.is_main and (at.best is None or record["ndcg@10"] > at.best["ndcg@10"]):
+                at.best = record
+                export_model(opt.encoder, self.checkpoint, self.output / BEST_DIR)
+        save_every = self.job.options.save_every
+        if epoch_end or (save_every and at.step % save_every == 0):
+            self._save(at.step, opt, at.history, at.best)
+
+    def _finish(self, opt: _Optimisation, at: _Position) -> TrainResult:
+        """Export the final model and the plot (rank 0); every rank returns the result."""
+        overall = self.job.settings.batch_size * at.done_here / at.train_seconds if at.done_here else at.rate
+        final_dir = self.output / FINAL_DIR
+        if self.dist.is_main:
+            export_model(opt.encoder, self.checkpoint, final_dir)
             plot_metrics(self.log.records(), self.output / PLOT_FILE)
-        if dist.world_size > 1:
+        if self.dist.world_size > 1:
             torch_dist.barrier()
-        best_dir = self.output / "best" if best is not None else None
+        best_dir = self.output / BEST_DIR if at.best is not None else None
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return TrainResult(final_dir, best_dir, history, step, overall, peak)
+        return TrainResult(final_dir, best_dir, at.history, at.step, overall, peak)
 
     def _evaluate(self, encoder: BertEncoder, step: int, epoch: int, progress: Progress) -> dict[str, Any]:
         """Rank 0 evaluates and logs; every rank gets the record (other ranks wait at a barrier)."""
@@ -444,17 +441,16 @@ class Trainer:
             record = box[0]
         return record
 
-    def _save(self, step: int, encoder: BertEncoder, optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-              history: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
+    def _save(self, step: int, opt: _Optimisation, history: list[dict[str, Any]],
+              best: dict[str, Any] | None) -> None:
         rng = [_rng_state()]
         if self.dist.world_size > 1:
             gathered: list[Any] = [None] * self.dist.world_size
             torch_dist.all_gather_object(gathered, rng[0])
             rng = gathered
         if self.dist.is_main:
-            state = {"step": step, "model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
+            state = {"step": step, "model": opt.encoder.state_dict(), "optimizer": opt.optimizer.state_dict(),
+                     "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(), "rng": rng,
                      "history": history, "best": best, "fingerprint": self.fingerprint(),
                      "sampler": {"epoch": step // self.sampler.steps_per_epoch,
                                  "step_in_epoch": step % self.sampler.steps_per_epoch}}

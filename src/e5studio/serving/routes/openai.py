@@ -34,8 +34,8 @@ def _encode(row: np.ndarray, encoding_format: str) -> list[float] | str:
     return row.tolist()
 
 
-@router.post(OPENAI_EMBEDDINGS_PATH, response_model=OpenAIResponse, openapi_extra=body(OpenAIRequest),
-             responses=errors(*INFERENCE_ERRORS))
+@router.post(OPENAI_EMBEDDINGS_PATH, response_model=None, openapi_extra=body(OpenAIRequest),
+             responses=errors(*INFERENCE_ERRORS, ok=OpenAIResponse))
 async def embeddings(request: Request, state: State) -> dict[str, Any]:
     body = await read_json(request, state.settings.max_body_bytes)
     model = body.get("model")
@@ -61,10 +61,10 @@ async def embeddings(request: Request, state: State) -> dict[str, Any]:
     }
 
 
-@router.get(OPENAI_MODELS_PATH, response_model=ModelList, responses=errors(401, 403, 405, 500))
+@router.get(OPENAI_MODELS_PATH, response_model=None, responses=errors(401, 403, 405, 500, ok=ModelList))
 async def models(request: Request, state: State) -> dict[str, Any]:
     """The endpoints this key opens (the admin token lists all)."""
     return {"object": "list", "data": [
-        {"id": e.name, "object": "model", "owned_by": e.project_name,
+        {"id": e.name, "object": "model", "owned_by": e.project_name, "precision": e.precision,
          "created": int(datetime.fromisoformat(e.created_at).timestamp())}
         for e in state.inference.endpoints_for_key(request_keys(request))]}

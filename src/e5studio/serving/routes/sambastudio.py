@@ -48,23 +48,23 @@ def _list_of(field: str, request: Request, state: State) -> TextReader:
     return read
 
 
-@router.post(NLP_PATH, response_model=NlpResponse, openapi_extra=body(NlpRequest),
-             responses=errors(*INFERENCE_ERRORS))
+@router.post(NLP_PATH, response_model=None, openapi_extra=body(NlpRequest),
+             responses=errors(*INFERENCE_ERRORS, ok=NlpResponse))
 async def predict_nlp(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
     result = await state.inference.embed(request, EndpointRef(endpoint, project), _list_of("inputs", request, state))
     return {"data": result.rows.tolist()}
 
 
-@router.post(GENERIC_PATH, response_model=GenericResponse, openapi_extra=body(GenericRequest),
-             responses=errors(*INFERENCE_ERRORS))
+@router.post(GENERIC_PATH, response_model=None, openapi_extra=body(GenericRequest),
+             responses=errors(*INFERENCE_ERRORS, ok=GenericResponse))
 async def predict_generic(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
     result = await state.inference.embed(request, EndpointRef(endpoint, project),
                                          _list_of("instances", request, state))
     return {"predictions": result.rows.tolist()}
 
 
-@router.post(GENERIC_V2_PATH, response_model=V2Response, openapi_extra=body(V2Request),
-             responses=errors(*INFERENCE_ERRORS))
+@router.post(GENERIC_V2_PATH, response_model=None, openapi_extra=body(V2Request),
+             responses=errors(*INFERENCE_ERRORS, ok=V2Response))
 async def predict_generic_v2(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
     ids: list[Any] = []
 

@@ -1,4 +1,4 @@
-"""Fine-tuning datasets: read and validate ``passages.jsonl`` + ``train.jsonl``, sample training groups.
+"""The fine-tuning dataset format and its validation (pure Python: the web UI and the CLI both use it).
 
 The format (fixed by the platform we reproduce):
 
@@ -9,32 +9,21 @@ The format (fixed by the platform we reproduce):
 
 Files are streamed line by line (validation never holds a whole file; training keeps only the byte offset
 of each passage). Problems are reported with file and 1-based line number, like a compiler.
-
-Sampling: each step takes ``batch_size`` queries, and for each a group of ``train_n_passages`` doc ids
-(the positive first, then negatives). Everything is a pure function of (seed, epoch, position), so a
-resumed run or another process computes the same batches: the query order is a permutation drawn from
-``(seed, epoch)``; the positive rotates over a query's positives from epoch to epoch; the negatives are a
-window that moves by ``train_n_passages - 1`` every epoch; a query with too few negatives is filled up
-with random passages that are none of its positives or negatives, drawn from ``(seed, epoch, query)``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from e5studio.errors import InputError
+from e5studio.jobspec.layout import PASSAGES_FILE, TRAIN_FILE
 
-PASSAGES_FILE = "passages.jsonl"
-TRAIN_FILE = "train.jsonl"
 DEFAULT_MAX_PROBLEMS = 100
 _INT_RE = re.compile(r"^[0-9]+$")
 _KEY_BEFORE = re.compile(r'"([^"\\]{1,64})"\s*:\s*$')
@@ -107,7 +96,7 @@ class ValidationReport:
 # ------------------------------------------------------------------------------------------ line reading
 
 
-def _lines(path: Path, digest: Any) -> Iterator[tuple[int, bytes]]:
+def read_lines(path: Path, digest: Any) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, raw bytes without the newline), feeding every byte to ``digest``."""
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -134,7 +123,7 @@ def _json_problem(text: str, exc: json.JSONDecodeError) -> str:
     return f"malformed JSON at column {exc.colno}: {exc.msg}{hint}: {_snippet(text, exc.pos)!r}"
 
 
-def _decode(raw: bytes) -> tuple[Any, str | None]:
+def decode_line(raw: bytes) -> tuple[Any, str | None]:
     """(parsed JSON, None) or (None, problem message)."""
     try:
         text = raw.decode("utf-8")
@@ -154,7 +143,7 @@ def _type_name(value: Any) -> str:
 # ------------------------------------------------------------------------------------------ validation
 
 
-def _check_passage(obj: Any) -> str | None:
+def check_passage(obj: Any) -> str | None:
     if not isinstance(obj, dict):
         return f"expected a JSON object {{\"contents\": ...}}, got {_type_name(obj)}"
     if "contents" not in obj:
@@ -283,13 +272,13 @@ def validate_dataset(directory: Path, train_n_passages: int = 8, max_problems: i
 def _validate_passages(path: Path, report: ValidationReport) -> None:
     name = str(path)
     digest = hashlib.sha256()
-    for number, raw in _lines(path, digest):
+    for number, raw in read_lines(path, digest):
         report.passages = number
         if not raw.strip():
             report.error(name, number, f"empty line: every line is a passage (this would be doc id {number - 1})")
             continue
-        obj, problem = _decode(raw)
-        problem = problem or _check_passage(obj)
+        obj, problem = decode_line(raw)
+        problem = problem or check_passage(obj)
         if problem:
             report.error(name, number, f"{problem} (doc id {number - 1})")
     if report.passages == 0:
@@ -304,11 +293,11 @@ def _validate_train(path: Path, report: ValidationReport) -> None:
     short: list[int] = []
     fewest = needed
     first_seen: dict[bytes, int] = {}
-    for number, raw in _lines(path, digest):
+    for number, raw in read_lines(path, digest):
         if not raw.strip():
             report.warn(name, number, "blank line ignored")
             continue
-        obj, problem = _decode(raw)
+        obj, problem = decode_line(raw)
         if problem:
             report.error(name, number, problem)
             continue
@@ -343,158 +332,3 @@ def _validate_train(path: Path, report: ValidationReport) -> None:
 
 
 
-# ------------------------------------------------------------------------------------------ reading
-
-
-class PassageStore:
-    """Random access to passages.jsonl by doc id, keeping only the byte offset of each line in memory."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        offsets = [0]
-        with path.open("rb") as f:
-            for raw in f:
-                offsets.append(offsets[-1] + len(raw))
-        self._offsets = np.asarray(offsets, dtype=np.int64)  # [n + 1]
-        self._file = path.open("rb")
-        size = int(self._offsets[-1])
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def text(self, doc_id: int) -> str:
-        if not 0 <= doc_id < len(self) or self._map is None:
-            raise InputError(f"{self.path}: doc id {doc_id} is out of range (0 to {len(self) - 1})")
-        raw = self._map[int(self._offsets[doc_id]):int(self._offsets[doc_id + 1])]
-        obj, problem = _decode(raw.rstrip(b"\r\n"))
-        problem = problem or _check_passage(obj)
-        if problem:
-            raise InputError(f"{self.path}:{doc_id + 1}: {problem}; validate the dataset first")
-        return str(obj["contents"])
-
-    def texts(self, doc_ids: Sequence[int]) -> list[str]:
-        return [self.text(int(i)) for i in doc_ids]
-
-    def __iter__(self) -> Iterator[str]:
-        for doc_id in range(len(self)):
-            yield self.text(doc_id)
-
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-        self._file.close()
-
-
-def read_examples(path: Path, n_passages: int) -> list[TrainExample]:
-    """Every valid example of train.jsonl; the first bad line raises InputError (validate first)."""
-    examples: list[TrainExample] = []
-    for number, raw in _lines(path, hashlib.sha256()):
-        if not raw.strip():
-            continue
-        obj, problem = _decode(raw)
-        example, errors, _ = (None, [problem], []) if problem else parse_train_line(obj, n_passages, number)
-        if example is None:
-            raise InputError(f"{path}:{number}: {errors[0]}; run `e5studio datasets validate` for every problem")
-        examples.append(example)
-    if not examples:
-        raise InputError(f"{path}: no training queries")
-    return examples
-
-
-@dataclass
-class TrainData:
-    """A dataset ready for sampling: passages by doc id, examples, and each query's merged positives."""
-
-    passages: PassageStore
-    examples: list[TrainExample]
-    query_positives: list[frozenset[int]]  # per example: positives of every line with the same query text
-
-    @classmethod
-    def load(cls, directory: Path) -> TrainData:
-        passages = PassageStore(directory / PASSAGES_FILE)
-        examples = read_examples(directory / TRAIN_FILE, len(passages))
-        merged: dict[str, set[int]] = {}
-        for ex in examples:
-            merged.setdefault(ex.query, set()).update(ex.positives)
-        return cls(passages, examples, [frozenset(merged[ex.query]) for ex in examples])
-
-
-# ------------------------------------------------------------------------------------------ sampling
-
-
-@dataclass(frozen=True)
-class Group:
-    """One query's training group: ``doc_ids[0]`` is the positive, the rest negatives."""
-
-    example: int
-    query: str
-    doc_ids: tuple[int, ...]
-    positives: frozenset[int]  # doc ids that count as positives of this query (for false-negative masking)
-
-
-class GroupSampler:
-    """Deterministic global batches of groups: a pure function of (seed, epoch, step)."""
-
-    def __init__(self, data: TrainData, batch_size: int, train_n_passages: int, seed: int) -> None:
-        if batch_size < 1 or train_n_passages < 1:
-            raise InputError("batch_size and train_n_passages must be at least 1")
-        if len(data.examples) < batch_size:
-            raise InputError(f"the dataset has {len(data.examples)} queries, fewer than one batch of {batch_size}; "
-                             "lower --batch-size")
-        self.data = data
-        self.batch_size = batch_size
-        self.train_n_passages = train_n_passages
-        self.seed = seed
-        n = len(data.passages)
-        for ex, positives in zip(data.examples, data.query_positives, strict=True):
-            available = n - len(positives)
-            if available < train_n_passages - 1:
-                raise InputError(f"train.jsonl:{ex.line}: the corpus has only {available} passages that can be "
-                                 f"negatives of this query, fewer than train_n_passages - 1 = {train_n_passages - 1}")
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Full batches per epoch (the last partial batch is dropped, so every step has the same shape)."""
-        return len(self.data.examples) // self.batch_size
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The example order of ``epoch``: a permutation drawn from (seed, epoch)."""
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.data.examples))
-
-    def batch(self, epoch: int, step: int) -> list[Group]:
-        """The global batch ``step`` (0-based within the epoch) of ``epoch`` (0-based)."""
-        if not 0 <= step < self.steps_per_epoch:
-            raise IndexError(f"step {step} is outside epoch of {self.steps_per_epoch} steps")
-        picked = self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
-        return [self.group(int(i), epoch) for i in picked]
-
-    def group(self, index: int, epoch: int) -> Group:
-        ex = self.data.examples[index]
-        offset = self.seed + index
-        positive = ex.positives[(offset + epoch) % len(ex.positives)]
-        needed = self.train_n_passages - 1
-        negatives = ex.negatives
-        if len(negatives) >= needed:
-            start = (offset % len(negatives) + epoch * needed) % len(negatives)
-            chosen = [negatives[(start + j) % len(negatives)] for j in range(needed)]
-        else:
-            chosen = list(negatives) + self._fill(index, epoch, needed - len(negatives), set(ex.positives) | set(
-                negatives) | self.data.query_positives[index])
-        return Group(index, ex.query, (positive, *chosen), self.data.query_positives[index])
-
-    def _fill(self, index: int, epoch: int, count: int, excluded: set[int]) -> list[int]:
-        """``count`` distinct random doc ids outside ``excluded``, from (seed, epoch, index)."""
-        rng = np.random.default_rng([self.seed, epoch, index, 1])
-        n = len(self.data.passages)
-        picked: list[int] = []
-        taken = set(excluded)
-        if n - len(taken) < count:  # tiny corpus: take what there is, in a seeded order
-            rest = [i for i in rng.permutation(n).tolist() if i not in taken]
-            return (rest * count)[:count] if rest else []
-        while len(picked) < count:
-            doc = int(rng.integers(n))
-            if doc not in taken:
-                taken.add(doc)
-                picked.append(doc)
-        return picked

@@ -1,4 +1,4 @@
-"""``--engine ray``: the same windows, shards and manifest as the local engine, computed on Ray Data.
+"""``--engine ray``: the same windows, shards and manifest as the local executor, computed on Ray Data.
 
 The driver plans the input's windows (byte ranges of ``window_size`` lines, or row ranges; one pass over
 the bytes, no parsing), drops those the manifest already lists, and hands the rest to Ray Data as one row
@@ -25,16 +25,11 @@ from typing import Any
 import numpy as np
 
 from e5studio.errors import E5StudioError, InputError
+from e5studio.jobs.batch_embed.manifest_state import ManifestState
+from e5studio.jobs.batch_embed.progress import Progress
 from e5studio.jobs.batch_embed.reader import InputSpec, Reject, WindowSpec, plan_windows, read_window
-from e5studio.jobs.batch_embed.runner import (
-    JobSettings,
-    JobState,
-    Progress,
-    WindowResult,
-    bad_records_error,
-    embed_window,
-    prepare_window,
-)
+from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings
+from e5studio.jobs.batch_embed.windows import WindowResult, bad_records_error, embed_window, prepare_window
 from e5studio.jobs.batch_embed.writer import ShardInfo
 from e5studio.settings import EngineSettings
 
@@ -109,15 +104,15 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-class RayEngine:
-    """The :data:`runner.Engine` for ``--engine ray``."""
+class RayExecutor:
+    """The :class:`~.runner.WindowExecutor` for ``--engine ray``."""
 
-    engine_name = "ray"
+    executor_name = "ray"
 
     def __init__(self, options: RayOptions) -> None:
         self.options = options
 
-    def __call__(self, settings: JobSettings, state: JobState, progress: Progress) -> int:
+    def __call__(self, settings: EmbedCorpusSettings, state: ManifestState, progress: Progress) -> int:
         plans = plan_windows(settings.input, settings.window_size)
         done = state.done
         pending = [p for p in plans if p.index not in done]

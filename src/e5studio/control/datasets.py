@@ -1,0 +1,87 @@
+"""Fine-tuning datasets: each registered version of a named dataset, with its counts and checksums."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from e5studio.control.database import Database, check_name, new_id, now
+from e5studio.errors import InputError, NotFoundError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One registered version of a fine-tuning dataset (passages.jsonl + train.jsonl in ``path``)."""
+
+    id: str
+    name: str
+    version: int
+    path: str
+    description: str
+    passages: int
+    queries: int
+    positives: int
+    negatives: int
+    passages_sha256: str
+    train_sha256: str
+    parent_id: str | None
+    created_at: str
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, accepted wherever a dataset is named."""
+        return f"{self.name}@{self.version}"
+
+
+def _dataset(row: sqlite3.Row) -> Dataset:
+    return Dataset(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row has no __iter__ of keys
+
+
+class DatasetTable(Database):
+    def add_dataset(self, name: str, path: str, *, passages: int, queries: int, positives: int, negatives: int,
+                    passages_sha256: str, train_sha256: str, parent_id: str | None = None,
+                    description: str = "") -> Dataset:
+        """Record a validated dataset as the next version of ``name`` (version 1 for a new name).
+
+        Registering the same files (path and both checksums) as the newest version returns that version.
+        """
+        check_name("dataset", name)
+        with self._write() as conn:
+            latest = conn.execute("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1",
+                                  (name,)).fetchone()
+            if latest is not None and (latest["path"], latest["passages_sha256"], latest["train_sha256"]) == (
+                    path, passages_sha256, train_sha256):
+                return _dataset(latest)
+            dataset = Dataset(id=new_id(), name=name, version=(latest["version"] + 1) if latest else 1, path=path,
+                              description=description, passages=passages, queries=queries, positives=positives,
+                              negatives=negatives, passages_sha256=passages_sha256, train_sha256=train_sha256,
+                              parent_id=parent_id, created_at=now())
+            conn.execute(
+                "INSERT INTO datasets (id, name, version, path, description, passages, queries, positives, negatives,"
+                " passages_sha256, train_sha256, parent_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (dataset.id, dataset.name, dataset.version, dataset.path, dataset.description, dataset.passages,
+                 dataset.queries, dataset.positives, dataset.negatives, dataset.passages_sha256,
+                 dataset.train_sha256, dataset.parent_id, dataset.created_at),
+            )
+        return dataset
+
+    def get_dataset(self, ref: str) -> Dataset:
+        """A dataset by id, by ``name@version``, or by name (its newest version)."""
+        name, _, version = ref.rpartition("@") if "@" in ref else (ref, "", "")
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM datasets WHERE id = ?", (ref,)).fetchone()
+            if row is None and version:
+                if not version.isdigit():
+                    raise InputError(f"dataset reference {ref!r}: the version after '@' must be a number")
+                row = self._conn.execute("SELECT * FROM datasets WHERE name = ? AND version = ?",
+                                         (name, int(version))).fetchone()
+            elif row is None:
+                row = self._conn.execute("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1",
+                                         (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"dataset {ref!r} not found (see `e5studio datasets list`)")
+        return _dataset(row)
+
+    def list_datasets(self) -> list[Dataset]:
+        """Every version of every dataset, by name then version."""
+        return [_dataset(row) for row in self._read_all("SELECT * FROM datasets ORDER BY name, version")]

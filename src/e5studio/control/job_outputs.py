@@ -1,0 +1,103 @@
+"""Reading what job processes write in their folders (layout: :mod:`e5studio.jobspec.layout`): the log's
+tail, a train job's curves from ``metrics.jsonl``, a batch embedding's progress from its manifest, and the
+finished outputs (a train job's model, a batch embedding's vectors). Reads only; never the store."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e5studio.control.job_records import JOB_SUCCEEDED, KIND_BATCH_EMBED, KIND_TRAIN, JobRecord
+from e5studio.jobspec.layout import FINAL_DIR, MANIFEST_FILE, METRICS_FILE, MODEL_CONFIG_FILE, VECTORS_DIR
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a text file (read from the end, never the whole file)."""
+    if lines <= 0 or not path.is_file():
+        return []
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        data = b""
+        block = 8192
+        while end > 0 and data.count(b"\n") <= lines:
+            start = max(0, end - block)
+            f.seek(start)
+            data = f.read(end - start) + data
+            end = start
+            block *= 2
+    return data.decode("utf-8", errors="replace").splitlines()[-lines:]
+
+
+def bucket_means(points: list[list[float]], max_points: int) -> list[list[float]]:
+    """At most ``max_points`` points: consecutive buckets as [last x, mean y] (a smoothed loss curve)."""
+    if max_points < 1 or len(points) <= max_points:
+        return points
+    size = math.ceil(len(points) / max_points)
+    buckets = [points[i:i + size] for i in range(0, len(points), size)]
+    return [[b[-1][0], sum(p[1] for p in b) / len(b)] for b in buckets]
+
+
+def train_history(job: JobRecord, max_points: int = 2000) -> dict[str, list[list[float]]]:
+    """A train job's curves from its metrics.jsonl: ``{"loss": [[step, loss], ...], "eval": [[epoch, step,
+    ndcg@10], ...]}`` (empty lists before any record; other kinds: always empty).
+
+    More than ``max_points`` loss points are merged into consecutive buckets ([last step, mean loss]);
+    evaluations (one per epoch, plus step 0 before training) are all kept.
+    """
+    loss: list[list[float]] = []
+    evals: list[list[float]] = []
+    path = Path(job.output) / METRICS_FILE
+    if job.kind == KIND_TRAIN and path.is_file():
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record: dict[str, Any] = json.loads(line)
+                    if record.get("event") == "step":
+                        loss.append([int(record["step"]), float(record["loss"])])
+                    elif record.get("event") == "eval" and "ndcg@10" in record:
+                        evals.append([int(record["epoch"]), int(record["step"]), float(record["ndcg@10"])])
+                except (ValueError, KeyError, TypeError, AttributeError):  # a line cut by a crash
+                    continue
+    return {"loss": bucket_means(loss, max_points), "eval": evals}
+
+
+@dataclass(frozen=True)
+class EmbedProgress:
+    """Passages done (embedded or rejected) of a batch embedding; its summary once the manifest is complete."""
+
+    done: int
+    summary: dict[str, Any] | None
+
+
+def embed_progress(job: JobRecord) -> EmbedProgress | None:
+    """What embed-corpus's manifest says so far (None before it exists or while it cannot be read)."""
+    vectors = Path(job.output) / VECTORS_DIR
+    try:
+        manifest = json.loads((vectors / MANIFEST_FILE).read_text(encoding="utf-8"))
+        done = int(manifest["count"]) + int(manifest["rejects"]["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if manifest.get("status") != "complete":
+        return EmbedProgress(done, None)
+    return EmbedProgress(done, {"count": manifest["count"], "rejects": manifest["rejects"]["count"],
+                                "dim": manifest.get("dim"), "vectors": str(vectors)})
+
+
+def final_model_dir(job: JobRecord) -> Path | None:
+    """A Succeeded train job's exported model (a local model directory endpoints can serve), else None."""
+    folder = Path(job.output) / FINAL_DIR
+    if job.kind == KIND_TRAIN and job.status == JOB_SUCCEEDED and (folder / MODEL_CONFIG_FILE).is_file():
+        return folder
+    return None
+
+
+def vectors_dir(job: JobRecord) -> Path | None:
+    """A Succeeded batch embedding's output (``e5studio search`` reads it), else None."""
+    folder = Path(job.output) / VECTORS_DIR
+    if job.kind == KIND_BATCH_EMBED and job.status == JOB_SUCCEEDED and (folder / MANIFEST_FILE).is_file():
+        return folder
+    return None

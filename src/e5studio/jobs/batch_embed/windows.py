@@ -1,0 +1,74 @@
+"""One window of the input: tokenised (on the prefetch thread), embedded in length-sorted token-budget
+micro-batches, written as one Parquet shard."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from e5studio.errors import InputError
+from e5studio.jobs.batch_embed.reader import InputSpec, Reject, Window, WindowSpec
+from e5studio.jobs.batch_embed.writer import ShardInfo, text_sha256, write_shard
+from e5studio.jobspec.layout import REJECTS_FILE
+
+if TYPE_CHECKING:  # torch is imported only when a job runs
+    from e5studio.engine.embedder import Embedder
+
+_LISTED_REJECTS = 10
+
+
+@dataclass
+class WindowResult:
+    spec: WindowSpec
+    shard: ShardInfo | None
+    rejects: list[Reject]
+    tokens: int
+    device: str
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.shard.rows if self.shard else 0
+
+
+def bad_records_error(spec: InputSpec, rejects: list[Reject]) -> InputError:
+    shown = "\n  ".join(r.describe(spec) for r in rejects[:_LISTED_REJECTS])
+    more = f"\n  ... and {len(rejects) - _LISTED_REJECTS} more in this window" if len(rejects) > _LISTED_REJECTS \
+        else ""
+    return InputError(f"bad records in {spec.path} (--bad-records fail):\n  {shown}{more}\n"
+                      f"fix them, or pass --bad-records skip to write them to {REJECTS_FILE} and go on")
+
+
+@dataclass
+class PreparedWindow:
+    window: Window
+    token_ids: list[np.ndarray] = field(default_factory=list)
+
+
+def prepare_window(embedder: Embedder, window: Window, input_type: str | None,
+                   chunk: int = 1024) -> PreparedWindow:
+    """Token ids of a window's records (tokenised ``chunk`` texts at a time: the tokenizer's own per-text
+    buffers, overflow included, are much larger than the ids kept)."""
+    texts = [r.text for r in window.records]
+    ids: list[np.ndarray] = []
+    for start in range(0, len(texts), chunk):
+        ids += embedder.tokenize(texts[start:start + chunk], input_type)
+    return PreparedWindow(window, ids)
+
+
+def embed_window(embedder: Embedder, prepared: PreparedWindow, output: Path) -> WindowResult:
+    """Embed one tokenised window (length-sorted, token-budget micro-batches) and write its shard."""
+    t0 = time.perf_counter()
+    window = prepared.window
+    shard = None
+    if window.records:
+        vectors = embedder.embed_ids(prepared.token_ids)  # [n, dim] float32, input order
+        shard = write_shard(output, window.spec.index, [r.id for r in window.records],
+                            [text_sha256(r.text) for r in window.records], vectors)
+    tokens = int(sum(len(ids) for ids in prepared.token_ids))
+    return WindowResult(window.spec, shard, window.rejects, tokens, embedder.device,
+                        time.perf_counter() - t0)

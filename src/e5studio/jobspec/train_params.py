@@ -1,0 +1,55 @@
+"""Every parameter of a fine-tuning run, written once.
+
+``e5studio train``'s flags (:mod:`e5studio.jobs.train.commands`), the ``TrainSettings`` and ``RunOptions``
+objects (:mod:`e5studio.jobs.train.settings`), the web form (:mod:`e5studio.web.jobs`) and the job runner's
+validation (:mod:`e5studio.control.job_runner`) are all built from the tables below.
+"""
+
+from __future__ import annotations
+
+from e5studio.jobspec.params import Param, by_name, defaults
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# What shapes the trained weights (a resumed run must use the same ones): TrainSettings.
+HYPERPARAMETERS = by_name([
+    Param("epochs", int, 3, "passes over the training queries; each epoch rotates positives and negatives",
+          minimum=1),
+    Param("batch_size", int, 32, "queries per optimizer step over all processes; each brings train_n_passages "
+          "passages", minimum=1),
+    Param("train_n_passages", int, 8, "passages per query: 1 positive + N-1 hard negatives", minimum=1),
+    Param("lr", float, 2e-5, "peak learning rate (linear warmup, then linear decay)", minimum=0, above=True,
+          setting="learning_rate"),
+    Param("warmup_ratio", float, 0.1, "share of the steps spent warming the learning rate up", minimum=0,
+          maximum=1),
+    Param("weight_decay", float, 0.01, "AdamW weight decay (not applied to biases and LayerNorm weights)",
+          minimum=0),
+    Param("max_grad_norm", float, 1.0, "gradient clipping (0 disables)", minimum=0),
+    Param("temperature", float, 0.01, "InfoNCE temperature (the E5 recipe uses 0.01)", minimum=0, above=True),
+    Param("seed", int, 42, "random seed of sampling and initialisation", minimum=0, maximum=2**32),
+    Param("query_max_length", int, 64, "queries are cut at this many tokens", minimum=2),
+    Param("passage_max_length", int, 256, "passages are cut at this many tokens (the model reads up to 512)",
+          minimum=2),
+    Param("precision", str, "auto", "autocast on CUDA (auto: bf16 where supported, else fp16); CPU trains in fp32",
+          choices=PRECISIONS),
+])
+
+# How a run executes; none of these change the trained weights: RunOptions (and the process's threads).
+RUN_PARAMS = by_name([
+    Param("save_every", int, 500, "a checkpoint every N steps (and at each epoch end); resume starts there",
+          minimum=0, empty=""),
+    Param("keep_checkpoints", int, 2, "complete checkpoints kept", minimum=1),
+    Param("threads", int, None, "CPU threads of the training process", minimum=1, empty="one per core"),
+])
+
+ALL_PARAMS = {**HYPERPARAMETERS, **RUN_PARAMS}
+
+# What the web UI and the job runner let a user set, in form order (the rest keep their defaults).
+FORM_FIELDS = ("epochs", "batch_size", "train_n_passages", "lr", "temperature", "warmup_ratio", "query_max_length",
+               "passage_max_length", "seed", "save_every", "threads")
+TRAIN_PARAMS = {name: ALL_PARAMS[name] for name in FORM_FIELDS}
+
+
+def train_param_defaults() -> dict[str, int | float | str | None]:
+    """The form's train parameters and their defaults (None: the command's own choice)."""
+    return defaults(TRAIN_PARAMS)

@@ -1,0 +1,172 @@
+"""The one retrieval evaluation pipeline: a test collection -> embed (engine) -> exact search -> IR metrics.
+
+Used by ``e5studio eval`` (:func:`run_eval`, a JSON report) and by the fine-tuning job before training and
+after each epoch (:func:`evaluate_embedder`, on an :class:`~e5studio.engine.embedder.Embedder` over the
+module being trained). Both score the same :data:`DEFAULT_METRICS` over the top :data:`DEFAULT_DEPTH`.
+
+The collection layout is that of ``shared/data/<name>/``: ``passages.jsonl`` (0-based line = doc id,
+``{"contents"}``), ``queries.<split>.jsonl`` (``{"qid", "query"}``) and ``qrels.<split>.tsv``
+(``qid<TAB>doc_line<TAB>grade``). Queries get the ``query: `` prefix and passages ``passage: `` (never
+twice), as the E5 recipe asks; an empty prefix leaves texts as they are (as MTEB runs non-E5 models).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e5studio.engine.embedder import Embedder
+from e5studio.errors import InputError
+from e5studio.retrieval.metrics import evaluate as evaluate_run
+from e5studio.retrieval.search import exact_search, to_run
+
+DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map")
+DEFAULT_DEPTH = 1000  # ranked documents per query (MAP is computed over them)
+QUERY_PREFIX = "query: "
+PASSAGE_PREFIX = "passage: "
+PASSAGES_FILE = "passages.jsonl"
+
+
+def queries_file(split: str) -> str:
+    return f"queries.{split}.jsonl"
+
+
+def qrels_file(split: str) -> str:
+    return f"qrels.{split}.tsv"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A test collection held in memory (test corpora are small next to training corpora)."""
+
+    directory: Path
+    passages: list[str]
+    query_ids: list[str]
+    queries: list[str]
+    qrels: dict[str, dict[str, int]]  # qid -> {doc id (line number as a string): grade}
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return [str(i) for i in range(len(self.passages))]
+
+
+def load_eval_set(directory: Path, split: str = "test", max_queries: int | None = None) -> EvalSet:
+    """Read a collection; keeps the judged queries (the first ``max_queries`` of them, in file order)."""
+    names = {"passages": PASSAGES_FILE, "queries": queries_file(split), "qrels": qrels_file(split)}
+    paths = {role: directory / name for role, name in names.items()}
+    for path in paths.values():
+        if not path.is_file():
+            raise InputError(f"evaluation set {directory}: {path.name} not found "
+                             "(expected passages.jsonl, queries.<split>.jsonl and qrels.<split>.tsv)")
+    passages = [_field(path_line, "contents") for path_line in _jsonl(paths["passages"])]
+    qrels: dict[str, dict[str, int]] = {}
+    qrels_path = paths["qrels"]
+    with qrels_path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\r\n").split("\t")
+            if len(parts) != 3 or not parts[1].isdigit() or not parts[2].lstrip("-").isdigit():
+                raise InputError(f"{qrels_path}:{number}: expected qid<TAB>doc_line<TAB>grade, got {line.strip()!r}")
+            if int(parts[1]) >= len(passages):
+                raise InputError(f"{qrels_path}:{number}: doc line {parts[1]} is out of range "
+                                 f"({len(passages)} passages)")
+            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    query_ids: list[str] = []
+    queries: list[str] = []
+    for item in _jsonl(paths["queries"]):
+        qid = str(_field(item, "qid"))
+        if any(g > 0 for g in qrels.get(qid, {}).values()):
+            query_ids.append(qid)
+            queries.append(_field(item, "query"))
+    if max_queries is not None:
+        query_ids, queries = query_ids[:max_queries], queries[:max_queries]
+    if not query_ids:
+        raise InputError(f"evaluation set {directory}: no query has a relevant document in {qrels_path.name}")
+    kept = set(query_ids)
+    return EvalSet(directory, passages, query_ids, queries, {q: j for q, j in qrels.items() if q in kept})
+
+
+def _jsonl(path: Path) -> Iterator[tuple[Path, int, object]]:
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield path, number, json.loads(line)
+                except ValueError as exc:
+                    raise InputError(f"{path}:{number}: malformed JSON: {exc}") from None
+
+
+def _field(item: tuple[Path, int, object], key: str) -> str:
+    path, number, obj = item
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), str | int) or isinstance(obj.get(key), bool):
+        raise InputError(f"{path}:{number}: expected a string field {key!r}")
+    return obj[key]
+
+
+def with_prefix(text: str, prefix: str) -> str:
+    """``text`` starting with ``prefix`` (added unless already there; an empty prefix changes nothing)."""
+    return text if not prefix or text.startswith(prefix) else prefix + text
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What one evaluation measured: the mean of each metric, and where the time went."""
+
+    metrics: dict[str, float]
+    seconds: dict[str, float]
+
+
+def score(embedder: Embedder, evalset: EvalSet, metrics: Sequence[str] = DEFAULT_METRICS,
+          depth: int = DEFAULT_DEPTH, query_prefix: str = QUERY_PREFIX,
+          passage_prefix: str = PASSAGE_PREFIX) -> Scores:
+    """Embed the corpus and the queries, search the top ``depth`` exactly, score every metric."""
+    t0 = time.perf_counter()
+    corpus = embedder.embed_ids(embedder.tokenize([with_prefix(p, passage_prefix) for p in evalset.passages]))
+    t1 = time.perf_counter()
+    queries = embedder.embed_ids(embedder.tokenize([with_prefix(q, query_prefix) for q in evalset.queries]))
+    t2 = time.perf_counter()
+    scores, indices = exact_search(queries, corpus, depth)  # [q, depth]
+    run = to_run(evalset.query_ids, evalset.doc_ids, scores, indices)
+    means = evaluate_run(evalset.qrels, run, metrics)
+    t3 = time.perf_counter()
+    return Scores(means, {"passages": round(t1 - t0, 2), "queries": round(t2 - t1, 2),
+                          "search_and_score": round(t3 - t2, 2)})
+
+
+def evaluate_embedder(embedder: Embedder, evalset: EvalSet, metrics: Sequence[str] = DEFAULT_METRICS
+                      ) -> dict[str, float]:
+    """Mean of each metric (``ndcg@10``, ``mrr@10``, ``recall@100``, ``map`` ...) over the judged queries,
+    with the E5 prefixes."""
+    return score(embedder, evalset, metrics).metrics
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    data: Path
+    split: str = "test"
+    query_prefix: str = QUERY_PREFIX
+    passage_prefix: str = PASSAGE_PREFIX
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    depth: int = DEFAULT_DEPTH
+    max_queries: int | None = None
+
+
+def run_eval(embedder: Embedder, settings: EvalSettings, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``e5studio eval``: load, embed, search and score; returns the report (metrics, counts, settings, timings)."""
+    evalset = load_eval_set(settings.data, settings.split, settings.max_queries)
+    result = score(embedder, evalset, settings.metrics, settings.depth, settings.query_prefix,
+                   settings.passage_prefix)
+    return {
+        "model": model or {"name": embedder.checkpoint.name, "path": str(embedder.checkpoint.path)},
+        "data": str(settings.data), "split": settings.split,
+        "passages": len(evalset.passages), "queries": len(evalset.query_ids),
+        "query_prefix": settings.query_prefix, "passage_prefix": settings.passage_prefix,
+        "max_length": embedder.max_length, "depth": settings.depth,
+        "metrics": {k: round(v, 5) for k, v in result.metrics.items()},
+        "seconds": result.seconds,
+    }

@@ -1,0 +1,136 @@
+"""int8 precision: the quality gate against fp32 on real weights, per-row independence, the kernels' arithmetic,
+and where int8 is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from e5studio.engine import int8_kernels, runtimes
+from e5studio.engine.calibration import CALIBRATION_TEXTS
+from e5studio.engine.checkpoint import load_checkpoint
+from e5studio.engine.embedder import Embedder
+from e5studio.engine.encoder import pack
+from e5studio.errors import ModelError
+from e5studio.retrieval.evaluate import load_eval_set, score
+from e5studio.settings import EngineSettings
+from tests.engine.plain import encoder_embeddings, plain_encoder
+from tests.reference import row_cosines, words_text
+
+pytestmark = pytest.mark.skipif(not int8_kernels.available(), reason="this torch build has no FBGEMM kernels")
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(minilm_dir: Path) -> Embedder:
+    return Embedder.load(EngineSettings(model=str(minilm_dir), device="cpu", precision="int8"))
+
+
+def test_int8_loads_the_int8_runtime(minilm_int8: Embedder) -> None:
+    assert (minilm_int8.plan.large.name, minilm_int8.plan.few) == ("cpu-int8", None)
+    assert minilm_int8.precision == "int8"
+    assert "cpu-int8" in minilm_int8.runtime
+
+
+def test_quality_gate_on_minilm(minilm_embedder: Embedder, minilm_int8: Embedder, scifact_passages: list[str],
+                                shared_data_dir: Path) -> None:
+    """1,000 SciFact passages and 300 test queries: min cosine int8 vs fp32 >= 0.99, mean >= 0.998."""
+    with (shared_data_dir / "scifact" / "queries.test.jsonl").open(encoding="utf-8") as f:
+        queries = [json.loads(line)["query"] for line in f][:300]
+    passages = scifact_passages[:1000]
+    assert len(queries) == 300
+
+    p = row_cosines(minilm_int8.embed(passages, "passage"), minilm_embedder.embed(passages, "passage"))
+    q = row_cosines(minilm_int8.embed(queries, "query"), minilm_embedder.embed(queries, "query"))
+
+    assert p.min() >= 0.99 and q.min() >= 0.99, (p.min(), q.min())
+    assert p.mean() >= 0.998 and q.mean() >= 0.998, (p.mean(), q.mean())
+    assert p.mean() < 0.99999  # int8 really ran (not fp32 under another name)
+
+
+def test_a_text_alone_equals_the_same_text_in_a_mixed_batch(minilm_int8: Embedder,
+                                                            scifact_passages: list[str]) -> None:
+    """Activations are quantized per row: a row never depends on its neighbours."""
+    texts = ["query: how do statins lower cholesterol", "a", words_text(scifact_passages, 600),
+             *scifact_passages[:12], "query: p53"]
+    together = minilm_int8.embed(texts)
+    alone = np.concatenate([minilm_int8.embed([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (384, 1536), (1536, 384)])
+@pytest.mark.parametrize("rows", [1, 20, 300])
+def test_int8_linear_is_the_quantized_product_exactly(shape: tuple[int, int], rows: int) -> None:
+    """The integer sums are exact (no int16 saturation): the layer equals the same quantization computed in
+    float64, and stays close to the fp32 layer."""
+    k, n = shape
+    gen = torch.Generator().manual_seed(rows + k)
+    weight = torch.randn(n, k, generator=gen) * 0.05
+    bias = torch.randn(n, generator=gen)
+    x = torch.randn(rows, k, generator=gen) * 2
+    x[:, 3] *= 40  # an outlier channel, as LayerNorm outputs have
+    input_range = x.abs().amax(dim=0)
+    layer = int8_kernels.Int8Linear(weight, bias, input_range)
+
+    got = layer(x.clone())
+
+    # the same quantization of the input (in fp32, as the layer does), then the product in float64
+    smooth = int8_kernels.smoothing(input_range, weight)
+    q, scales = int8_kernels.quantize_weight(weight * smooth[None, :])
+    xs = x * layer.inv_smooth
+    low, high = xs.amin(1, keepdim=True), xs.amax(1, keepdim=True)
+    inv_step = int8_kernels.ACTIVATION_MAX / (high - low)
+    xq = torch.round(torch.addcmul(-low * inv_step, xs, inv_step)).double()
+    assert xq.min() >= 0 and xq.max() <= int8_kernels.ACTIVATION_MAX
+    w = q.double() * scales.double()[:, None]
+    expected = (xq @ w.T) / inv_step.double() + low.double() * w.sum(1) + bias.double()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    cosine = F.cosine_similarity(got, F.linear(x, weight, bias), dim=1)
+    assert cosine.min() > 0.999
+
+
+def test_int8_runtime_without_smoothing_and_with_it(minilm_dir: Path, scifact_passages: list[str]) -> None:
+    """Smoothing measured on the calibration texts makes int8 closer to fp32 on real weights."""
+    from e5studio.engine.runtimes import LayersRuntime
+
+    checkpoint = load_checkpoint(str(minilm_dir))
+    plain = plain_encoder(checkpoint).requires_grad_(False)
+    embedder = Embedder.load(EngineSettings(model=str(minilm_dir), device="cpu"))
+    ids = embedder.tokenize(scifact_passages[:60], "passage")
+    reference = encoder_embeddings(plain, ids)
+    calibration = [pack(embedder.tokenize(list(CALIBRATION_TEXTS)))]
+    smoothed = runtimes.BUILDERS["cpu-int8"](plain, 2, lambda: calibration)
+    unsmoothed = LayersRuntime("cpu-int8", plain, int8_kernels.int8_layers(plain))
+    with_smoothing = row_cosines(encoder_embeddings(smoothed, ids), reference).mean()
+    without = row_cosines(encoder_embeddings(unsmoothed, ids), reference).mean()
+    assert without < 0.9999 and with_smoothing < 0.99999
+    assert with_smoothing > without
+
+
+def test_int8_is_refused_where_it_cannot_run(tiny_dir: Path) -> None:
+    with pytest.raises(ModelError, match="precision int8 runs on the CPU only"):
+        runtimes.choose(torch.device("cuda"), torch.float16, "auto", "int8")
+    with pytest.raises(ModelError, match="keeps activations in fp32"):
+        runtimes.choose(torch.device("cpu"), torch.bfloat16, "auto", "int8")
+    with pytest.raises(ModelError, match="unknown precision 'int4'"):
+        runtimes.choose(torch.device("cpu"), torch.float32, "auto", "int4")
+    if not torch.cuda.is_available():  # through the settings: the device check answers first
+        with pytest.raises(ModelError, match="CUDA is not available"):
+            Embedder.load(EngineSettings(model=str(tiny_dir), device="cuda", precision="int8"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("collection", ["scifact", "med"])
+def test_int8_ndcg_within_half_a_point_of_fp32(minilm_embedder: Embedder, minilm_int8: Embedder,
+                                                shared_data_dir: Path, collection: str) -> None:
+    """nDCG@10 without prefixes (MiniLM was not trained with them): int8 within 0.005 of fp32."""
+    evalset = load_eval_set(shared_data_dir / collection)
+    fp32 = score(minilm_embedder, evalset, ("ndcg@10",), 100, "", "").metrics["ndcg@10"]
+    int8 = score(minilm_int8, evalset, ("ndcg@10",), 100, "", "").metrics["ndcg@10"]
+    print(f"{collection}: nDCG@10 fp32 {fp32:.4f} int8 {int8:.4f}")
+    assert abs(int8 - fp32) <= 0.005
