@@ -159,7 +159,7 @@ def _doc_id(value: Any, n_passages: int) -> tuple[int, None] | tuple[None, str]:
     if isinstance(value, bool) or not isinstance(value, int | str):
         return None, f"doc id {json.dumps(value)} is not an integer or a string of digits"
     if isinstance(value, str):
-        if not _INT_RE.match(value):
+        if not _INT_RE.fullmatch(value):
             return None, f"doc id {json.dumps(value)} is not an integer or a string of digits"
         value = int(value)
     if not 0 <= value < n_passages:
