@@ -51,21 +51,13 @@ DEFAULT_PROJECT = "default"
 
 
 def open_store(settings: ServeSettings) -> Store:
-    """The control store of the data directory (created on first use). The directory and the store's files
-    are readable by their owner only (sessions and job records are in there)."""
-    private_dir(settings.data_dir)
-    path = settings.data_dir / STORE_FILE
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite gives its -wal/-shm files this mode too
+    """The control store of the data directory (created on first use, by the store: the directory ``0700``,
+    the database ``0600``; sessions and job records are in there). Store files of an older version are
+    narrowed to ``0600`` here; a directory that already exists is left as its owner made it."""
     for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):
         if (settings.data_dir / name).exists():
             os.chmod(settings.data_dir / name, 0o600)
-    return Store(path)
-
-
-def private_dir(path: os.PathLike[str]) -> None:
-    """``path`` as a directory only its owner can enter (created, or narrowed if it exists)."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+    return Store(settings.data_dir / STORE_FILE)
 
 
 def create_app(settings: ServeSettings, store: Store,
