@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     passages = [json.loads(line)["contents"] for line in (DATA / "scifact" / "passages.jsonl").open()][:5000]
-    counts = {"ok": 0, "other": 0}
+    counts = {"ok": 0, "429": 0, "other": 0}
     lock = threading.Lock()
     with tempfile.TemporaryDirectory() as tmp:
         proc, url, key = start_server(args.model, args.threads, Path(tmp), args.server_args.split())
@@ -60,11 +60,14 @@ def main() -> None:
             while time.monotonic() < stop:
                 texts = ["passage: " + p[: rng.randint(10, 2000)] for p in rng.sample(passages, rng.randint(1, 32))]
                 try:
-                    ok = session.post(url, json={"inputs": texts}, headers={"key": key}, timeout=120).status_code == 200
+                    answer = session.post(url, json={"inputs": texts}, headers={"key": key}, timeout=120)
+                    outcome = {200: "ok", 429: "429"}.get(answer.status_code, "other")
                 except requests.RequestException:
-                    ok = False
+                    outcome, answer = "other", None
                 with lock:
-                    counts["ok" if ok else "other"] += 1
+                    counts[outcome] += 1
+                if answer is not None and answer.status_code == 429:  # shed: wait as the server asks
+                    time.sleep(float(answer.headers.get("retry-after", "1")))
 
         threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
         started = time.monotonic()
@@ -79,8 +82,8 @@ def main() -> None:
                 samples.append((at, rss_mb(proc.pid)))
                 with lock:
                     done = dict(counts)
-                print(f"t={at:4.0f} s  RSS {samples[-1][1]:7.1f} MB  requests ok {done['ok']}, other {done['other']}",
-                      flush=True)
+                print(f"t={at:4.0f} s  RSS {samples[-1][1]:7.1f} MB  requests ok {done['ok']}, 429 {done['429']}, "
+                      f"other {done['other']}", flush=True)
             for t in threads:
                 t.join(150)
         finally:
