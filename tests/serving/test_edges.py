@@ -238,3 +238,23 @@ def test_failed_admin_and_ui_logins_are_throttled_per_address(edge_app: tuple[An
     for _ in range(10):
         assert ui_attacker.post("/ui/login", data={"token": "nope", "next": "/ui/"}).status_code == 401
     assert ui_attacker.post("/ui/login", data={"token": token, "next": "/ui/"}).status_code == 429
+
+
+def test_calibrate_measures_tokens_per_second_before_the_first_request() -> None:
+    seen: list[int] = []
+
+    def engine(seqs: Sequence[np.ndarray]) -> np.ndarray:
+        seen.append(sum(len(s) for s in seqs))
+        time.sleep(0.05)
+        return np.zeros((len(seqs), 4), dtype=np.float32)
+
+    batcher = Batcher(engine, limits=QueueLimits(max_wait_s=1.0))
+    try:
+        rate = batcher.calibrate(sequences=4, length=16)
+        assert seen == [64] and 64 / 0.5 < rate <= 64 / 0.05
+        first = batcher.reserve(int(rate * 0.8))  # alone: always let in
+        with pytest.raises(CapacityError, match="expected wait"):
+            batcher.reserve(int(rate * 0.5))  # 1.3 s of work queued > 1 s
+        first.release()
+    finally:
+        batcher.close()

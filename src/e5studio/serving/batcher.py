@@ -138,6 +138,19 @@ class Batcher:
                 return Reservation(self, estimated_tokens)
         raise CapacityError(f"server busy: {reason}; retry later", retry_after_s=max(1.0, wait_s))
 
+    def calibrate(self, sequences: int = 8, length: int = 128) -> float:
+        """Time one engine call on ``sequences`` dummy sequences of ``length`` ids, so that the expected-wait
+        bound holds from the first request (before that it knows no tokens/s). Returns the tokens/s; a small
+        batch underestimates the throughput, which errs on the side of shedding."""
+        batch = [np.zeros(length, dtype=np.int64) for _ in range(sequences)]
+        started = time.perf_counter()
+        self._embed_ids(batch)
+        elapsed = time.perf_counter() - started
+        with self._cond:
+            if self._tokens_per_s is None and elapsed > 0:
+                self._tokens_per_s = sequences * length / elapsed
+            return self._tokens_per_s or 0.0
+
     def _release(self, reservation: Reservation) -> None:
         with self._cond:
             if reservation.active:

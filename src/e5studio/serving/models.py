@@ -85,6 +85,7 @@ class ModelPool:
             loaded.batcher = Batcher(embedder.embed_ids, max_batch_tokens=embedder.max_batch_tokens,
                                      limits=self._limits, observer=self._metrics.observer(loaded.key),
                                      name=loaded.key)
+            loaded.batcher.calibrate(length=min(128, embedder.max_length))  # the wait bound holds from the start
             loaded.embedder = embedder
         except E5StudioError as exc:
             loaded.error = str(exc)
