@@ -9,6 +9,14 @@ For each model: starts ``e5studio serve`` on loopback, then
 
     python benchmarks/serve_load.py                      # MiniLM + the E5-Large-V2-shaped checkpoint
     python benchmarks/serve_load.py --models all-minilm-l6-v2 --seconds 10
+
+``--overload``: instead, 200 clients (``--overload-clients``) each sending batches of 32 passages as fast as
+they are answered, for ``--seconds``, against a server started with ``--server-args`` (e.g.
+``--max-queue 8``): prints the latency of the 429 answers (the target: p50 <= 20 ms, shed before any
+tokenising) and of the accepted requests, and how many hit the client timeout (60 s).
+
+    python benchmarks/serve_load.py --overload --models all-minilm-l6-v2 --seconds 20
+    python benchmarks/serve_load.py --overload --models all-minilm-l6-v2 --server-args="--max-queue 8"
 """
 
 from __future__ import annotations
@@ -41,11 +49,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: str, threads: int, data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+def start_server(model: str, threads: int, data_dir: Path,
+                 extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str, str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "e5studio", "serve", "--model", model, "--port", str(port), "--data-dir",
-         str(data_dir), "--threads", str(threads)],
+         str(data_dir), "--threads", str(threads), *(extra or [])],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = key = ""
     assert proc.stdout is not None
@@ -150,6 +159,59 @@ def report(r: dict) -> None:
               f"p95 {row['p95_ms']:8.1f} ms  ({row['requests']} ok, {row['errors']} errors)")
 
 
+CLIENT_TIMEOUT_S = 60.0
+
+
+def overload(model: str, args: argparse.Namespace) -> dict:
+    """``--overload-clients`` clients sending 32 passages per request, each as soon as its last was answered."""
+    passages = [json.loads(line)["contents"] for line in (DATA / "scifact" / "passages.jsonl").open()][:2000]
+    batches = [["passage: " + p for p in passages[i:i + 32]] for i in range(0, len(passages), 32)]
+    by_status: dict[str, list[float]] = {}
+    lock = threading.Lock()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url, key = start_server(model, args.threads, Path(tmp), args.server_args.split())
+        stop = time.perf_counter() + args.seconds
+
+        def client(i: int) -> None:
+            session = requests.Session()
+            j = i
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                try:
+                    r = session.post(url, json={"inputs": batches[j % len(batches)]}, headers={"key": key},
+                                     timeout=CLIENT_TIMEOUT_S)
+                    outcome = str(r.status_code)
+                except requests.Timeout:
+                    outcome = "timeout"
+                except requests.ConnectionError:
+                    outcome = "connection error"
+                with lock:
+                    by_status.setdefault(outcome, []).append((time.perf_counter() - t) * 1000)
+                j += args.overload_clients
+
+        try:
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(args.overload_clients)]
+            started = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - started
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    return {"model": model, "clients": args.overload_clients, "seconds": elapsed, "server_args": args.server_args,
+            "outcomes": {k: {"count": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99)}
+                         for k, v in sorted(by_status.items())}}
+
+
+def report_overload(r: dict) -> None:
+    print(f"\n== {r['model']}: {r['clients']} clients x 32 passages for {r['seconds']:.0f} s "
+          f"(server args: {r['server_args'] or 'defaults'})")
+    for outcome, row in r["outcomes"].items():
+        print(f"  {outcome:>16}: {row['count']:6d} answers  p50 {row['p50_ms']:9.1f} ms  p99 {row['p99_ms']:9.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["all-minilm-l6-v2", str(E5_SHAPE_DIR)])
@@ -158,9 +220,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each load level")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--overload", action="store_true", help="the 429 test (see above) instead")
+    parser.add_argument("--overload-clients", type=int, default=200)
+    parser.add_argument("--server-args", default="", help="extra `e5studio serve` flags, e.g. '--max-queue 8'")
     args = parser.parse_args()
     ensure_e5_shape(args.models)
-    run_models(args.models, lambda model: bench(model, args), report, args.json)
+    if args.overload:
+        run_models(args.models, lambda model: overload(model, args), report_overload, args.json)
+    else:
+        run_models(args.models, lambda model: bench(model, args), report, args.json)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,12 +27,17 @@ from e5studio.engine.embedder import Embedder
 from e5studio.errors import E5StudioError
 from e5studio.serving import state as serving_state
 from e5studio.serving.access_log import AccessLog, call_record
-from e5studio.serving.http_errors import describe, error_body
+from e5studio.serving.allocator import tune_malloc
+from e5studio.serving.batcher import QueueLimits
+from e5studio.serving.guards import BodyDeadline, CrashGuard
+from e5studio.serving.http_errors import describe, error_body, log_crash
 from e5studio.serving.inference import InferenceService
 from e5studio.serving.metrics import Metrics
 from e5studio.serving.models import ModelPool
 from e5studio.serving.routes import admin, health, openai, sambastudio
-from e5studio.serving.urls import curl_line, endpoint_urls
+from e5studio.serving.schemas import install_openapi
+from e5studio.serving.throttle import LoginThrottle
+from e5studio.serving.urls import INFERENCE_PATHS, curl_line, endpoint_urls
 from e5studio.settings import EngineSettings, ServeSettings
 from e5studio.web.mount import error_page, mount_ui
 from e5studio.web.sessions import SessionStore
@@ -45,7 +51,12 @@ DEFAULT_PROJECT = "default"
 
 
 def open_store(settings: ServeSettings) -> Store:
-    """The control store of the data directory (created on first use)."""
+    """The control store of the data directory (created on first use, by the store: the directory ``0700``,
+    the database ``0600``; sessions and job records are in there). Store files of an older version are
+    narrowed to ``0600`` here; a directory that already exists is left as its owner made it."""
+    for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):
+        if (settings.data_dir / name).exists():
+            os.chmod(settings.data_dir / name, 0o600)
     return Store(settings.data_dir / STORE_FILE)
 
 
@@ -53,21 +64,28 @@ def create_app(settings: ServeSettings, store: Store,
                loader: Callable[[EngineSettings], Embedder] = Embedder.load) -> FastAPI:
     """The server: serving routes and web UI over ``store``; models load when the app starts (lifespan)."""
     metrics = Metrics()
-    pool = ModelPool(store, settings.engine, metrics, settings.max_queue, loader=loader)
+    limits = QueueLimits(max_requests=settings.max_queue, max_tokens=settings.max_queue_tokens,
+                         max_wait_s=settings.max_queue_wait_s)
+    pool = ModelPool(store, settings.engine, metrics, limits, loader=loader)
     jobs = JobRunner(store, settings.data_dir)
     inference = InferenceService(store, pool)
+    throttle = LoginThrottle()
 
     app = FastAPI(title="e5studio", version=__version__, lifespan=partial(_lifespan, pool=pool, jobs=jobs))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
-                                                          metrics=metrics, inference=inference))
-    for error in (E5StudioError, HTTPException, RequestValidationError, Exception):
+                                                          metrics=metrics, inference=inference,
+                                                          login_throttle=throttle))
+    for error in (E5StudioError, HTTPException, RequestValidationError):
         app.add_exception_handler(error, _answer_error)
     for module in (sambastudio, openai, health, admin):
         app.include_router(module.router)
+    install_openapi(app, INFERENCE_PATHS, admin.router.prefix)
     mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(), deploy=pool.deploy,
                            endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,
-                           endpoint_stats=metrics.endpoint_stats.get, embed=inference.run))
+                           endpoint_stats=metrics.endpoint_stats.get, embed=inference.run, login_guard=throttle))
+    app.add_middleware(CrashGuard, answer=_answer_crash)  # inside the access log: a crash is logged as a 500
     app.add_middleware(AccessLog, metrics=metrics)
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
     return app
 
 
@@ -79,7 +97,9 @@ async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner) -> AsyncI
     yield
     watcher.cancel()
     await asyncio.to_thread(jobs.close, JOB_STOP_TIMEOUT_S)  # children record Interrupted
-    pool.close()  # queued requests finish before the workers stop
+    # models still loading are waited for (exiting while a loader is inside the engine aborts the process);
+    # queued requests finish before the workers stop
+    await asyncio.to_thread(pool.close)
 
 
 async def _watch_jobs(jobs: JobRunner) -> None:
@@ -91,15 +111,26 @@ async def _watch_jobs(jobs: JobRunner) -> None:
             log.exception("polling the background jobs failed")
 
 
-async def _answer_error(request: Request, exc: Exception) -> Response:
+async def _answer_error(request: Request, exc: Exception, request_id: str | None = None) -> Response:
     """The one error handler: status and message from the one table (``serving.http_errors``); a page of the
     web UI shows them as HTML, everything else (API, the UI's JSON calls) gets the JSON error body."""
     answer = describe(exc, request.method, request.url.path)
     call_record(request).error_type = answer.kind
     page = error_page(request, answer.status, answer.message, exc)
     if page is not None:
+        page.headers.update(answer.headers)
         return page
-    return JSONResponse(error_body(answer.message, answer.kind, answer.status), status_code=answer.status)
+    headers = dict(answer.headers)
+    if request_id is not None:
+        headers["X-Request-ID"] = request_id
+    return JSONResponse(error_body(answer.message, answer.kind, answer.status, request_id),
+                        status_code=answer.status, headers=headers)
+
+
+async def _answer_crash(request: Request, exc: Exception, request_id: str) -> Response:
+    """An exception no handler answered (a bug): logged with its traceback, answered as a 500 with its id."""
+    log_crash(exc, request.method, request.url.path, request_id)
+    return await _answer_error(request, exc, request_id)
 
 
 def first_start(store: Store, settings: ServeSettings, endpoint_name: str) -> list[str]:
@@ -126,6 +157,7 @@ def serve(settings: ServeSettings, endpoint_name: str) -> None:
     running jobs record Interrupted), close the store."""
     import uvicorn
 
+    tune_malloc()  # also where the server is started without the CLI (done already: no harm)
     with open_store(settings) as store:
         for line in first_start(store, settings, endpoint_name):
             print(line, flush=True)

@@ -40,6 +40,9 @@ def _endpoint_name(model: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from e5studio.serving.allocator import tune_malloc
+
+    tune_malloc()  # before the server (and the engine) allocate anything
     import logging
     from pathlib import Path
 
@@ -48,6 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = engine_settings(args)
     settings = ServeSettings(data_dir=Path(args.data_dir), host=args.host, port=args.port,
                              default_model=engine.model, engine=engine, max_queue=args.max_queue,
+                             max_queue_tokens=args.max_queue_tokens, max_queue_wait_s=args.max_queue_wait,
+                             body_timeout_s=args.body_timeout,
                              max_body_bytes=args.max_body_bytes, public_url=args.public_url,
                              max_upload_bytes=args.max_upload_mb * 1024 * 1024)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -166,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data-dir", default=".e5studio", help="where the control store lives (default ./.e5studio)")
     serve.add_argument("--max-queue", type=int, default=256, help="queued requests per model before HTTP 429")
+    serve.add_argument("--max-queue-tokens", type=int, default=256 * 1024,
+                       help="queued tokens per model (estimated from characters) before HTTP 429")
+    serve.add_argument("--max-queue-wait", type=float, default=10.0,
+                       help="expected queue wait in seconds (at the measured tokens/s) before HTTP 429 (default 10)")
+    serve.add_argument("--body-timeout", type=float, default=30.0,
+                       help="seconds a request body may take to arrive (plus 1 s per 64 KiB) before HTTP 408")
     serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request-body limit (HTTP 413)")
     serve.add_argument("--max-upload-mb", type=int, default=1024,
                        help="web UI dataset uploads: limit for both files together, in MiB (default 1024)")

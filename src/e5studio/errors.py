@@ -22,7 +22,11 @@ class AuthError(E5StudioError):
 
 
 class CapacityError(E5StudioError):
-    """The server is full (queue bound reached); retry later."""
+    """The server is full (queue bound reached) or a client is throttled; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class NotFoundError(E5StudioError):
@@ -55,6 +59,10 @@ class UnavailableError(E5StudioError):
 
 class PayloadTooLargeError(InputError):
     """The request body is over the server's limit."""
+
+
+class BodyTimeoutError(InputError):
+    """The request body did not arrive within the server's read timeout."""
 
 
 class ForbiddenError(AuthError):

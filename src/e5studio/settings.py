@@ -83,7 +83,11 @@ class ServeSettings:
 
     data_dir: where the control store (SQLite) lives.
     default_model: the model of the endpoint created when the store has none.
-    max_queue: requests queued per loaded model before new ones get HTTP 429.
+    max_queue: requests queued per loaded model before new ones get HTTP 429 (with Retry-After).
+    max_queue_tokens: tokens queued per loaded model (estimated from characters before tokenising) before 429.
+    max_queue_wait_s: expected wait (queued tokens at the measured tokens/s) before 429: load is shed well
+      before clients time out (60 s is a common client timeout).
+    body_timeout_s: a request body must arrive within this (plus 1 s per 64 KiB declared) or HTTP 408.
     max_body_bytes: request-body limit (HTTP 413 above it).
     max_upload_bytes: limit of a dataset upload in the web UI (both files together).
     public_url: base URL printed for endpoints (default http://HOST:PORT).
@@ -95,6 +99,9 @@ class ServeSettings:
     default_model: str = DEFAULT_MODEL
     engine: EngineSettings = EngineSettings()
     max_queue: int = 256
+    max_queue_tokens: int = 256 * 1024
+    max_queue_wait_s: float = 10.0
+    body_timeout_s: float = 30.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_upload_bytes: int = 1024 * 1024 * 1024
     public_url: str | None = None

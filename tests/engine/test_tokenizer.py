@@ -172,3 +172,81 @@ def test_no_tokenizer_files_is_a_model_error(vocab_only_dir: Path, tmp_path: Pat
     (directory / "vocab.txt").unlink()
     with pytest.raises(ModelError, match=r"no tokenizer.*tokenizer\.json.*vocab\.txt"):
         Tokenizer(directory, max_length=512)
+
+
+# ------------------------------------------------------------------------------ bounded tokenising
+
+
+def _scripts(vocab: Path) -> dict[str, list[str]]:
+    """The vocabulary's whole words grouped by the script of their first letter (the first word of its
+    Unicode name: LATIN, CJK, HANGUL, ARABIC, ...)."""
+    import unicodedata
+
+    scripts: dict[str, list[str]] = {}
+    for line in vocab.read_text(encoding="utf-8").splitlines():
+        if not line or line.startswith(("##", "[")) or not line[0].isalpha():
+            continue
+        script = unicodedata.name(line[0], "UNKNOWN").split()[0]
+        scripts.setdefault(script, []).append(line)
+    return scripts
+
+
+def _truncated_whole(minilm_dir: Path, text: str, max_length: int) -> list[int]:
+    raw = _raw_ids(minilm_dir, text)
+    return raw if len(raw) <= max_length else raw[: max_length - 1] + [raw[-1]]
+
+
+def test_long_texts_of_every_script_match_whole_text_tokenising(minilm_dir: Path) -> None:
+    """Texts of every script of the vocab, long enough that only a head is tokenised, shifted so that the
+    heads' cuts fall inside words (and inside [SEP] / [MASK] strings): the ids equal tokenising the whole text
+    and truncating it."""
+    import random
+
+    rng = random.Random(13)
+    scripts = _scripts(minilm_dir / "vocab.txt")
+    assert len(scripts) >= 10, sorted(scripts)
+    tokenizer = Tokenizer(minilm_dir, max_length=64)  # heads of 512 characters: many cuts per text
+    checked = 0
+    for script, words in sorted(scripts.items()):
+        # words glued to their neighbours now and then (long words, cut anywhere), punctuation, special tokens
+        parts = [rng.choice(words) * rng.choice((1, 1, 1, 3, 30)) + rng.choice((" ", " ", "", ", ", "[SEP]", "\n"))
+                 for _ in range(250)]
+        text = "".join(parts)
+        for shift in (0, 1, 3, 7, 255, 510, 511, 513):
+            shifted = "x" * shift + text
+            assert tokenizer.encode([shifted])[0].tolist() == _truncated_whole(minilm_dir, shifted, 64), \
+                (script, shift)
+            checked += 1
+    assert checked >= 10 * 8
+
+
+@pytest.mark.parametrize("text", [
+    " " * 300_000 + "after the spaces",
+    "\x01\u200b" * 150_000 + "after removed characters",
+    "a" * 300_000 + " then words, " * 200,
+    "é" * 300_000 + "!" + " more" * 100,
+    "東京" * 150_000,
+    "😀" * 300_000 + " tail",
+    ("word " * 100 + "[SE") + "P] " + "z" * 1000,
+])
+def test_degenerate_long_texts_match_whole_text_tokenising(minilm_dir: Path, text: str) -> None:
+    tokenizer = Tokenizer(minilm_dir, max_length=512)
+    assert tokenizer.encode([text])[0].tolist() == _truncated_whole(minilm_dir, text, 512)
+
+
+def test_tokenising_cost_follows_the_kept_tokens_not_the_text(tokenizer: Tokenizer) -> None:
+    """An 8 MB text of words costs about what its head costs (whole-text tokenising takes ~20 s here)."""
+    import time
+
+    tokenizer.encode(["warm up"])
+    for text in ("hello world " * 700_000, "a" * 8_000_000, " " * 8_000_000, "東京" * 4_000_000):
+        started = time.perf_counter()
+        ids = tokenizer.encode([text])[0]
+        assert time.perf_counter() - started < 3.0, text[:20]
+        assert len(ids) <= 512
+
+
+@pytest.mark.parametrize("text", ["\ud800 abc", "abc \udfff", "x" * 10_000 + "\udbff"])
+def test_lone_surrogate_is_an_input_error_naming_it(tokenizer: Tokenizer, text: str) -> None:
+    with pytest.raises(InputError, match=r"input 1 has a lone surrogate \(U\+D[8-F][0-9A-F]{2}\) at character \d+"):
+        tokenizer.encode(["fine", text])

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from e5studio.errors import CapacityError, ClientGone, InputError, ModelError
-from e5studio.serving.batcher import Batcher
+from e5studio.errors import CapacityError, ClientGone, InputError, ModelError, UnavailableError
+from e5studio.serving.batcher import Batcher, QueueLimits
 
 T = TypeVar("T")
 WAIT_S = 10.0
@@ -216,7 +216,7 @@ def test_an_engine_failure_reaches_the_caller_and_the_worker_survives(
 
 def test_full_queue_raises_capacity_error_and_accepted_requests_finish() -> None:
     engine = FakeEngine()
-    batcher = Batcher(engine, max_queue=2)
+    batcher = Batcher(engine, limits=QueueLimits(max_requests=2))
 
     async def main() -> None:
         engine.hold()
@@ -308,7 +308,7 @@ def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
         await closing
         for i, rows in enumerate(results, start=1):
             np.testing.assert_array_equal(rows, expected_rows([seq(i)]))
-        with pytest.raises(ModelError, match="shut down"):
+        with pytest.raises(UnavailableError, match="shut down"):
             await batcher.submit([seq(99)])
 
     run(main)

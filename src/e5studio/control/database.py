@@ -4,6 +4,7 @@ other processes are not blocked; named migrations applied on open (:mod:`.migrat
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import sqlite3
@@ -32,7 +33,7 @@ def new_id() -> str:
 
 
 def check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):  # fullmatch: "$" would let "name\n" in
         raise InputError(
             f"invalid {kind} name {name!r}: use 1-64 characters, letters, digits, '_', '.' or '-', "
             f"starting with a letter or digit (pattern {NAME_PATTERN})"
@@ -45,8 +46,9 @@ class Database:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         in_memory = self.path == ":memory:"
-        if not in_memory:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if not in_memory:  # readable by the owner only: sessions and job records are in there
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite's -wal/-shm take its mode
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         try:

@@ -26,6 +26,7 @@ from e5studio.jobspec.layout import PASSAGES_FILE, TRAIN_FILE
 
 DEFAULT_MAX_PROBLEMS = 100
 _INT_RE = re.compile(r"^[0-9]+$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _KEY_BEFORE = re.compile(r'"([^"\\]{1,64})"\s*:\s*$')
 _LISTED = 10  # line numbers listed in an aggregated warning
 
@@ -152,14 +153,22 @@ def check_passage(obj: Any) -> str | None:
         return f"field \"contents\" must be a string, got {_type_name(obj['contents'])}"
     if not obj["contents"].strip():
         return "field \"contents\" is empty"
-    return None
+    return _lone_surrogate("contents", obj["contents"])
+
+
+def _lone_surrogate(field: str, text: str) -> str | None:
+    """Valid JSON (an escaped "\\ud800") that is no text: the tokenizer cannot take it."""
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return f"field \"{field}\" has a lone surrogate (U+{ord(found.group()):04X}) at character {found.start()}"
 
 
 def _doc_id(value: Any, n_passages: int) -> tuple[int, None] | tuple[None, str]:
     if isinstance(value, bool) or not isinstance(value, int | str):
         return None, f"doc id {json.dumps(value)} is not an integer or a string of digits"
     if isinstance(value, str):
-        if not _INT_RE.match(value):
+        if not _INT_RE.fullmatch(value):
             return None, f"doc id {json.dumps(value)} is not an integer or a string of digits"
         value = int(value)
     if not 0 <= value < n_passages:
@@ -221,6 +230,8 @@ def parse_train_line(obj: Any, n_passages: int, line: int) -> tuple[TrainExample
         errors.append(f"field \"query\" must be a string, got {_type_name(query)}")
     elif not query.strip():
         errors.append("field \"query\" is empty")
+    elif (surrogate := _lone_surrogate("query", query)) is not None:
+        errors.append(surrogate)
     positives, pos_errors, pos_warnings = _parse_ids(obj, "positives", n_passages, required=True)
     negatives, neg_errors, neg_warnings = _parse_ids(obj, "negatives", n_passages, required=False)
     errors += pos_errors + neg_errors

@@ -9,7 +9,8 @@ UI's pages show the same status and message as an HTML page. Routes and pages ra
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from e5studio import errors
 # Most specific first: the first class that matches decides.
 STATUS_TABLE: list[tuple[type[BaseException], int, str]] = [
     (errors.PayloadTooLargeError, 413, "payload_too_large"),
+    (errors.BodyTimeoutError, 408, "request_timeout"),
     (errors.ConflictError, 409, "conflict"),
     (errors.InputError, 400, "invalid_request_error"),
     (errors.ForbiddenError, 403, "permission_error"),
@@ -47,6 +49,7 @@ class ErrorAnswer:
     status: int
     kind: str
     message: str
+    headers: dict[str, str] = field(default_factory=dict)  # Retry-After on 429, Allow on 405
 
 
 def describe(exc: BaseException, method: str, path: str) -> ErrorAnswer:
@@ -55,17 +58,28 @@ def describe(exc: BaseException, method: str, path: str) -> ErrorAnswer:
     (logged with their traceback; the answer names only the exception's type)."""
     if isinstance(exc, errors.E5StudioError):
         status, kind = status_for(exc)
-        return ErrorAnswer(status, kind, str(exc))
+        headers = {}
+        if isinstance(exc, errors.CapacityError):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return ErrorAnswer(status, kind, str(exc), headers)
     if isinstance(exc, HTTPException):
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
-        return ErrorAnswer(exc.status_code, "http_error", f"{message}: {method} {path}")
+        return ErrorAnswer(exc.status_code, "http_error", f"{message}: {method} {path}", dict(exc.headers or {}))
     if isinstance(exc, RequestValidationError):
         first: Any = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return ErrorAnswer(400, "invalid_request_error", f"{where}: {first.get('msg', 'invalid')}")
-    logging.getLogger("e5studio").error("unhandled error on %s", path, exc_info=exc)
     return ErrorAnswer(500, "server_error", f"internal error: {type(exc).__name__}")
 
 
-def error_body(message: str, kind: str, status: int) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "code": status}}
+def log_crash(exc: BaseException, method: str, path: str, request_id: str) -> None:
+    """An unexpected exception, logged with its traceback under the request id the answer carries."""
+    logging.getLogger("e5studio").error("unhandled error on %s %s (request %s)", method, path, request_id,
+                                        exc_info=exc)
+
+
+def error_body(message: str, kind: str, status: int, request_id: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message, "type": kind, "code": status}
+    if request_id is not None:
+        error["request_id"] = request_id  # the id the server logged the failure under
+    return {"error": error}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +23,13 @@ from starlette.requests import Request
 from e5studio.control.store import Endpoint, Store
 from e5studio.errors import AuthError, ForbiddenError, InputError, PayloadTooLargeError
 from e5studio.serving.access_log import call_record
+from e5studio.serving.batcher import estimate_tokens
 from e5studio.serving.models import ModelPool
 
 TextReader = Callable[[], Awaitable[list[str]]]
+MAX_JSON_DEPTH = 32  # no request shape nests deeper than 4
+MAX_INT_DIGITS = 30  # an id or a count; longer numbers are refused, not silently changed
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -42,16 +48,85 @@ class Embedded:
     tokens: int
 
 
-def request_key(request: Request) -> str | None:
-    """The endpoint key from ``key: <key>`` (SambaStudio) or ``Authorization: Bearer <key>`` (OpenAI)."""
-    key = request.headers.get("key")
-    if key:
-        return key.strip()
+def bearer_token(request: Request) -> str | None:
+    """The credential of ``Authorization: Bearer <token>`` (OpenAI clients, the admin API)."""
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+def request_keys(request: Request) -> list[str]:
+    """The credentials a request sends: ``key: <key>`` (SambaStudio) and ``Authorization: Bearer <key>``
+    (OpenAI), in that order; a request is let in if any of them is valid (a stray header never hides a
+    valid one)."""
+    keys = []
+    key = request.headers.get("key", "").strip()
+    if key:
+        keys.append(key)
+    bearer = bearer_token(request)
+    if bearer is not None and bearer not in keys:
+        keys.append(bearer)
+    return keys
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InputError(f"request body has {name}: not a JSON number (numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InputError(f"request body has the number {text[:40]}, out of range (numbers must be finite)")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InputError(f"request body has a number of {len(text.lstrip('-'))} digits; at most {MAX_INT_DIGITS}")
+    return int(text)
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON text as Python values; InputError naming the problem for anything not JSON or out of range
+    (NaN/Infinity, numbers that overflow or have too many digits, nesting deeper than ``MAX_JSON_DEPTH``,
+    strings with lone surrogates, which no UTF-8 text can hold)."""
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
+                           parse_int=_bounded_int)
+    except UnicodeDecodeError:
+        raise InputError("request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InputError(f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    _check_values(value)
+    return value
+
+
+def _check_values(value: Any) -> None:
+    """Nesting depth and lone surrogates, with the path of the first offending value."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InputError(f"request body is nested too deeply at {path!r} (at most {MAX_JSON_DEPTH} levels)")
+        if isinstance(item, str):
+            _check_text(item, path)
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                _check_text(k, f"{path}.{k!r}" if path else repr(k))
+                stack.append((v, f"{path}.{k}" if path else k, depth + 1))
+
+
+def _check_text(text: str, path: str) -> None:
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise InputError(f"'{path}' has a lone surrogate (U+{ord(found.group()):04X}) at character {found.start()}:"
+                         f" strings must be valid Unicode (encodable as UTF-8)")
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -69,12 +144,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     raw = b"".join(chunks)
     if not raw.strip():
         raise InputError("request body is empty; expected a JSON object")
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError("request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise InputError(f"request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -109,7 +179,7 @@ class InferenceService:
         endpoint = self.lookup(ref)
         record = call_record(request)
         record.endpoint, record.endpoint_id = endpoint.name, endpoint.id
-        self.check_key(endpoint, request_key(request))
+        self.check_key(endpoint, request_keys(request))
         texts = await read_texts()
         result = await self.run(request, endpoint, texts, dimensions)
         record.inputs, record.tokens = len(texts), result.tokens
@@ -127,8 +197,11 @@ class InferenceService:
         if dimensions is not None and dimensions != embedder.dim:
             raise InputError(f"'dimensions' must be {embedder.dim} for this model (it has no shortened "
                              f"embeddings), got {dimensions!r}")
-        sequences = await asyncio.to_thread(embedder.tokenize, texts)
-        rows = await batcher.submit(sequences, disconnected=lambda: _disconnect(request))
+        # admission before any work: an overloaded model says no before the texts are tokenised
+        with batcher.reserve(estimate_tokens(texts, embedder.max_length)) as reservation:
+            sequences = await asyncio.to_thread(embedder.tokenize, texts)
+            rows = await batcher.submit(sequences, disconnected=lambda: _disconnect(request),
+                                        reservation=reservation)
         return Embedded(endpoint=endpoint, rows=rows, tokens=sum(len(s) for s in sequences))
 
     def lookup(self, ref: EndpointRef) -> Endpoint:
@@ -136,21 +209,21 @@ class InferenceService:
             return self.store.find_endpoint(ref.endpoint)
         return self.store.get_endpoint(ref.project, ref.endpoint)
 
-    def check_key(self, endpoint: Endpoint, key: str | None) -> None:
-        if key is None:
+    def check_key(self, endpoint: Endpoint, keys: list[str]) -> None:
+        if not keys:
             raise AuthError("missing endpoint key: send the header 'key: <endpoint key>' "
                             "(or 'Authorization: Bearer <endpoint key>')")
-        if not self.store.check_endpoint_key(endpoint.id, key):
+        if not any([self.store.check_endpoint_key(endpoint.id, key) for key in keys]):  # each one checked
             raise ForbiddenError(f"the key is not valid for endpoint {endpoint.name!r}")
 
-    def endpoints_for_key(self, key: str | None) -> list[Endpoint]:
-        """The endpoints ``key`` opens (the admin token opens all); AuthError if none."""
-        if key is None:
+    def endpoints_for_key(self, keys: list[str]) -> list[Endpoint]:
+        """The endpoints ``keys`` open (the admin token opens all); AuthError if none."""
+        if not keys:
             raise AuthError("missing key: send 'Authorization: Bearer <endpoint key>'")
         endpoints = self.store.list_endpoints()
-        if self.store.check_admin_token(key):
+        if any([self.store.check_admin_token(key) for key in keys]):
             return endpoints
-        endpoints = [e for e in endpoints if self.store.check_endpoint_key(e.id, key)]
+        endpoints = [e for e in endpoints if any([self.store.check_endpoint_key(e.id, key) for key in keys])]
         if not endpoints:
             raise AuthError("the key is not valid for any endpoint")
         return endpoints

@@ -7,6 +7,7 @@ Loading happens in a background thread per model; while it runs the endpoints us
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -14,7 +15,7 @@ from e5studio.control.store import DEPLOYING, FAILED, LIVE, Endpoint, Store
 from e5studio.engine.checkpoint import ALIASES
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import E5StudioError, UnavailableError
-from e5studio.serving.batcher import Batcher
+from e5studio.serving.batcher import Batcher, QueueLimits
 from e5studio.serving.metrics import Metrics
 from e5studio.settings import EngineSettings
 
@@ -42,12 +43,13 @@ class LoadedModel:
 class ModelPool:
     """Loads each model once, keeps endpoint statuses in the store in step with it."""
 
-    def __init__(self, store: Store, engine: EngineSettings, metrics: Metrics, max_queue: int,
+    def __init__(self, store: Store, engine: EngineSettings, metrics: Metrics, limits: QueueLimits,
                  loader: Callable[[EngineSettings], Embedder] = Embedder.load) -> None:
         self._store = store
         self._engine = engine
         self._metrics = metrics
-        self._max_queue = max_queue
+        self._limits = limits
+        self._loaders: list[threading.Thread] = []
         self._loader = loader
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
@@ -65,8 +67,10 @@ class ModelPool:
             if not loaded.done.is_set():
                 self._store.set_status(endpoint.id, DEPLOYING, f"loading {endpoint.model}")
             if start:  # after Deploying is recorded, so a fast failure cannot be overwritten by it
-                threading.Thread(target=self._load, args=(loaded, endpoint.model, endpoint.precision), daemon=True,
-                                 name=f"e5studio-load-{key}").start()
+                loader = threading.Thread(target=self._load, args=(loaded, endpoint.model, endpoint.precision),
+                                          daemon=True, name=f"e5studio-load-{key}")
+                self._loaders.append(loader)
+                loader.start()
         if loaded.done.is_set():
             self._publish(loaded)
 
@@ -79,8 +83,9 @@ class ModelPool:
         try:
             embedder = self._loader(replace(self._engine, model=model, precision=precision))
             loaded.batcher = Batcher(embedder.embed_ids, max_batch_tokens=embedder.max_batch_tokens,
-                                     max_queue=self._max_queue, observer=self._metrics.observer(loaded.key),
+                                     limits=self._limits, observer=self._metrics.observer(loaded.key),
                                      name=loaded.key)
+            loaded.batcher.calibrate(length=min(128, embedder.max_length))  # the wait bound holds from the start
             loaded.embedder = embedder
         except E5StudioError as exc:
             loaded.error = str(exc)
@@ -114,8 +119,14 @@ class ModelPool:
     def loading(self) -> list[str]:
         return [k for k, m in self._models.items() if not m.done.is_set()]
 
-    def close(self) -> None:
-        """Finish queued requests and stop every worker."""
+    def close(self, load_timeout_s: float = 300.0) -> bool:
+        """Wait for models still loading (a process must not exit while a loader thread is inside the engine:
+        that aborts it), finish queued requests and stop every worker. False if a load outlived the timeout."""
+        deadline = time.monotonic() + load_timeout_s
+        for loader in list(self._loaders):
+            loader.join(max(0.0, deadline - time.monotonic()))
+        loaded_all = not any(loader.is_alive() for loader in self._loaders)
         for loaded in list(self._models.values()):
             if loaded.batcher is not None:
                 loaded.batcher.close()
+        return loaded_all

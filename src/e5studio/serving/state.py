@@ -13,6 +13,7 @@ from e5studio.control.store import Store
 from e5studio.serving.inference import InferenceService
 from e5studio.serving.metrics import Metrics
 from e5studio.serving.models import ModelPool
+from e5studio.serving.throttle import LoginThrottle
 from e5studio.settings import ServeSettings
 
 _APP_STATE_KEY = "serving"
@@ -25,6 +26,7 @@ class ServingState:
     pool: ModelPool  # one loaded model (embedder + batcher) per model key
     metrics: Metrics
     inference: InferenceService  # the one service call of the inference routes
+    login_throttle: LoginThrottle  # failed admin logins per client address (shared with the web UI's login)
 
 
 def install(app: FastAPI, state: ServingState) -> None:

@@ -14,6 +14,8 @@ GENERIC_V2_PATH = "/api/v2/predict/generic/{project}/{endpoint}"
 OPENAI_BASE = "/v1"
 OPENAI_EMBEDDINGS_PATH = OPENAI_BASE + "/embeddings"
 OPENAI_MODELS_PATH = OPENAI_BASE + "/models"
+# the routes that take an endpoint key
+INFERENCE_PATHS = {NLP_PATH, GENERIC_PATH, GENERIC_V2_PATH, OPENAI_EMBEDDINGS_PATH, OPENAI_MODELS_PATH}
 # the requests counted as inference in the metrics: these path prefixes (of the paths above)
 INFERENCE_PREFIXES = ("/api/predict/", "/api/v2/predict/", OPENAI_EMBEDDINGS_PATH)
 

@@ -97,8 +97,8 @@ async def read_json(request: Request, session: Session, limit: int) -> dict[str,
     raw = await _limited(request, limit, "the request body").body()
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError("the request body is not JSON") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: also numbers over the digit limit
+        raise InputError("the request body is not JSON (or nested too deeply)") from None
     if not isinstance(body, dict):
         raise InputError("the request body must be a JSON object")
     return body

@@ -48,9 +48,12 @@ async def login_form(request: Request, next: str = "/ui/") -> Response:  # noqa:
 @public.post("/login")
 async def login(request: Request, ui: UI) -> Response:
     """The admin token in, a session cookie out (HTTP-only, SameSite=Strict)."""
+    address = request.client.host if request.client else "unknown"
+    ui.login_guard.check(address)
     form = await request.form(max_files=0, max_fields=8)
     token, target = text_field(form, "token"), safe_next(text_field(form, "next"))
     if not token or not ui.store.check_admin_token(token):
+        ui.login_guard.failed(address)
         return render(request, "login.html", status_code=401, next=target,
                       error="That admin token is not valid. It is printed once when `e5studio serve` first starts.")
     session_id, _ = ui.sessions.create()

@@ -55,6 +55,14 @@ class EmbedTexts(Protocol):
     async def __call__(self, request: Request, endpoint: Endpoint, texts: list[str]) -> Rows: ...
 
 
+class LoginGuard(Protocol):
+    """Failed logins per client address: ``check`` raises CapacityError (HTTP 429) for a throttled address."""
+
+    def check(self, address: str) -> None: ...
+
+    def failed(self, address: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class WebState:
     settings: ServeSettings
@@ -66,6 +74,7 @@ class WebState:
     curl_line: Callable[[str, str], str]  # (url, key) -> a curl command that embeds one query
     endpoint_stats: Callable[[str], RequestStats]  # by endpoint id
     embed: EmbedTexts  # the *Try it* box
+    login_guard: LoginGuard  # the login form's failures, throttled per client address
 
 
 def install(app: FastAPI, state: WebState) -> None:

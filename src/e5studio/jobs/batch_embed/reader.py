@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from e5studio.errors import InputError
 FORMATS = ("jsonl", "parquet", "text")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet",
              ".txt": "text", ".text": "text", ".tsv": "text"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _EXCERPT = 200  # characters of a bad line kept in its reject record
 _FINGERPRINT_BYTES = 1 << 20
 
@@ -131,7 +133,7 @@ class Window:
 
 def _excerpt(raw: bytes | str) -> str:
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    return text.rstrip("\r\n")[:_EXCERPT]
+    return _SURROGATE.sub("\ufffd", text.rstrip("\r\n")[:_EXCERPT])  # the rejects file stays UTF-8
 
 
 def _record_id(value: object) -> str | None:
@@ -153,11 +155,17 @@ def _from_fields(spec: InputSpec, index: int, text: object, raw_id: object, has_
         return Reject(line, f"text field {spec.text_field!r} is {type(text).__name__}, not a string", excerpt)
     if not text.strip():
         return Reject(line, f"empty text in field {spec.text_field!r}", excerpt)
+    surrogate = _SURROGATE.search(text)
+    if surrogate is not None:  # valid JSON (an escaped "\ud800"), but no text: the tokenizer cannot take it
+        return Reject(line, f"text field {spec.text_field!r} has a lone surrogate (U+{ord(surrogate.group()):04X}) "
+                            f"at character {surrogate.start()}", excerpt)
     if spec.id_field is None:
         return Record(str(index), text, line)
     if not has_id:
         return Reject(line, f"missing id field {spec.id_field!r}", excerpt)
     record_id = _record_id(raw_id)
+    if record_id is not None and _SURROGATE.search(record_id):
+        return Reject(line, f"id field {spec.id_field!r} has a lone surrogate", excerpt)
     if record_id is None:
         return Reject(line, f"id field {spec.id_field!r} must be a non-empty string or an integer", excerpt)
     return Record(record_id, text, line)

@@ -52,7 +52,7 @@ class PostgresSink:
     def __post_init__(self) -> None:
         if not self.url.startswith(("postgres://", "postgresql://")):
             raise InputError(f"--sink must be a postgres:// or postgresql:// URL, got {redact(self.url)!r}")
-        if not _IDENTIFIER.match(self.table):
+        if not _IDENTIFIER.fullmatch(self.table):
             raise InputError(f"--table must be a plain SQL identifier (letters, digits, _), got {self.table!r}")
 
     def _connect(self) -> Any:

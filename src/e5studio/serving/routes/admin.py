@@ -9,22 +9,29 @@ from fastapi import APIRouter, Depends, Request
 
 from e5studio.control.store import Endpoint
 from e5studio.errors import AuthError, ForbiddenError, InputError
-from e5studio.serving.inference import read_json, request_key
+from e5studio.serving.inference import bearer_token, read_json
+from e5studio.serving.schemas import ADMIN_ERRORS, EndpointCreate, ProjectCreate, body, errors
 from e5studio.serving.state import ServingState, State
+from e5studio.serving.throttle import client_address
 from e5studio.serving.urls import curl_line, endpoint_urls
 
 ADMIN_BODY_LIMIT = 64 * 1024
 
 
 def require_admin(request: Request, state: State) -> None:
-    token = request_key(request)
+    """The admin token of ``Authorization: Bearer`` (other headers, e.g. a stray ``key:``, play no part);
+    failures are throttled per client address."""
+    address = client_address(request.client)
+    state.login_throttle.check(address)
+    token = bearer_token(request)
     if token is None:
         raise AuthError("missing admin token: send 'Authorization: Bearer <admin token>'")
     if not state.store.check_admin_token(token):
+        state.login_throttle.failed(address)
         raise ForbiddenError("the admin token is not valid")
 
 
-router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)], responses=errors(*ADMIN_ERRORS))
 
 
 def endpoint_view(state: ServingState, endpoint: Endpoint) -> dict[str, Any]:
@@ -33,6 +40,8 @@ def endpoint_view(state: ServingState, endpoint: Endpoint) -> dict[str, Any]:
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
     value = body.get(name, default)
+    if value is None and default is not ...:  # null: the default
+        value = default
     if value is ...:
         raise InputError(f"'{name}' is required")
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -45,7 +54,7 @@ async def list_projects(state: State) -> dict[str, Any]:
     return {"projects": [asdict(p) for p in state.store.list_projects()]}
 
 
-@router.post("/projects", status_code=201)
+@router.post("/projects", status_code=201, openapi_extra=body(ProjectCreate))
 async def create_project(request: Request, state: State) -> dict[str, Any]:
     body = await read_json(request, ADMIN_BODY_LIMIT)
     project = state.store.create_project(_field(body, "name", str), _field(body, "description", str, ""))
@@ -57,7 +66,7 @@ async def list_endpoints(state: State, project: str | None = None) -> dict[str, 
     return {"endpoints": [endpoint_view(state, e) for e in state.store.list_endpoints(project)]}
 
 
-@router.post("/endpoints", status_code=201)
+@router.post("/endpoints", status_code=201, openapi_extra=body(EndpointCreate))
 async def create_endpoint(request: Request, state: State) -> dict[str, Any]:
     body = await read_json(request, ADMIN_BODY_LIMIT)
     endpoint, key = state.store.create_endpoint(

@@ -10,7 +10,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from e5studio.errors import InputError
-from e5studio.serving.inference import EndpointRef, read_json, request_key, string_list
+from e5studio.serving.inference import EndpointRef, read_json, request_keys, string_list
+from e5studio.serving.schemas import INFERENCE_ERRORS, ModelList, OpenAIRequest, OpenAIResponse, body, errors
 from e5studio.serving.state import State
 from e5studio.serving.urls import OPENAI_EMBEDDINGS_PATH, OPENAI_MODELS_PATH
 
@@ -33,7 +34,8 @@ def _encode(row: np.ndarray, encoding_format: str) -> list[float] | str:
     return row.tolist()
 
 
-@router.post(OPENAI_EMBEDDINGS_PATH)
+@router.post(OPENAI_EMBEDDINGS_PATH, response_model=None, openapi_extra=body(OpenAIRequest),
+             responses=errors(*INFERENCE_ERRORS, ok=OpenAIResponse))
 async def embeddings(request: Request, state: State) -> dict[str, Any]:
     body = await read_json(request, state.settings.max_body_bytes)
     model = body.get("model")
@@ -59,10 +61,10 @@ async def embeddings(request: Request, state: State) -> dict[str, Any]:
     }
 
 
-@router.get(OPENAI_MODELS_PATH)
+@router.get(OPENAI_MODELS_PATH, response_model=None, responses=errors(401, 403, 405, 500, ok=ModelList))
 async def models(request: Request, state: State) -> dict[str, Any]:
     """The endpoints this key opens (the admin token lists all)."""
     return {"object": "list", "data": [
         {"id": e.name, "object": "model", "owned_by": e.project_name, "precision": e.precision,
          "created": int(datetime.fromisoformat(e.created_at).timestamp())}
-        for e in state.inference.endpoints_for_key(request_key(request))]}
+        for e in state.inference.endpoints_for_key(request_keys(request))]}

@@ -9,6 +9,17 @@ from fastapi import APIRouter, Request
 
 from e5studio.errors import InputError
 from e5studio.serving.inference import EndpointRef, TextReader, read_json, string_list
+from e5studio.serving.schemas import (
+    INFERENCE_ERRORS,
+    GenericRequest,
+    GenericResponse,
+    NlpRequest,
+    NlpResponse,
+    V2Request,
+    V2Response,
+    body,
+    errors,
+)
 from e5studio.serving.state import State
 from e5studio.serving.urls import GENERIC_PATH, GENERIC_V2_PATH, NLP_PATH
 
@@ -37,20 +48,23 @@ def _list_of(field: str, request: Request, state: State) -> TextReader:
     return read
 
 
-@router.post(NLP_PATH)
+@router.post(NLP_PATH, response_model=None, openapi_extra=body(NlpRequest),
+             responses=errors(*INFERENCE_ERRORS, ok=NlpResponse))
 async def predict_nlp(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
     result = await state.inference.embed(request, EndpointRef(endpoint, project), _list_of("inputs", request, state))
     return {"data": result.rows.tolist()}
 
 
-@router.post(GENERIC_PATH)
+@router.post(GENERIC_PATH, response_model=None, openapi_extra=body(GenericRequest),
+             responses=errors(*INFERENCE_ERRORS, ok=GenericResponse))
 async def predict_generic(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
     result = await state.inference.embed(request, EndpointRef(endpoint, project),
                                          _list_of("instances", request, state))
     return {"predictions": result.rows.tolist()}
 
 
-@router.post(GENERIC_V2_PATH)
+@router.post(GENERIC_V2_PATH, response_model=None, openapi_extra=body(V2Request),
+             responses=errors(*INFERENCE_ERRORS, ok=V2Response))
 async def predict_generic_v2(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
     ids: list[Any] = []
 
@@ -63,7 +77,10 @@ async def predict_generic_v2(request: Request, state: State, project: str, endpo
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("value"), str):
                 raise InputError(f"'items[{i}]' must be an object with a string 'value'")
-            ids.append(item.get("id", str(i)))
+            item_id = item.get("id", str(i))
+            if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
+                raise InputError(f"'items[{i}].id' must be a string or an integer (it is echoed back unchanged)")
+            ids.append(item_id)
             values.append(item["value"])
         return values
 

@@ -1,0 +1,198 @@
+"""The API's request and response shapes as pydantic models: what ``/openapi.json`` (and ``/docs``) declare.
+
+The routes read their bodies themselves (the key is checked before the body is judged, the body is streamed
+under a size limit), so these models document the contract; :func:`body` and :func:`errors` put them on a
+route, :func:`complete_openapi` adds the request-body schemas and the key header as security schemes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+REF = "#/components/schemas/{model}"
+
+# -------------------------------------------------------------------------------------------- requests
+
+
+class Params(BaseModel):
+    """SambaStudio's ``params`` (typed ``{"name": {"type", "value"}}`` or plain); embeddings have none to apply."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class NlpRequest(BaseModel):
+    inputs: list[str] = Field(min_length=1, description="texts to embed (at most the endpoint's batch size)")
+    params: Params | None = None
+
+
+class GenericRequest(BaseModel):
+    instances: list[str] = Field(min_length=1, description="texts to embed (at most the endpoint's batch size)")
+    params: Params | None = None
+
+
+class V2Item(BaseModel):
+    id: str | int | None = Field(None, description="echoed back unchanged (default: the item's index as a string)")
+    value: str
+
+
+class V2Request(BaseModel):
+    items: list[V2Item] = Field(min_length=1)
+    params: Params | None = None
+
+
+class OpenAIRequest(BaseModel):
+    model: str = Field(min_length=1, description="the name or id of an e5studio endpoint")
+    input: str | list[str] = Field(description="a text or a non-empty list of texts")
+    encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: int | None = Field(None, description="must equal the model's dimension if given")
+    user: str | None = None
+
+
+class ProjectCreate(BaseModel):
+    name: str
+    description: str = ""
+
+
+class EndpointCreate(BaseModel):
+    project: str = Field(description="project name or id")
+    name: str
+    model: str | None = Field(None, description="hub id, alias or local directory (default: the server's model)")
+    batch_size: Literal[1, 32] = Field(32, description="32 for vectorising a knowledge base, 1 for a live service")
+    description: str = ""
+    precision: str | None = Field(None, description="fp32 or int8 (default: the server's --precision)")
+
+
+# ------------------------------------------------------------------------------------------- responses
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+    request_id: str | None = Field(None, description="on a 500: the id the server logged the failure under")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class NlpResponse(BaseModel):
+    data: list[list[float]]
+
+
+class GenericResponse(BaseModel):
+    predictions: list[list[float]]
+
+
+class V2ResponseItem(BaseModel):
+    id: str | int
+    value: list[float]
+
+
+class V2Response(BaseModel):
+    items: list[V2ResponseItem]
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32")
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIResponse(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    owned_by: str
+    precision: str
+    created: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    deploying: list[str]
+    endpoints: dict[str, str]
+
+
+REQUEST_MODELS: list[type[BaseModel]] = [NlpRequest, GenericRequest, V2Request, OpenAIRequest, ProjectCreate,
+                                         EndpointCreate]
+
+# the statuses each kind of route can answer besides 2xx (every route: 405 on a wrong method, 408 on a
+# body that does not arrive in time, 500 on a bug)
+COMMON = (405, 408, 500)
+INFERENCE_ERRORS = (400, 401, 403, 404, 413, 429, 499, 503, *COMMON)
+ADMIN_ERRORS = (400, 401, 403, 404, 409, 413, 429, *COMMON)
+PUBLIC_ERRORS = COMMON
+
+
+def body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route whose JSON body is ``model`` (its schema is added by complete_openapi)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": REF.format(model=model.__name__)}}}}}
+
+
+def errors(*statuses: int, ok: type[BaseModel] | None = None) -> dict[int | str, dict[str, Any]]:
+    """``responses`` of a route: each error status with the one error body, and the 200 answer's model where
+    given (declared only: the route builds its answer itself, nothing is validated on the way out)."""
+    responses: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody, "description": "error"}
+                                                  for status in statuses}
+    if ok is not None:
+        responses[200] = {"model": ok, "description": "success"}
+    return responses
+
+
+def install_openapi(app: FastAPI, inference_paths: set[str], admin_prefix: str) -> None:
+    """``app.openapi()`` (served as /openapi.json and read by /docs) as :func:`complete_openapi` makes it."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            app.openapi_schema = complete_openapi(schema, inference_paths, admin_prefix)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def complete_openapi(schema: dict[str, Any], inference_paths: set[str], admin_prefix: str) -> dict[str, Any]:
+    """The request models' schemas, the key header and bearer token as security schemes (inference routes
+    take either, the admin API the bearer admin token), and no 422 (the server answers 400 instead)."""
+    _, defs = models_json_schema([(m, "validation") for m in REQUEST_MODELS], ref_template=REF)
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {}).update(defs.get("$defs", {}))
+    components["securitySchemes"] = {
+        "key": {"type": "apiKey", "in": "header", "name": "key", "description": "the endpoint key (SambaStudio)"},
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "an endpoint key (OpenAI clients), or the admin token for /api/admin"},
+    }
+    components.get("schemas", {}).pop("HTTPValidationError", None)
+    components.get("schemas", {}).pop("ValidationError", None)
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+            if path in inference_paths:
+                operation["security"] = [{"key": []}, {"bearer": []}]
+            elif path.startswith(admin_prefix):
+                operation["security"] = [{"bearer": []}]
+    return schema
