@@ -140,6 +140,35 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """``models pull NAME``: download (or continue) and verify a hub model; ``models list``: the local cache."""
+    from e5studio.engine import download
+    from e5studio.jobspec.progress import Progress
+
+    if args.action == "list":
+        cached = download.list_cached()
+        if not cached:
+            print("no models in the Hugging Face cache (fetch one with `e5studio models pull e5-large-v2`)")
+        for model in cached:
+            print(f"{model.hub_id:<44} {download.format_mb(model.size_bytes):>9} MB  {model.path}")
+        return 0
+    reporter = Progress("models pull", enabled=not args.no_progress)
+    phase = None
+
+    def shown(done: int, total: int) -> None:
+        nonlocal phase
+        if phase is None:
+            phase = reporter.phase(f"downloading {download.ALIASES.get(args.name.lower(), args.name)}", total,
+                                   "MB", scale=lambda v: f"{v / 1e6:,.1f}")
+        phase.update_to(done)
+
+    result = download.pull(args.name, progress=shown)
+    if phase is not None:
+        phase.close()
+    print(result.summary())
+    return 0
+
+
 def _add_admin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="http://127.0.0.1:8000", help="e5studio server URL")
     parser.add_argument("--admin-token", default=None, help="admin token (default $E5STUDIO_ADMIN_TOKEN)")
@@ -211,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     for p in parsers:
         _add_admin_flags(p)
     endpoints.set_defaults(func=cmd_endpoints)
+
+    models = sub.add_parser("models", help="download models from the Hugging Face Hub; list the local cache",
+                            description="pull NAME: download a hub model (alias or owner/name) into the Hugging Face "
+                                        "cache ($HF_HOME; $HF_ENDPOINT for a mirror) with progress, continue an "
+                                        "interrupted download, verify every file; list: cached models and sizes.")
+    msub = models.add_subparsers(dest="action", required=True)
+    pull = msub.add_parser("pull", help="download (or continue) and verify a model")
+    pull.add_argument("name", help="alias (e5-large-v2, e5-base-v2, ...) or hub id (owner/name)")
+    pull.add_argument("--no-progress", action="store_true", help="no progress line")
+    msub.add_parser("list", help="models in the local Hugging Face cache, with their size")
+    models.set_defaults(func=cmd_models)
 
     add_train_parsers(sub)
     add_batch_embed_parsers(sub)
