@@ -120,6 +120,79 @@ def _texts_for(manifest: dict[str, Any] | None, ids: set[str]) -> dict[str, str]
 # ---------------------------------------------------------------------------------------------- eval
 
 
+def _eval_progress(enabled: bool) -> Any:
+    """The eval's phases (passages, queries, scoring) as progress lines on stderr."""
+    from e5studio.jobspec.progress import Progress
+
+    reporter = Progress("eval", enabled=enabled)
+    current: dict[str, Any] = {}
+
+    def shown(phase: str, done: int, total: int) -> None:
+        bar = current.get(phase)
+        if bar is None:
+            for other in current.values():
+                other.close()
+            current.clear()
+            names = {"passages": "embedding passages", "queries": "embedding queries",
+                     "scoring": "searching and scoring"}
+            bar = current[phase] = reporter.phase(names.get(phase, phase), total, "rows" if phase != "scoring"
+                                                  else "queries")
+        bar.update_to(done)
+        if done >= total and phase == "scoring":
+            bar.close()
+
+    return shown
+
+
+def index_corpus(folder: Path, model: dict[str, Any], precision: str, passage_prefix: str) -> Any:
+    """The passage vectors of an ``embed-corpus`` output, for ``eval --index``: refused (InputError naming the
+    difference) unless they were made by the same model (checksum), precision and passage prefix, and hold
+    every passage of the evaluation set in line order."""
+    from e5studio.jobs.batch_embed.reader import InputSpec
+    from e5studio.jobs.batch_embed.writer import read_manifest
+    from e5studio.jobspec.layout import INDEX_DIR, PASSAGES_FILE
+    from e5studio.retrieval.index import ExactIndex
+
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise InputError(f"--index {folder}: no embed-corpus output there (manifest.json missing); make one with "
+                         f"`e5studio embed-corpus DATA/{PASSAGES_FILE} --output {folder} --model MODEL`")
+    if manifest.get("status") != "complete":
+        raise InputError(f"--index {folder}: embed-corpus has not finished; rerun it to complete the index")
+    built, settings = manifest["model"], manifest["settings"]
+    prefix_of = {"passage": "passage: ", "query": "query: ", None: ""}
+    differences = []
+    if built.get("sha256") != model["sha256"]:
+        differences.append(f"model {built.get('name')} (sha256 {str(built.get('sha256'))[:12]}) vs the eval's "
+                           f"{model['name']} (sha256 {model['sha256'][:12]})")
+    if settings.get("precision", "fp32") != precision:
+        differences.append(f"precision {settings.get('precision', 'fp32')} vs the eval's {precision}")
+    if prefix_of.get(settings.get("input_type"), "?") != passage_prefix:
+        differences.append(f"passage prefix {prefix_of.get(settings.get('input_type'), '?')!r} (--input-type "
+                           f"{settings.get('input_type') or 'none'}) vs the eval's {passage_prefix!r}")
+    if built.get("max_length") != model["max_length"]:
+        differences.append(f"max length {built.get('max_length')} vs the eval's {model['max_length']}")
+    if differences:
+        raise InputError(f"--index {folder} does not match this eval: " + "; ".join(differences)
+                         + "; embed the corpus again with the eval's settings, or evaluate without --index")
+
+    def vectors(evalset: Any) -> Any:
+        passages = evalset.directory / PASSAGES_FILE
+        if settings.get("input") != InputSpec.create(str(passages), "auto", None, None).fingerprint() or \
+                settings.get("id_field"):
+            raise InputError(f"--index {folder} was not made from {passages} (by line number); embed that file")
+        index = ExactIndex.open(folder / INDEX_DIR)
+        order = {doc_id: row for row, doc_id in enumerate(index.ids)}
+        missing = [d for d in evalset.doc_ids if d not in order]
+        if missing:
+            raise InputError(f"--index {folder} lacks {len(missing)} passage(s) of {passages} (first: line "
+                             f"{missing[0]}; rejected records?)")
+        rows = [order[d] for d in evalset.doc_ids]
+        return index.vectors[rows] if rows != list(range(len(index.ids))) else index.vectors[:]
+
+    return vectors
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
     from e5studio.jobs.batch_embed.model_identity import model_identity
@@ -131,8 +204,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine = engine_settings(args)
     settings = EvalSettings(data=Path(args.data), split=args.split, query_prefix=query_prefix,
                             passage_prefix=passage_prefix, depth=args.depth, max_queries=args.max_queries)
+    identity = model_identity(engine)
+    corpus = index_corpus(Path(args.index), identity, engine.precision, passage_prefix) if args.index else None
     embedder = Embedder.load(engine)
-    report = run_eval(embedder, settings, model_identity(engine))
+    report = run_eval(embedder, settings, identity, _eval_progress(not args.no_progress), corpus)
+    if args.index:
+        report["index"] = str(Path(args.index).resolve())
     text = json.dumps(report, indent=1)
     if args.report:
         Path(args.report).write_text(text + "\n")
@@ -216,4 +293,8 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--depth", type=int, default=1000, help="passages retrieved per query (default 1000; MAP)")
     ev.add_argument("--max-queries", type=int, default=None, help="evaluate the first N judged queries only")
     ev.add_argument("--report", default=None, help="also write the JSON report to this file")
+    ev.add_argument("--index", default=None, metavar="DIR",
+                    help="score against the passage vectors an `e5studio embed-corpus DATA/passages.jsonl` wrote to "
+                         "DIR (same model, precision and prefix, else refused); only the queries are embedded")
+    ev.add_argument("--no-progress", action="store_true", help="no progress lines")
     ev.set_defaults(func=cmd_eval)

@@ -35,6 +35,7 @@ def vector_settings(settings: EmbedCorpusSettings, model: dict[str, Any]) -> dic
         "window_size": settings.window_size,
         "max_batch_tokens": settings.engine.max_batch_tokens,
         "dtype": settings.engine.dtype,
+        "precision": settings.engine.precision,
         "input_format": settings.input.format,
         "text_field": settings.input.text_field if settings.input.format != "text" else None,
         "id_field": settings.input.id_field,
@@ -95,7 +96,7 @@ class ManifestState:
             }
         else:
             differences = [f"{k}: {manifest['settings'].get(k)!r} -> {v!r}" for k, v in wanted.items()
-                           if manifest["settings"].get(k) != v]
+                           if manifest["settings"].get(k, "fp32" if k == "precision" else None) != v]
             if differences:
                 raise InputError(f"{output} holds a job with other settings ({'; '.join(differences)}); rerun "
                                  "with the original settings to continue it, or pass --overwrite to start afresh")
