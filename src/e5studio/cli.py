@@ -114,9 +114,11 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     elif args.action == "list":
         query = f"?project={urllib.parse.quote(args.project)}" if args.project else ""
         for e in _admin(args, "GET", f"/api/admin/endpoints{query}")["endpoints"]:  # type: ignore[index]
-            reason = f"  ({e['status_reason'][:80]})" if e["status_reason"] else ""
-            print(f"{e['project_name']}/{e['name']}  {e['status']}{reason}  model={e['model']}  "
+            below = "  (reason below)" if e["status_reason"] else ""
+            print(f"{e['project_name']}/{e['name']}  {e['status']}{below}  model={e['model']}  "
                   f"batch_size={e['batch_size']}  precision={e['precision']}  {e['urls']['nlp']}")
+            for line in _reason_lines(e["status_reason"], e["project_name"], e["name"]):
+                print(line)
     elif args.action == "show":
         _print(_admin(args, "GET", path(args.project, args.name)))
     elif args.action == "delete":
@@ -124,6 +126,22 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     else:
         _print(_admin(args, "POST", path(args.project, args.name) + "/rotate-key"))
     return 0
+
+
+REASON_LINES = 12  # a longer reason is shortened, with a pointer to `endpoints show`
+
+
+def _reason_lines(reason: str, project: str, name: str, width: int = 100) -> list[str]:
+    """A status reason under its endpoint: every line kept (wrapped at ``width``), indented; past
+    :data:`REASON_LINES` lines it is cut with the command that shows it whole."""
+    import textwrap
+
+    lines = [part for line in reason.splitlines() for part in
+             (textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""])]
+    if len(lines) > REASON_LINES:
+        lines = lines[:REASON_LINES - 1] + [f"... ({len(lines) - REASON_LINES + 1} more lines: "
+                                            f"e5studio endpoints show {project} {name})"]
+    return [f"    {line}" for line in lines]
 
 
 def cmd_admin_token(args: argparse.Namespace) -> int:
