@@ -153,6 +153,9 @@ class StoreReporter:
             "epoch": epoch, **metrics}})
 
 
+_STARTED: dict[str, str] = {}  # the job id this process runs, once recorded (read by the stop watcher)
+
+
 class Terminated(BaseException):
     """SIGTERM arrived: the train command stops like on Ctrl-C (checkpoints make ``--resume`` exact).
 
@@ -214,8 +217,33 @@ def _claim_job(store: Store, job_id: str, output: Path, dataset: Any, model: str
     raise InputError(f"job {job_id} is {status}; only a Running, Failed or Interrupted job can be run again")
 
 
+def stop_message(output: Path, how: str) -> str:
+    """What an interrupted train run says: whether a checkpoint exists and what ``--resume`` will do."""
+    from e5studio.jobs.train.checkpoints import latest_checkpoint
+    from e5studio.jobspec.layout import CHECKPOINTS_DIR
+
+    latest = latest_checkpoint(output / CHECKPOINTS_DIR)
+    if latest is None:
+        return (f"interrupted ({how}); no checkpoint yet (one is written at each epoch end and every --save-every "
+                "steps): `e5studio train ... --resume` starts again from step 0")
+    return (f"interrupted ({how}); newest checkpoint {latest.name}: `e5studio train ... --resume` continues from "
+            "there")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    with _sigterm_raises():
+    from e5studio.jobs.train.stop import stops_promptly
+
+    def stuck(how: str) -> None:  # the watcher thread: the main thread is inside a long native call
+        from e5studio.control.job_records import JOB_INTERRUPTED, JOB_RUNNING
+
+        message = stop_message(Path(args.output).resolve(), how)
+        job = _STARTED.get("job_id")
+        if job is not None:
+            with _store(args) as store:
+                store.transition_job(job, (JOB_RUNNING,), JOB_INTERRUPTED, message)
+        print(f"e5studio: {message}", file=sys.stderr, flush=True)
+
+    with _sigterm_raises(), stops_promptly(stuck):
         try:
             return _train(args)
         except Terminated:  # before the job was under way (while torch was loading, say): nothing to record
@@ -279,6 +307,7 @@ def _train(args: argparse.Namespace) -> int:
                     job_id = store.create_job(KIND_TRAIN, args.model, str(output), params, dataset.id).id
                 store.set_job_process(job_id, os.getpid(), owner=JOB_OWNER_CLI, runner_id="", runner_pid=0)
             trainer.reporter = StoreReporter(store, job_id)
+            _STARTED["job_id"] = job_id
             print(f"train job {job_id}: {args.model} on dataset {dataset.ref} -> {output} "
                   f"({trainer.total_steps} steps, {dist.world_size} process(es), device {trainer.device})",
                   file=sys.stderr, flush=True)
@@ -298,11 +327,10 @@ def _train(args: argparse.Namespace) -> int:
             print(json.dumps({"job": job_id, **summary}, indent=2))
     except (KeyboardInterrupt, Terminated) as exc:
         how = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        message = stop_message(output, how)
         if job_id is not None:  # a Cancelled job (the server records the cancel before signalling) stays Cancelled
-            store.transition_job(job_id, (JOB_RUNNING,), JOB_INTERRUPTED,
-                                 f"interrupted ({how}); --resume continues from the newest checkpoint")
-        print(f"e5studio: interrupted ({how}); `e5studio train ... --resume` continues from the newest checkpoint",
-              file=sys.stderr)
+            store.transition_job(job_id, (JOB_RUNNING,), JOB_INTERRUPTED, message)
+        print(f"e5studio: {message}", file=sys.stderr)
         return 130 if how == "Ctrl-C" else 128 + signal.SIGTERM
     except BaseException as exc:
         if job_id is not None:

@@ -306,7 +306,8 @@ class Trainer:
         (evaluating and saving at epoch ends), export the final model."""
         opt = self._build()
         at = self._restore(opt, resume)
-        progress = Progress(self.total_steps, at.step, self.job.options.progress and self.dist.is_main)
+        progress = Progress(self.total_steps, at.step, self.job.options.progress and self.dist.is_main,
+                            self.output if self.dist.is_main else None, self.sampler.steps_per_epoch)
         if self.dist.is_main:
             self.reporter.on_start(self.total_steps, at.step)
             if resume:
@@ -424,10 +425,11 @@ class Trainer:
         record: dict[str, Any] = {}
         if self.dist.is_main and self.job.evalset is not None:
             t0 = time.perf_counter()
+            title = "evaluation before training" if step == 0 else f"evaluation after epoch {epoch}"
             metrics = evaluate_module(encoder, self.checkpoint,
                                       self.job.options.eval_max_length or self.checkpoint.max_length,
                                       self.job.evalset, self.device, self.autocast,
-                                      self.job.options.eval_batch_tokens)
+                                      self.job.options.eval_batch_tokens, progress=progress.evaluation(title))
             record = {"event": "eval", "step": step, "epoch": epoch, **metrics,
                       "seconds": round(time.perf_counter() - t0, 2)}
             self.log.append(record)
