@@ -146,7 +146,8 @@ class JobTable(Database):
         with self._write() as conn:
             if dataset_id is not None and conn.execute("SELECT 1 FROM datasets WHERE id = ?",
                                                        (dataset_id,)).fetchone() is None:
-                raise NotFoundError(f"dataset {dataset_id!r} not found: record one with `e5studio datasets add NAME DIR`")
+                raise NotFoundError(f"dataset {dataset_id!r} not found: record one with "
+                                    "`e5studio datasets add NAME DIR`")
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
                 raise ConflictError(f"job {job.id!r} already exists")
             conn.execute(

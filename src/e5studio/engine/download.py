@@ -45,7 +45,8 @@ class PullResult:
 
     def summary(self) -> str:
         if not self.downloaded_bytes:
-            return f"{self.hub_id}: already cached ({format_mb(self.total_bytes)} MB, {self.files} files) in {self.path}"
+            return (f"{self.hub_id}: already cached ({format_mb(self.total_bytes)} MB, {self.files} files) in "
+                    f"{self.path}")
         rate = self.downloaded_bytes / max(self.seconds, 1e-9) / 1e6
         return (f"{self.hub_id}: downloaded {format_mb(self.downloaded_bytes)} MB of {format_mb(self.total_bytes)} MB "
                 f"({self.files} files, verified) in {self.seconds:.1f}s ({rate:,.1f} MB/s) -> {self.path}")
@@ -88,7 +89,7 @@ def _byte_counter(callback: Callable[[int, bool], None]) -> type:
     """A tqdm class for huggingface_hub whose updates go to ``callback(bytes, transferred)``; prints nothing."""
     from tqdm.auto import tqdm
 
-    class Counter(tqdm):  # type: ignore[misc, type-arg]
+    class Counter(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

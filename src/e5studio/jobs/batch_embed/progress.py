@@ -23,7 +23,8 @@ def _megabytes(value: float) -> str:
 
 
 class Progress:
-    """The input done (``units``: ``line``: bytes, ``row``: rows) with passages/s, tokens/s and the ETA; quiet when disabled."""
+    """The input done (``units``: ``line``: bytes, ``row``: rows) with passages/s, tokens/s and the ETA; quiet
+    when disabled."""
 
     def __init__(self, total: int, initial: int, enabled: bool, units: str, output: Path | None = None) -> None:
         self.passages = 0
