@@ -20,6 +20,7 @@ from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.reader import WindowSpec
 from e5studio.jobs.batch_embed.writer import FORMAT, fsync_dir, read_manifest, remove_temporaries, write_manifest
 from e5studio.jobspec.layout import INDEX_DIR, LOCK_FILE, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR
+from e5studio.jobspec.progress import PROGRESS_FILE
 
 if TYPE_CHECKING:
     from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings
@@ -82,7 +83,8 @@ class ManifestState:
         wanted = vector_settings(settings, model)
         manifest = read_manifest(output)
         if manifest is None:
-            leftovers = [p.name for p in output.iterdir() if not p.name.startswith(".tmp-") and p.name != LOCK_FILE]
+            leftovers = [p.name for p in output.iterdir()
+                         if not p.name.startswith(".tmp-") and p.name not in (LOCK_FILE, PROGRESS_FILE)]
             if leftovers:
                 raise InputError(f"output folder {output} is not empty and has no {MANIFEST_FILE} "
                                  f"({', '.join(sorted(leftovers)[:5])}); choose an empty or new folder")
@@ -202,14 +204,15 @@ def clear_output(output: Path) -> None:
     """Delete what embed-corpus writes in ``output`` (only its own files and folders)."""
     if not output.exists():
         return
-    if not (output / MANIFEST_FILE).is_file() and any(p.name != LOCK_FILE for p in output.iterdir()):
+    if not (output / MANIFEST_FILE).is_file() and any(p.name not in (LOCK_FILE, PROGRESS_FILE)
+                                                       for p in output.iterdir()):
         raise InputError(f"--overwrite: {output} is not an embed-corpus output (no {MANIFEST_FILE}); not deleting it")
     with _lock(output):
         _clear(output)
 
 
 def _clear(output: Path) -> None:
-    for name in (MANIFEST_FILE, REJECTS_FILE):
+    for name in (MANIFEST_FILE, REJECTS_FILE, PROGRESS_FILE):
         (output / name).unlink(missing_ok=True)
     for name in (SHARDS_DIR, INDEX_DIR):
         shutil.rmtree(output / name, ignore_errors=True)

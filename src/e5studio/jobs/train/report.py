@@ -89,7 +89,7 @@ class Progress:
         from e5studio.jobspec.progress import Progress as Reporter
 
         self._reporter = Reporter("train", enabled=enabled,
-                                  status_file=output / PROGRESS_FILE if output is not None and enabled else None)
+                                  status_file=output / PROGRESS_FILE if output is not None else None)
         self._total = total
         self._spe = steps_per_epoch or total
         self._epochs = max(1, -(-total // self._spe))
