@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -175,3 +175,23 @@ def read_status(folder: Path) -> dict[str, Any] | None:
         if isinstance(status, dict) and (newest is None or status.get("updated_at", 0) > newest.get("updated_at", 0)):
             newest = status
     return newest
+
+
+def phase_lines(job: str, names: Mapping[str, str], enabled: bool = True) -> Callable[[str, int, int], None]:
+    """A ``(phase, done, total)`` callback (what :mod:`e5studio.retrieval.evaluate` and mining report) that shows
+    each phase as a progress line under its name in ``names``."""
+    reporter = Progress(job, enabled=enabled)
+    current: dict[str, Phase] = {}
+
+    def shown(phase: str, done: int, total: int) -> None:
+        bar = current.get(phase)
+        if bar is None:
+            for other in current.values():
+                other.close()
+            current.clear()
+            bar = current[phase] = reporter.phase(names.get(phase, phase), total, "rows")
+        bar.update_to(done)
+        if done >= total:
+            bar.close()
+
+    return shown

@@ -50,6 +50,9 @@ def cmd_embed_corpus(args: argparse.Namespace) -> int:
         executor = RayExecutor(RayOptions(address=args.ray_address, workers=args.workers or 1,
                                       gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                                       num_cpus=args.ray_num_cpus))
+    if settings.progress:  # the first line at once; the model loads next (seconds for E5 Large)
+        print(f"embed-corpus: {args.input} -> {args.output}: loading {settings.engine.model}", file=sys.stderr,
+              flush=True)
     try:
         result = run_job(settings, executor, sinks)
     except KeyboardInterrupt:
@@ -120,30 +123,6 @@ def _texts_for(manifest: dict[str, Any] | None, ids: set[str]) -> dict[str, str]
 # ---------------------------------------------------------------------------------------------- eval
 
 
-def _eval_progress(enabled: bool) -> Any:
-    """The eval's phases (passages, queries, scoring) as progress lines on stderr."""
-    from e5studio.jobspec.progress import Progress
-
-    reporter = Progress("eval", enabled=enabled)
-    current: dict[str, Any] = {}
-
-    def shown(phase: str, done: int, total: int) -> None:
-        bar = current.get(phase)
-        if bar is None:
-            for other in current.values():
-                other.close()
-            current.clear()
-            names = {"passages": "embedding passages", "queries": "embedding queries",
-                     "scoring": "searching and scoring"}
-            bar = current[phase] = reporter.phase(names.get(phase, phase), total, "rows" if phase != "scoring"
-                                                  else "queries")
-        bar.update_to(done)
-        if done >= total and phase == "scoring":
-            bar.close()
-
-    return shown
-
-
 def index_corpus(folder: Path, model: dict[str, Any], precision: str, passage_prefix: str) -> Any:
     """The passage vectors of an ``embed-corpus`` output, for ``eval --index``: refused (InputError naming the
     difference) unless they were made by the same model (checksum), precision and passage prefix, and hold
@@ -196,6 +175,7 @@ def index_corpus(folder: Path, model: dict[str, Any], precision: str, passage_pr
 def cmd_eval(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
     from e5studio.jobs.batch_embed.model_identity import model_identity
+    from e5studio.jobspec.progress import phase_lines
     from e5studio.retrieval.evaluate import EvalSettings, run_eval
 
     query_prefix, passage_prefix = args.query_prefix, args.passage_prefix
@@ -204,10 +184,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine = engine_settings(args)
     settings = EvalSettings(data=Path(args.data), split=args.split, query_prefix=query_prefix,
                             passage_prefix=passage_prefix, depth=args.depth, max_queries=args.max_queries)
+    if not args.no_progress:
+        print(f"eval: {args.data}: loading {engine.model}", file=sys.stderr, flush=True)
     identity = model_identity(engine)
     corpus = index_corpus(Path(args.index), identity, engine.precision, passage_prefix) if args.index else None
     embedder = Embedder.load(engine)
-    report = run_eval(embedder, settings, identity, _eval_progress(not args.no_progress), corpus)
+    phases = {"passages": "embedding passages", "queries": "embedding queries", "scoring": "searching and scoring"}
+    report = run_eval(embedder, settings, identity, phase_lines("eval", phases, not args.no_progress), corpus)
     if args.index:
         report["index"] = str(Path(args.index).resolve())
     text = json.dumps(report, indent=1)

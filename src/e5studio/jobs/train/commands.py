@@ -89,6 +89,7 @@ def _mine(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
     from e5studio.jobs.train.mining import mine_negatives
     from e5studio.jobspec.dataset_format import validate_dataset
+    from e5studio.jobspec.progress import phase_lines
     from e5studio.settings import EngineSettings
 
     with _store(args) as store:
@@ -96,11 +97,15 @@ def _mine(args: argparse.Namespace) -> int:
         _check_unchanged(source)
         settings = EngineSettings.from_env(model=args.model, device=args.device, threads=args.threads,
                                            max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
+        print(f"mine-negatives: {source.ref}: loading {args.model}", file=sys.stderr, flush=True)
         embedder = Embedder.load(settings)
         newest = store.get_dataset(source.name).version
         destination = Path(args.data_dir).resolve() / DATASETS_DIR / source.name / f"v{newest + 1}"
         t0 = time.perf_counter()
-        result = mine_negatives(Path(source.path), destination, embedder, args.top_k, args.skip_top)
+        result = mine_negatives(Path(source.path), destination, embedder, args.top_k, args.skip_top,
+                                phase_lines("mine-negatives", {"passages": "embedding passages",
+                                                                  "queries": "embedding queries",
+                                                                  "ranking": "ranking the corpus"}))
         report = validate_dataset(destination, args.train_n_passages)
         if not report.ok:  # pragma: no cover - mining writes valid files
             raise InputError(f"mined dataset in {destination} is invalid: {report.errors[0]}")
@@ -287,6 +292,8 @@ def _train(args: argparse.Namespace) -> int:
             job_id = args.job_id
         if dist.is_main:
             _check_unchanged(dataset)
+        if dist.is_main and not args.no_progress:
+            print(f"train: loading {args.model} and dataset {dataset.ref}", file=sys.stderr, flush=True)
         evalset = load_eval_set(Path(args.eval_dir), max_queries=args.eval_max_queries) if args.eval_dir else None
         if dist.world_size > 1:
             backend = "nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo"
