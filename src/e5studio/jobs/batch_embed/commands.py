@@ -123,58 +123,10 @@ def _texts_for(manifest: dict[str, Any] | None, ids: set[str]) -> dict[str, str]
 # ---------------------------------------------------------------------------------------------- eval
 
 
-def index_corpus(folder: Path, model: dict[str, Any], precision: str, passage_prefix: str) -> Any:
-    """The passage vectors of an ``embed-corpus`` output, for ``eval --index``: refused (InputError naming the
-    difference) unless they were made by the same model (checksum), precision and passage prefix, and hold
-    every passage of the evaluation set in line order."""
-    from e5studio.jobs.batch_embed.reader import InputSpec
-    from e5studio.jobs.batch_embed.writer import read_manifest
-    from e5studio.jobspec.layout import INDEX_DIR, PASSAGES_FILE
-    from e5studio.retrieval.index import ExactIndex
-
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise InputError(f"--index {folder}: no embed-corpus output there (manifest.json missing); make one with "
-                         f"`e5studio embed-corpus DATA/{PASSAGES_FILE} --output {folder} --model MODEL`")
-    if manifest.get("status") != "complete":
-        raise InputError(f"--index {folder}: embed-corpus has not finished; rerun it to complete the index")
-    built, settings = manifest["model"], manifest["settings"]
-    prefix_of = {"passage": "passage: ", "query": "query: ", None: ""}
-    differences = []
-    if built.get("sha256") != model["sha256"]:
-        differences.append(f"model {built.get('name')} (sha256 {str(built.get('sha256'))[:12]}) vs the eval's "
-                           f"{model['name']} (sha256 {model['sha256'][:12]})")
-    if settings.get("precision", "fp32") != precision:
-        differences.append(f"precision {settings.get('precision', 'fp32')} vs the eval's {precision}")
-    if prefix_of.get(settings.get("input_type"), "?") != passage_prefix:
-        differences.append(f"passage prefix {prefix_of.get(settings.get('input_type'), '?')!r} (--input-type "
-                           f"{settings.get('input_type') or 'none'}) vs the eval's {passage_prefix!r}")
-    if built.get("max_length") != model["max_length"]:
-        differences.append(f"max length {built.get('max_length')} vs the eval's {model['max_length']}")
-    if differences:
-        raise InputError(f"--index {folder} does not match this eval: " + "; ".join(differences)
-                         + "; embed the corpus again with the eval's settings, or evaluate without --index")
-
-    def vectors(evalset: Any) -> Any:
-        passages = evalset.directory / PASSAGES_FILE
-        if settings.get("input") != InputSpec.create(str(passages), "auto", None, None).fingerprint() or \
-                settings.get("id_field"):
-            raise InputError(f"--index {folder} was not made from {passages} (by line number); embed that file")
-        index = ExactIndex.open(folder / INDEX_DIR)
-        order = {doc_id: row for row, doc_id in enumerate(index.ids)}
-        missing = [d for d in evalset.doc_ids if d not in order]
-        if missing:
-            raise InputError(f"--index {folder} lacks {len(missing)} passage(s) of {passages} (first: line "
-                             f"{missing[0]}; rejected records?)")
-        rows = [order[d] for d in evalset.doc_ids]
-        return index.vectors[rows] if rows != list(range(len(index.ids))) else index.vectors[:]
-
-    return vectors
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
-    from e5studio.jobs.batch_embed.model_identity import model_identity
+    from e5studio.jobs.corpus_index import index_corpus
+    from e5studio.jobs.model_identity import model_identity
     from e5studio.jobspec.progress import phase_lines
     from e5studio.retrieval.evaluate import EvalSettings, run_eval
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.manifest_state import ManifestState
-from e5studio.jobs.batch_embed.model_identity import model_identity
 from e5studio.jobs.batch_embed.prefetch import prefetch
 from e5studio.jobs.batch_embed.progress import Progress
 from e5studio.jobs.batch_embed.reader import InputSpec, iter_windows
 from e5studio.jobs.batch_embed.summary import EmbedCorpusResult
 from e5studio.jobs.batch_embed.windows import PreparedWindow, bad_records_error, embed_window, prepare_window
+from e5studio.jobs.model_identity import model_identity
 from e5studio.jobspec.batch_params import WINDOW_SIZE
 from e5studio.jobspec.layout import INDEX_DIR
 from e5studio.settings import EngineSettings

@@ -256,6 +256,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 128 + signal.SIGTERM
 
 
+def _eval_index_vectors(args: argparse.Namespace, evalset: Any) -> Any:
+    """``--eval-index``: the base model's passage vectors of the evaluation set, for the evaluation before
+    training (refused unless the index was made by that model, in fp32, with the passage prefix)."""
+    from e5studio.jobs.corpus_index import index_corpus
+    from e5studio.jobs.model_identity import model_identity
+    from e5studio.retrieval.evaluate import PASSAGE_PREFIX
+    from e5studio.settings import EngineSettings
+
+    identity = model_identity(EngineSettings(model=args.model, max_length=args.eval_max_length))
+    return index_corpus(Path(args.eval_index), identity, "fp32", PASSAGE_PREFIX)(evalset)
+
+
 def _train(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as torch_dist
@@ -298,8 +310,13 @@ def _train(args: argparse.Namespace) -> int:
         if dist.world_size > 1:
             backend = "nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo"
             torch_dist.init_process_group(backend)
+        eval_corpus = None
+        if args.eval_index:
+            if evalset is None:
+                raise InputError("--eval-index needs --eval-dir (the evaluation set whose passages it holds)")
+            eval_corpus = _eval_index_vectors(args, evalset)
         job = TrainRun(model=args.model, dataset_dir=Path(dataset.path), output=output, settings=settings,
-                       options=options, evalset=evalset,
+                       options=options, evalset=evalset, eval_corpus=eval_corpus,
                        dataset_checksums={"passages": dataset.passages_sha256, "train": dataset.train_sha256})
         trainer = Trainer(job, dist)
         if dist.is_main:
@@ -395,6 +412,10 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--eval-dir", default=None,
                        help=f"evaluation set ({', '.join(eval_files())}): nDCG@10, MRR@10, Recall@100, MAP "
                             "(the metrics of `e5studio eval`) before training and after each epoch")
+    train.add_argument("--eval-index", default=None, metavar="DIR",
+                       help="the evaluation before training scores against the passage vectors `e5studio "
+                            "embed-corpus EVAL_DIR/passages.jsonl --model MODEL` wrote to DIR (only the queries are "
+                            "embedded; the evaluations after each epoch embed the corpus with the trained model)")
     train.add_argument("--eval-max-queries", type=int, default=None, help="evaluate on the first N judged queries")
     train.add_argument("--eval-max-length", type=int, default=None, help="truncation in evaluation (default: "
                                                                          "the model's serving length)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -34,9 +35,9 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
 def evaluate_module(encoder: BertEncoder, checkpoint: Checkpoint, max_length: int, evalset: EvalSet,
                     device: torch.device, autocast_dtype: torch.dtype | None = None,
                     max_batch_tokens: int = 8192, metrics: Sequence[str] = DEFAULT_METRICS,
-                    progress: PhaseProgress | None = None) -> dict[str, float]:
+                    progress: PhaseProgress | None = None, corpus: Any = None) -> dict[str, float]:
     """Evaluate the encoder being trained, exactly as the exported model would be served."""
     embedder = Embedder(checkpoint, Tokenizer(checkpoint.path, max_length), encoder,
                         RuntimePlan(TorchRuntime(encoder, autocast_dtype)), max_batch_tokens)
     with eval_mode(encoder):
-        return evaluate_embedder(embedder, evalset, metrics, progress)
+        return evaluate_embedder(embedder, evalset, metrics, progress, corpus)

@@ -58,6 +58,7 @@ class TrainRun:
     settings: TrainSettings = TrainSettings()
     options: RunOptions = RunOptions()
     evalset: EvalSet | None = None
+    eval_corpus: Any = None  # float32 [passages, d]: the start model's passage vectors (--eval-index), step 0 only
     dataset_checksums: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -429,7 +430,8 @@ class Trainer:
             metrics = evaluate_module(encoder, self.checkpoint,
                                       self.job.options.eval_max_length or self.checkpoint.max_length,
                                       self.job.evalset, self.device, self.autocast,
-                                      self.job.options.eval_batch_tokens, progress=progress.evaluation(title))
+                                      self.job.options.eval_batch_tokens, progress=progress.evaluation(title),
+                                      corpus=self.job.eval_corpus if step == 0 else None)
             record = {"event": "eval", "step": step, "epoch": epoch, **metrics,
                       "seconds": round(time.perf_counter() - t0, 2)}
             self.log.append(record)
