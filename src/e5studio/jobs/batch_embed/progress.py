@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def _megabytes(value: float) -> str:
-    return f"{value / 1e6:,.1f}"
+    return f"{value / 1e6:,.1f}" if value >= 1e7 else f"{value / 1e6:,.2f}"
 
 
 class Progress:
