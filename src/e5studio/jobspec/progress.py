@@ -3,7 +3,7 @@
 On a terminal the line is redrawn in place (at most 5 times a second); when stderr is not a terminal (a log
 file, the server's job log) a plain line is printed when a phase starts, every ``interval`` seconds (5 s) and
 when it ends. With a ``status_file`` the phase and its progress are also written there as JSON (at most once
-a second, atomically), which is what the web UI's job page shows (:func:`read_status`).
+a second), which is what the web UI's job page shows (:func:`read_status`).
 
 Pure Python (the job spec floor): the CLI, the jobs and the web UI all use it.
 """
@@ -11,7 +11,6 @@ Pure Python (the job spec floor): the CLI, the jobs and the web UI all use it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -154,11 +153,11 @@ class Progress:
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Written in place (one small write; a reader that catches it half-written skips it, see
+    :func:`read_status`), so that progress adds no renames to the job's own atomic ones."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(status) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        path.write_text(json.dumps(status) + "\n", encoding="utf-8")
     except OSError:  # progress is never worth failing a job over
         pass
 

@@ -121,6 +121,8 @@ class Progress:
             if self._phase is None or self._phase.name != name:
                 self._switch(name, total, "queries" if part == "scoring" else "rows")
             self._phase.update_to(done)
+            if part == "scoring" and done >= total:
+                self._phase.close()
 
         return shown
 

@@ -436,7 +436,7 @@ class Trainer:
                       "seconds": round(time.perf_counter() - t0, 2)}
             self.log.append(record)
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            progress.write(f"eval after epoch {epoch} (step {step}): {shown}")
+            progress.write(f"{title} (step {step}): {shown}")
             self.reporter.on_eval(step, epoch, metrics)
             plot_metrics(self.log.records(), self.output / PLOT_FILE)
         if self.dist.world_size > 1:
