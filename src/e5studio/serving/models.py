@@ -6,6 +6,7 @@ Loading happens in a background thread per model; while it runs the endpoints us
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -79,7 +80,8 @@ class ModelPool:
     def _load(self, loaded: LoadedModel, model: str, precision: str) -> None:
         try:
             if download.needs_download(model):  # a first deploy: the download shows in the Deploying reason
-                download.pull(model, progress=self._download_progress(loaded.key))
+                with contextlib.suppress(E5StudioError):  # else the loader says why, with all it tried
+                    download.pull(model, progress=self._download_progress(loaded.key))
             embedder = self._loader(replace(self._engine, model=model, precision=precision))
             loaded.batcher = Batcher(embedder.embed_ids, max_batch_tokens=embedder.max_batch_tokens,
                                      max_queue=self._max_queue, observer=self._metrics.observer(loaded.key),
