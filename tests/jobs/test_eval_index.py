@@ -1,5 +1,6 @@
-"""``train --eval-index DIR``: the evaluation before training reuses the start model's passage vectors from an
-``embed-corpus`` output (same metrics, the passages not embedded again); a mismatched index is refused."""
+"""The train job's named phases (on stderr and on the web UI's job page), and ``train --eval-index DIR``: the
+evaluation before training reuses the start model's passage vectors from an ``embed-corpus`` output (same
+metrics, the passages not embedded again); a mismatched index is refused."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from e5studio.cli import main
+from e5studio.control.store import JobRecord
+from e5studio.web.jobs import job_phase
 from tests.jobs.test_train_job_id import FLAGS, data_dir  # noqa: F401 - data_dir is a fixture
 
 
@@ -30,7 +33,16 @@ def test_train_eval_index_scores_the_start_like_embedding_it(data_dir: Path,  # 
             "--eval-dir", str(toy_dir)]
     capsys.readouterr()
     assert main([*base, "--output", str(tmp_path / "plain")]) == 0
-    assert "evaluation before training: embedding passages" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    phases = ["train: evaluation before training: embedding passages", "train: evaluation before training: "
+              "embedding queries", "train: evaluation before training: searching and scoring",
+              "train: epoch 1 of 1  ", "train: evaluation after epoch 1: embedding passages"]
+    assert all(phase in err for phase in phases), err
+    assert [err.index(p) for p in phases] == sorted(err.index(p) for p in phases)
+    assert "loss " in err and "query groups/s" in err
+    job = JobRecord(id="j", kind="train", dataset_id=None, model="m", output=str(tmp_path / "plain"), params={})
+    shown = job_phase(job)  # what the web UI's job page shows
+    assert shown is not None and shown["phase"] == "evaluation after epoch 1: searching and scoring", shown
     assert main([*base, "--output", str(tmp_path / "indexed"), "--eval-index", str(vectors)]) == 0
     err = capsys.readouterr().err
     assert "evaluation before training: embedding passages" not in err

@@ -7,12 +7,7 @@ import io
 import json
 from pathlib import Path
 
-import pytest
-
-from e5studio.control.store import JobRecord
 from e5studio.jobspec.progress import PROGRESS_FILE, Progress, read_status
-from e5studio.web.jobs import job_phase
-from tests.jobs.test_train_job_id import FLAGS, data_dir, train  # noqa: F401 - data_dir is a fixture
 
 
 class Clock:
@@ -57,26 +52,3 @@ def test_a_terminal_line_is_redrawn_in_place() -> None:
     phase.close()
     text = out.getvalue()
     assert text.count("\r") == 12 and text.endswith("\n") and text.count("\n") == 1
-
-
-def test_train_names_its_phases_and_the_web_page_shows_them(data_dir: Path,  # noqa: F811
-                                                            tiny_nodropout_dir: Path, toy_dir: Path,
-                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                                            ) -> None:
-    output = tmp_path / "out"
-    flags = [f for f in FLAGS if f != "--no-progress"]
-    from e5studio.cli import main
-
-    assert main(["train", "--dataset", "toy", "--model", str(tiny_nodropout_dir), "--output", str(output),
-                 "--data-dir", str(data_dir), *flags, "--eval-dir", str(toy_dir)]) == 0
-    err = capsys.readouterr().err
-    for phase in ("train: evaluation before training: embedding passages", "train: evaluation before training: "
-                  "embedding queries", "train: evaluation before training: searching and scoring",
-                  "train: epoch 1 of 1  ", "train: evaluation after epoch 1: embedding passages"):
-        assert phase in err, err
-    assert err.index("evaluation before training") < err.index("epoch 1 of 1") < err.index("after epoch 1")
-    assert "loss " in err and "query groups/s" in err
-    job = JobRecord(id="j", kind="train", model="m", output=str(output), status="Succeeded", status_reason="",
-                    params={}, dataset_id=None, step=6, total_steps=6, metrics={}, created_at="", updated_at="")
-    shown = job_phase(job)
-    assert shown is not None and shown["phase"] == "evaluation after epoch 1: searching and scoring", shown
