@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from e5studio.control.store import Store
 from e5studio.jobs.train.commands import stop_message
+from tests.jobs.test_train_job_id import FLAGS, data_dir  # noqa: F401 - data_dir is a fixture
 
 STUCK = """
 import time
@@ -41,3 +43,34 @@ def test_stop_message_says_when_no_checkpoint_exists(tmp_path: Path) -> None:
     message = stop_message(tmp_path, "Ctrl-C")
     assert message.startswith("interrupted (Ctrl-C); no checkpoint yet"), message
     assert "`e5studio train ... --resume` starts again from step 0" in message
+
+
+def test_ctrl_c_during_the_evaluation_before_training(data_dir: Path, tiny_nodropout_dir: Path,  # noqa: F811
+                                                      shared_data_dir: Path, tmp_path: Path) -> None:
+    """A real `e5studio train` evaluating on SciFact's 5,183 passages stops within 2 s of Ctrl-C, records the
+    job Interrupted and says that no checkpoint exists yet."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "E5STUDIO_DEVICE": "cpu"}
+    output = tmp_path / "out"
+    args = ["train", "--dataset", "toy", "--model", str(tiny_nodropout_dir), "--output", str(output),
+            "--data-dir", str(data_dir), *[f for f in FLAGS if f != "--no-progress"],
+            "--eval-dir", str(shared_data_dir / "scifact"), "--eval-max-queries", "10"]
+    proc = subprocess.Popen([sys.executable, "-m", "e5studio", *args], stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "evaluation before training: embedding passages" in line:
+            break
+    else:
+        raise AssertionError("".join(seen))
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(30)
+    took = time.monotonic() - t0
+    rest = proc.stderr.read()
+    assert code == 130, rest
+    assert took < 2.0, took
+    assert "interrupted (Ctrl-C); no checkpoint yet" in rest and "starts again from step 0" in rest, rest
+    with Store(data_dir / "e5studio.db") as store:
+        (job,) = store.list_jobs()
+    assert job.status == "Interrupted" and "no checkpoint yet" in job.status_reason

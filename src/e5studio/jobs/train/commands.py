@@ -82,7 +82,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"{d.ref:<24} {d.passages:>9} passages {d.queries:>8} queries {d.negatives:>9} negatives  "
                   f"train sha256 {d.train_sha256[:12]}  {d.path}")
         return 0
-    return _mine(args)
+    from e5studio.jobs.train.stop import stops_promptly
+
+    def stopped(how: str) -> None:
+        print(f"e5studio: mine-negatives interrupted ({how}); no new version of {args.name} recorded (run the same "
+              "command again)", file=sys.stderr, flush=True)
+
+    with stops_promptly(stopped):
+        try:
+            return _mine(args)
+        except KeyboardInterrupt:
+            stopped("Ctrl-C")
+            return 130
 
 
 def _mine(args: argparse.Namespace) -> int:
