@@ -3,8 +3,8 @@
 A local HTTP server stands in for the hub (:mod:`tests.hub.fake_hub`, ``HF_ENDPOINT`` pointed at it) with
 ``intfloat/e5-large-v2`` holding a random checkpoint of the E5 layout under the real repo's file names. From an
 empty cache (``HF_HOME`` in tmp): ``e5studio models pull`` downloads and verifies with progress, a download
-whose connection drops continues with a Range request, ``models list`` shows the cache, and ``serve --model
-e5-large-v2`` downloads, deploys and answers ``/api/predict/nlp`` with unit vectors of the checkpoint's size.
+whose connection drops or whose process is killed continues with a Range request, ``models list`` shows the
+cache, and ``serve --model e5-large-v2`` downloads, deploys and answers ``/api/predict/nlp`` with unit vectors of the checkpoint's size.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_pull_from_empty_cache_verifies_and_lists(hub: FakeHub, hub_root: Path, 
     assert "downloaded" in done.stdout and "verified" in done.stdout, done.stdout
     assert "downloading intfloat/e5-large-v2" in done.stderr and "MB" in done.stderr, done.stderr
     gets = weights_gets(hub)
-    assert gets[0] == "" and gets[1] == "bytes=10485760-", gets  # continued after the 10 MB chunk it had
+    assert gets[0] == "" and gets[1] == "bytes=12000000-", gets  # continued after the 12 MB it had
     snapshot = tmp_path / "hf" / "hub" / "models--intfloat--e5-large-v2" / "snapshots" / COMMIT
     for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "1_Pooling/config.json"):
         assert (snapshot / name).read_bytes() == (hub_root / HUB_ID / name).read_bytes(), name
@@ -78,6 +79,29 @@ def test_pull_from_empty_cache_verifies_and_lists(hub: FakeHub, hub_root: Path, 
     again = e5studio(env, "models", "pull", "e5-large-v2")
     assert again.returncode == 0 and "already cached" in again.stdout, again.stdout + again.stderr
     assert len(weights_gets(hub)) == 2  # nothing fetched again
+
+
+def test_killed_pull_continues_where_it_stopped(hub: FakeHub, tmp_path: Path) -> None:
+    env = hub_env(hub, tmp_path / "hf")
+    hub.stall_once = "model.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "e5studio", "models", "pull", "e5-large-v2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    blobs = tmp_path / "hf" / "hub" / "models--intfloat--e5-large-v2" / "blobs"
+    try:
+        assert hub.log.partial_sent.wait(60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(p.stat().st_size == 12_000_000
+                                                      for p in blobs.glob("*.e5studio-part")):
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # the download's process dies mid-file
+        proc.wait()
+    hub.log.release.set()
+    done = e5studio(env, "models", "pull", "e5-large-v2")
+    assert done.returncode == 0, done.stderr
+    assert weights_gets(hub) == ["", "bytes=12000000-"], weights_gets(hub)
+    assert "downloaded" in done.stdout and "verified" in done.stdout, done.stdout
+    assert not list(blobs.glob("*.e5studio-part"))
 
 
 def test_pull_refuses_a_corrupt_file(hub_root: Path, tmp_path: Path) -> None:

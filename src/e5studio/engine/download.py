@@ -142,6 +142,8 @@ def pull(name: str, progress: ByteProgress | None = None, revision: str | None =
     for file in files:
         current = 0
         try:
+            if file.sha256 is not None:  # a weights file: continued across processes, not only connections
+                _fetch_blob(hub_id, file, commit, advance)
             local = Path(hf_hub_download(hub_id, file.path, revision=revision, tqdm_class=counter))
         except Exception as exc:  # noqa: BLE001 - network or disk: say which file
             raise ModelError(f"downloading {hub_id}/{file.path} failed ({type(exc).__name__}: "
@@ -156,6 +158,71 @@ def pull(name: str, progress: ByteProgress | None = None, revision: str | None =
     assert snapshot is not None
     _check_loads(snapshot, hub_id)
     return PullResult(hub_id, snapshot, len(files), total, fetched, time.perf_counter() - t0)
+
+
+PART_SUFFIX = ".e5studio-part"
+RETRIES = 5
+
+
+def _fetch_blob(hub_id: str, file: RemoteFile, commit: str, advance: Callable[[int, bool], None]) -> None:
+    """Fetch an LFS file into the cache's ``blobs/<etag>`` through ``blobs/<etag>.e5studio-part``, which an
+    interrupted run (a dropped connection, or a killed process) leaves behind and the next one continues with
+    an HTTP Range request; verified before it is moved in place. ``hf_hub_download`` then only links it.
+
+    (huggingface_hub 1.x+ downloads into a temporary file unique to each process and deletes it on failure, so
+    it continues a dropped connection but never a killed process.)"""
+    import os
+
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import repo_folder_name
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    metadata = get_hf_file_metadata(hf_hub_url(hub_id, file.path, revision=commit))
+    if metadata.etag is None:
+        return  # let hf_hub_download say what is wrong
+    blobs = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=hub_id, repo_type="model") / "blobs"
+    blob = blobs / metadata.etag
+    if blob.exists():
+        return
+    blobs.mkdir(parents=True, exist_ok=True)
+    part = blob.with_name(blob.name + PART_SUFFIX)
+    url = metadata.location
+    same_host = url.startswith(constants.ENDPOINT)
+    for attempt in range(RETRIES + 1):
+        start = part.stat().st_size if part.exists() else 0
+        if start > file.size:
+            part.unlink()
+            start = 0
+        if attempt == 0 and start:
+            advance(start, False)  # what an earlier run got
+        if start == file.size:
+            break
+        headers = build_hf_headers() if same_host else {}
+        headers["Accept-Encoding"] = "identity"
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        try:
+            with get_session().stream("GET", url, headers=headers, follow_redirects=True,
+                                      timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+                if response.status_code not in (200, 206):
+                    raise ModelError(f"{hub_id}/{file.path}: HTTP {response.status_code} from {url}")
+                if response.status_code == 200 and start:  # the server ignored the Range: start again
+                    advance(-start, False)
+                    start = 0
+                with part.open("ab" if start else "wb") as out:
+                    for chunk in response.iter_bytes():  # as it arrives, so a cut loses nothing
+                        out.write(chunk)
+                        out.flush()  # what arrived survives a kill
+                        advance(len(chunk), True)
+            break
+        except ModelError:
+            raise
+        except Exception:  # noqa: BLE001 - a dropped connection: continue from what arrived
+            if attempt == RETRIES:
+                raise
+            time.sleep(min(2 ** attempt, 8) * 0.5)
+    verify_file(part, file, hub_id)
+    os.replace(part, blob)
 
 
 def verify_file(path: Path, expected: RemoteFile, hub_id: str) -> None:
