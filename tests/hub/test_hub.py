@@ -4,7 +4,8 @@ A local HTTP server stands in for the hub (:mod:`tests.hub.fake_hub`, ``HF_ENDPO
 ``intfloat/e5-large-v2`` holding a random checkpoint of the E5 layout under the real repo's file names. From an
 empty cache (``HF_HOME`` in tmp): ``e5studio models pull`` downloads and verifies with progress, a download
 whose connection drops or whose process is killed continues with a Range request, ``models list`` shows the
-cache, and ``serve --model e5-large-v2`` downloads, deploys and answers ``/api/predict/nlp`` with unit vectors of the checkpoint's size.
+cache, and ``serve --model e5-large-v2`` downloads, deploys and answers ``/api/predict/nlp`` with unit vectors
+of the checkpoint's size.
 """
 
 from __future__ import annotations
