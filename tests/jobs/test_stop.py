@@ -18,8 +18,8 @@ STUCK = """
 import time
 from e5studio.jobs.train.stop import stops_promptly
 with stops_promptly(lambda how: print("recorded", how, flush=True)):
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)  # inside the try: the signal cannot land before it
         while True:
             time.sleep(0.05)
     except KeyboardInterrupt:
