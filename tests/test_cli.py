@@ -133,3 +133,28 @@ def test_unreachable_hub_model_exits_2_with_the_remedy(tmp_path: Path) -> None:
     env.pop("HUGGINGFACE_HUB_CACHE", None)
     result = run_cli("embed", "--model", "intfloat/e5-large-v2", "x", cwd=tmp_path, env=env)
     _assert_clean_error(result, ("intfloat/e5-large-v2", "tried:", str(hf_home), "--model", "hf download"))
+
+
+def test_endpoints_list_keeps_a_reason_whole() -> None:
+    from e5studio.cli import REASON_LINES, _reason_lines
+
+    reason = "cannot load model 'x'; tried:\n  - local directory /a/b (not found)\n  - " + "word " * 60
+    lines = _reason_lines(reason, "p", "e")
+    shown = " ".join(line.strip() for line in lines)
+    for word in ("tried:", "local directory /a/b (not found)"):
+        assert word in shown
+    assert shown.count("word") == 60 and all(len(line) <= 104 for line in lines)
+    long = _reason_lines("\n".join(f"line {i}" for i in range(40)), "p", "e")
+    assert len(long) == REASON_LINES and long[-1].strip() == "... (29 more lines: e5studio endpoints show p e)"
+
+
+def test_login_page_names_a_command_that_exists() -> None:
+    from pathlib import Path
+
+    import e5studio
+    from e5studio.cli import build_parser
+
+    page = (Path(e5studio.__file__).parent / "web" / "templates" / "login.html").read_text()
+    assert "e5studio admin-token --data-dir DIR" in page
+    args = build_parser().parse_args(["admin-token", "--data-dir", "DIR"])
+    assert args.data_dir == "DIR"

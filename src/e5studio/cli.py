@@ -119,9 +119,11 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     elif args.action == "list":
         query = f"?project={urllib.parse.quote(args.project)}" if args.project else ""
         for e in _admin(args, "GET", f"/api/admin/endpoints{query}")["endpoints"]:  # type: ignore[index]
-            reason = f"  ({e['status_reason'][:80]})" if e["status_reason"] else ""
-            print(f"{e['project_name']}/{e['name']}  {e['status']}{reason}  model={e['model']}  "
+            below = "  (reason below)" if e["status_reason"] else ""
+            print(f"{e['project_name']}/{e['name']}  {e['status']}{below}  model={e['model']}  "
                   f"batch_size={e['batch_size']}  precision={e['precision']}  {e['urls']['nlp']}")
+            for line in _reason_lines(e["status_reason"], e["project_name"], e["name"]):
+                print(line)
     elif args.action == "show":
         _print(_admin(args, "GET", path(args.project, args.name)))
     elif args.action == "delete":
@@ -129,6 +131,22 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     else:
         _print(_admin(args, "POST", path(args.project, args.name) + "/rotate-key"))
     return 0
+
+
+REASON_LINES = 12  # a longer reason is shortened, with a pointer to `endpoints show`
+
+
+def _reason_lines(reason: str, project: str, name: str, width: int = 100) -> list[str]:
+    """A status reason under its endpoint: every line kept (wrapped at ``width``), indented; past
+    :data:`REASON_LINES` lines it is cut with the command that shows it whole."""
+    import textwrap
+
+    lines = [part for line in reason.splitlines() for part in
+             (textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""])]
+    if len(lines) > REASON_LINES:
+        lines = lines[:REASON_LINES - 1] + [f"... ({len(lines) - REASON_LINES + 1} more lines: "
+                                            f"e5studio endpoints show {project} {name})"]
+    return [f"    {line}" for line in lines]
 
 
 def cmd_admin_token(args: argparse.Namespace) -> int:
@@ -142,6 +160,35 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     with Store(store_path(Path(args.data_dir))) as store:
         token = store.rotate_admin_token()
     print(f"New admin token (shown once): {token}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``models pull NAME``: download (or continue) and verify a hub model; ``models list``: the local cache."""
+    from e5studio.engine import download
+    from e5studio.jobspec.progress import Progress
+
+    if args.action == "list":
+        cached = download.list_cached()
+        if not cached:
+            print("no models in the Hugging Face cache (fetch one with `e5studio models pull e5-large-v2`)")
+        for model in cached:
+            print(f"{model.hub_id:<44} {download.format_mb(model.size_bytes):>9} MB  {model.path}")
+        return 0
+    reporter = Progress("models pull", enabled=not args.no_progress)
+    phase = None
+
+    def shown(done: int, total: int) -> None:
+        nonlocal phase
+        if phase is None:
+            phase = reporter.phase(f"downloading {download.ALIASES.get(args.name.lower(), args.name)}", total,
+                                   "MB", scale=lambda v: f"{v / 1e6:,.1f}")
+        phase.update_to(done)
+
+    result = download.pull(args.name, progress=shown)
+    if phase is not None:
+        phase.close()
+    print(result.summary())
     return 0
 
 
@@ -222,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     for p in parsers:
         _add_admin_flags(p)
     endpoints.set_defaults(func=cmd_endpoints)
+
+    models = sub.add_parser("models", help="download models from the Hugging Face Hub; list the local cache",
+                            description="pull NAME: download a hub model (alias or owner/name) into the Hugging Face "
+                                        "cache ($HF_HOME; $HF_ENDPOINT for a mirror) with progress, continue an "
+                                        "interrupted download, verify every file; list: cached models and sizes.")
+    msub = models.add_subparsers(dest="action", required=True)
+    pull = msub.add_parser("pull", help="download (or continue) and verify a model")
+    pull.add_argument("name", help="alias (e5-large-v2, e5-base-v2, ...) or hub id (owner/name)")
+    pull.add_argument("--no-progress", action="store_true", help="no progress line")
+    msub.add_parser("list", help="models in the local Hugging Face cache, with their size")
+    models.set_defaults(func=cmd_models)
 
     add_train_parsers(sub)
     add_batch_embed_parsers(sub)

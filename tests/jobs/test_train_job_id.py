@@ -124,7 +124,8 @@ def test_sigterm_interrupts_like_ctrl_c_and_resume_continues(data_dir: Path, tin
     with _store(data_dir) as store:
         (job,) = store.list_jobs()
     assert (job.status, job.owner, job.pid) == (JOB_INTERRUPTED, JOB_OWNER_CLI, os.getpid())
-    assert job.status_reason == "interrupted (SIGTERM); --resume continues from the newest checkpoint"
+    assert job.status_reason == ("interrupted (SIGTERM); newest checkpoint step-00000002: `e5studio train ... "
+                                 "--resume` continues from there")
     monkeypatch.undo()
     assert train(data_dir, tiny_nodropout_dir, output, "--resume") == 0
     assert "resuming from step-00000002 (step 2)" in capsys.readouterr().err

@@ -79,7 +79,8 @@ class DatasetTable(Database):
                 row = self._conn.execute("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1",
                                          (name,)).fetchone()
         if row is None:
-            raise NotFoundError(f"dataset {ref!r} not found (see `e5studio datasets list`)")
+            raise NotFoundError(f"dataset {ref!r} not found: record one with `e5studio datasets add NAME DIR` "
+                                "(or on the web UI's Datasets page; `e5studio datasets list` shows those recorded)")
         return _dataset(row)
 
     def list_datasets(self) -> list[Dataset]:

@@ -20,6 +20,8 @@ PRECISIONS = ("fp32", "int8")  # the engine's (e5studio.engine.runtimes.PRECISIO
 
 # a hash no key produces, compared against when an endpoint is missing so the answer takes the same time
 _NO_HASH = "0" * 64
+ENDPOINT_HINT = (": create one with `e5studio endpoints create PROJECT NAME` (or on the web UI's project page; "
+                 "`e5studio endpoints list` shows them)")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class EndpointTable(ProjectTable):
                 (project.id, endpoint_ref, endpoint_ref, endpoint_ref),
             ).fetchone()
         if row is None:
-            raise NotFoundError(f"endpoint {endpoint_ref!r} not found in project {project.name!r}")
+            raise NotFoundError(f"endpoint {endpoint_ref!r} not found in project {project.name!r}{ENDPOINT_HINT}")
         return _endpoint(row)
 
     def get_endpoint_by_id(self, endpoint_id: str) -> Endpoint:
@@ -166,7 +168,7 @@ class EndpointTable(ProjectTable):
     def _get_endpoint_by_id(conn: sqlite3.Connection, endpoint_id: str) -> Endpoint:
         row = conn.execute(_ENDPOINT_SELECT + " WHERE e.id = ?", (endpoint_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"endpoint {endpoint_id!r} not found")
+            raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
         return _endpoint(row)
 
     def find_endpoint(self, ref: str) -> Endpoint:
@@ -177,7 +179,7 @@ class EndpointTable(ProjectTable):
                 return _endpoint(row)
             rows = self._conn.execute(_ENDPOINT_SELECT + " WHERE e.name = ?" + _ENDPOINT_ORDER, (ref,)).fetchall()
         if not rows:
-            raise NotFoundError(f"endpoint {ref!r} not found")
+            raise NotFoundError(f"endpoint {ref!r} not found{ENDPOINT_HINT}")
         if len(rows) > 1:
             places = ", ".join(f"{row['project_name']} (id {row['id']})" for row in rows)
             raise InputError(f"endpoint name {ref!r} is used in several projects: {places}; use the endpoint id")
@@ -191,12 +193,12 @@ class EndpointTable(ProjectTable):
                 "UPDATE endpoints SET status = ?, status_reason = ? WHERE id = ?", (status, reason, endpoint_id)
             )
             if updated.rowcount == 0:
-                raise NotFoundError(f"endpoint {endpoint_id!r} not found")
+                raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         with self._write() as conn:
             if conn.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,)).rowcount == 0:
-                raise NotFoundError(f"endpoint {endpoint_id!r} not found")
+                raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
 
     # -- endpoint keys -----------------------------------------------------------------------------
 
@@ -209,7 +211,7 @@ class EndpointTable(ProjectTable):
                 (hash_key(key), display_prefix(key), endpoint_id),
             )
             if updated.rowcount == 0:
-                raise NotFoundError(f"endpoint {endpoint_id!r} not found")
+                raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
         return key
 
     def check_endpoint_key(self, endpoint_id: str, key: str) -> bool:

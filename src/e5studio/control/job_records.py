@@ -55,6 +55,9 @@ _RESUME_HINT = {KIND_TRAIN: "resume continues from the last checkpoint",
 CLI_GONE_REASON = ("the train process ended without recording a result; `e5studio train ... --resume` continues "
                    "from the last checkpoint")
 
+JOB_HINT = (": jobs are made by `e5studio train ...` (or the web UI's Jobs and Batch jobs pages); the web UI's Jobs "
+            "page lists them")
+
 
 def restart_reason(kind: str) -> str:
     """The reason recorded for the Running jobs of a server that is gone (found when a server starts)."""
@@ -143,7 +146,8 @@ class JobTable(Database):
         with self._write() as conn:
             if dataset_id is not None and conn.execute("SELECT 1 FROM datasets WHERE id = ?",
                                                        (dataset_id,)).fetchone() is None:
-                raise NotFoundError(f"dataset {dataset_id!r} not found")
+                raise NotFoundError(f"dataset {dataset_id!r} not found: record one with "
+                                    "`e5studio datasets add NAME DIR`")
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
                 raise ConflictError(f"job {job.id!r} already exists")
             conn.execute(
@@ -167,7 +171,7 @@ class JobTable(Database):
         with self._write() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise NotFoundError(f"job {job_id!r} not found")
+                raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
             job = _job(row)
             if status is not None:
                 check_transition(job.status, status, job_id)
@@ -192,7 +196,7 @@ class JobTable(Database):
         marks = ", ".join("?" for _ in from_statuses) or "NULL"
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                raise NotFoundError(f"job {job_id!r} not found")
+                raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
             updated = conn.execute(f"UPDATE jobs SET status = ?, status_reason = ?, updated_at = ? WHERE id = ?"
                                    f" AND status IN ({marks})", (status, status_reason, now(), job_id,
                                                                  *from_statuses))
@@ -204,7 +208,7 @@ class JobTable(Database):
         with self._write() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise NotFoundError(f"job {job_id!r} not found")
+                raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
             job = _job(row)
             conn.execute("UPDATE jobs SET pid = ?, owner = ?, runner_id = ?, runner_pid = ? WHERE id = ?",
                          (pid, job.owner if owner is None else owner,
@@ -216,7 +220,7 @@ class JobTable(Database):
         with self._lock:
             row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"job {job_id!r} not found")
+            raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
         return _job(row)
 
     def list_jobs(self, kind: str | None = None, *, status: str | None = None) -> list[JobRecord]:

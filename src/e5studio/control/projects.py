@@ -49,5 +49,6 @@ class ProjectTable(Database):
             "SELECT * FROM projects WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1", (ref, ref, ref)
         ).fetchone()
         if row is None:
-            raise NotFoundError(f"project {ref!r} not found")
+            raise NotFoundError(f"project {ref!r} not found: create it with `e5studio projects create NAME` (or on "
+                                "the web UI's Projects page)")
         return _project(row)

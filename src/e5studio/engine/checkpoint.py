@@ -149,8 +149,10 @@ def _from_hub(name: str, hub_id: str, tried: list[str]) -> Path:
         return Path(snapshot_download(hub_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure here means "not cached"
         tried.append(f"Hugging Face cache {HF_HUB_CACHE} (no snapshot of {hub_id})")
-    try:
-        return Path(snapshot_download(hub_id, allow_patterns=HUB_PATTERNS, etag_timeout=5))
+    from e5studio.engine.download import pull
+
+    try:  # the files listed first, fetched (an interrupted download continues), verified
+        return pull(hub_id).path
     except Exception as exc:  # noqa: BLE001 - offline, DNS failure, 404, gated repo ...
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         tried.append(f"download from the Hugging Face Hub ({type(exc).__name__}: {reason})")

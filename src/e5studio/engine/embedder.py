@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 import numpy as np
 import torch
@@ -141,24 +141,38 @@ class Embedder:
         """float32 [len(texts), dim], unit rows, in input order."""
         return self.embed_ids(self.tokenize(texts, input_type))
 
-    def embed_ids(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
-        """Token-id arrays -> float32 [n, dim] in input order, computed in length-sorted micro-batches."""
+    def embed_ids(self, sequences: Sequence[np.ndarray], progress: Callable[[int], None] | None = None
+                  ) -> np.ndarray:
+        """Token-id arrays -> float32 [n, dim] in input order, computed in length-sorted micro-batches.
+
+        ``progress``: called with the number of rows finished so far after each micro-batch (in the calling
+        thread, also when the micro-batches run on the worker threads).
+        """
         out = np.empty((len(sequences), self.dim), dtype=np.float32)  # [n, dim]
         batches = list(micro_batches([len(s) for s in sequences], self.max_batch_tokens))
+        finished = 0
         if len(batches) <= 1 or self.workers == 1:
             for idx in batches:  # in the calling thread, on all its threads
                 chunk = [sequences[i] for i in idx]
                 out[idx] = self.compute(self.plan.pick(chunk), chunk)
+                finished += len(idx)
+                if progress is not None:
+                    progress(finished)
             return out
 
         def one_worker(idx: list[int]) -> None:
             out[idx] = self.compute(self.plan.large, [sequences[i] for i in idx])  # [b, dim]
 
         # longest micro-batches first (micro_batches' order), so the last ones to start are the shortest
-        futures = [self._worker_pool().submit(one_worker, idx) for idx in batches]
-        wait(futures)  # every micro-batch has finished, failed or not, before this call returns
-        for future in futures:
-            future.result()  # the first failure, if any
+        futures = {self._worker_pool().submit(one_worker, idx): len(idx) for idx in batches}
+        try:
+            for future in as_completed(futures):
+                future.result()  # the first failure, if any
+                finished += futures[future]
+                if progress is not None:
+                    progress(finished)
+        finally:
+            wait(futures)  # every micro-batch has finished, failed or not, before this call returns
         return out
 
     def compute(self, runtime: Runtime, sequences: Sequence[np.ndarray]) -> np.ndarray:

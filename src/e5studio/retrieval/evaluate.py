@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import InputError
@@ -121,28 +123,59 @@ class Scores:
     seconds: dict[str, float]
 
 
+PhaseProgress = Callable[[str, int, int], None]  # (phase, done, total): "passages", "queries", "scoring"
+
+
+def _embed(embedder: Embedder, texts: list[str], phase: str, progress: PhaseProgress | None,
+           chunk: int = 1024) -> np.ndarray:
+    """float32 [n, d] of ``texts``, tokenised and embedded ``chunk`` at a time, ``progress`` after each
+    micro-batch."""
+    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    if progress is not None:
+        progress(phase, 0, len(texts))
+    for start in range(0, len(texts), chunk):
+        part = texts[start:start + chunk]
+
+        def done(rows: int, start: int = start) -> None:
+            if progress is not None:
+                progress(phase, start + rows, len(texts))
+
+        out[start:start + len(part)] = embedder.embed_ids(embedder.tokenize(part), done)
+    return out
+
+
 def score(embedder: Embedder, evalset: EvalSet, metrics: Sequence[str] = DEFAULT_METRICS,
           depth: int = DEFAULT_DEPTH, query_prefix: str = QUERY_PREFIX,
-          passage_prefix: str = PASSAGE_PREFIX) -> Scores:
-    """Embed the corpus and the queries, search the top ``depth`` exactly, score every metric."""
+          passage_prefix: str = PASSAGE_PREFIX, progress: PhaseProgress | None = None,
+          corpus: np.ndarray | None = None) -> Scores:
+    """Embed the corpus (unless ``corpus`` [n, d] holds its vectors already, in passage order) and the
+    queries, search the top ``depth`` exactly, score every metric."""
     t0 = time.perf_counter()
-    corpus = embedder.embed_ids(embedder.tokenize([with_prefix(p, passage_prefix) for p in evalset.passages]))
+    if corpus is None:
+        corpus = _embed(embedder, [with_prefix(p, passage_prefix) for p in evalset.passages], "passages", progress)
+    elif corpus.shape != (len(evalset.passages), embedder.dim):
+        raise InputError(f"the corpus vectors have shape {tuple(corpus.shape)}, the evaluation set has "
+                         f"{len(evalset.passages)} passages and the model {embedder.dim} dimensions")
     t1 = time.perf_counter()
-    queries = embedder.embed_ids(embedder.tokenize([with_prefix(q, query_prefix) for q in evalset.queries]))
+    queries = _embed(embedder, [with_prefix(q, query_prefix) for q in evalset.queries], "queries", progress)
     t2 = time.perf_counter()
+    if progress is not None:
+        progress("scoring", 0, len(evalset.queries))
     scores, indices = exact_search(queries, corpus, depth)  # [q, depth]
     run = to_run(evalset.query_ids, evalset.doc_ids, scores, indices)
     means = evaluate_run(evalset.qrels, run, metrics)
+    if progress is not None:
+        progress("scoring", len(evalset.queries), len(evalset.queries))
     t3 = time.perf_counter()
     return Scores(means, {"passages": round(t1 - t0, 2), "queries": round(t2 - t1, 2),
                           "search_and_score": round(t3 - t2, 2)})
 
 
-def evaluate_embedder(embedder: Embedder, evalset: EvalSet, metrics: Sequence[str] = DEFAULT_METRICS
-                      ) -> dict[str, float]:
+def evaluate_embedder(embedder: Embedder, evalset: EvalSet, metrics: Sequence[str] = DEFAULT_METRICS,
+                      progress: PhaseProgress | None = None, corpus: np.ndarray | None = None) -> dict[str, float]:
     """Mean of each metric (``ndcg@10``, ``mrr@10``, ``recall@100``, ``map`` ...) over the judged queries,
     with the E5 prefixes."""
-    return score(embedder, evalset, metrics).metrics
+    return score(embedder, evalset, metrics, progress=progress, corpus=corpus).metrics
 
 
 @dataclass(frozen=True)
@@ -156,11 +189,15 @@ class EvalSettings:
     max_queries: int | None = None
 
 
-def run_eval(embedder: Embedder, settings: EvalSettings, model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``e5studio eval``: load, embed, search and score; returns the report (metrics, counts, settings, timings)."""
+def run_eval(embedder: Embedder, settings: EvalSettings, model: dict[str, Any] | None = None,
+             progress: PhaseProgress | None = None,
+             corpus: Callable[[EvalSet], np.ndarray] | None = None) -> dict[str, Any]:
+    """``e5studio eval``: load, embed, search and score; returns the report (metrics, counts, settings, timings).
+
+    ``corpus``: gives the passages' vectors (read from an index) instead of embedding them."""
     evalset = load_eval_set(settings.data, settings.split, settings.max_queries)
     result = score(embedder, evalset, settings.metrics, settings.depth, settings.query_prefix,
-                   settings.passage_prefix)
+                   settings.passage_prefix, progress, corpus(evalset) if corpus is not None else None)
     return {
         "model": model or {"name": embedder.checkpoint.name, "path": str(embedder.checkpoint.path)},
         "data": str(settings.data), "split": settings.split,

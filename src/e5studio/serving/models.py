@@ -6,12 +6,14 @@ Loading happens in a background thread per model; while it runs the endpoints us
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from e5studio.control.store import DEPLOYING, FAILED, LIVE, Endpoint, Store
+from e5studio.engine import download
 from e5studio.engine.checkpoint import ALIASES
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import E5StudioError, UnavailableError
@@ -81,6 +83,9 @@ class ModelPool:
 
     def _load(self, loaded: LoadedModel, model: str, precision: str) -> None:
         try:
+            if download.needs_download(model):  # a first deploy: the download shows in the Deploying reason
+                with contextlib.suppress(E5StudioError):  # else the loader says why, with all it tried
+                    download.pull(model, progress=self._download_progress(loaded.key))
             embedder = self._loader(replace(self._engine, model=model, precision=precision))
             loaded.batcher = Batcher(embedder.embed_ids, max_batch_tokens=embedder.max_batch_tokens,
                                      limits=self._limits, observer=self._metrics.observer(loaded.key),
@@ -93,6 +98,24 @@ class ModelPool:
             loaded.error = f"{type(exc).__name__}: {exc}"
         loaded.done.set()
         self._publish(loaded)
+
+    def _download_progress(self, key: str) -> download.ByteProgress:
+        """Sets "Deploying: downloading 412/1,340 MB" on the endpoints of ``key`` (at most once a second)."""
+        import time
+
+        last = [0.0]
+
+        def shown(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < 1.0 and done < total:
+                return
+            last[0] = now
+            reason = f"Deploying: downloading {done / 1e6:,.0f}/{total / 1e6:,.0f} MB"
+            for endpoint in self._store.list_endpoints():
+                if endpoint_model_key(endpoint) == key:
+                    self._store.set_status(endpoint.id, DEPLOYING, reason)
+
+        return shown
 
     def _publish(self, loaded: LoadedModel) -> None:
         for endpoint in self._store.list_endpoints():

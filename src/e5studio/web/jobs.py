@@ -4,6 +4,7 @@ log lines, cancel, resume, and *Deploy as endpoint* for a finished fine-tune."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -14,6 +15,7 @@ from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
 from e5studio.errors import InputError
 from e5studio.jobspec.layout import eval_files
+from e5studio.jobspec.progress import read_status
 from e5studio.jobspec.train_params import TRAIN_PARAMS
 from e5studio.web.common import SessionDep, read_form, render, text_field, ui_session
 from e5studio.web.endpoints import BATCH_SIZE_HELP, model_choices
@@ -49,10 +51,19 @@ def _runner(request: Request) -> JobRunner:
     return runner
 
 
+def job_phase(job: JobRecord) -> dict[str, Any] | None:
+    """The phase the job's process wrote last (``progress.json`` in its folder): name, done/total, rate, ETA,
+    and the line the command line shows."""
+    return read_status(Path(job.output))
+
+
 def _job_json(request: Request, job: JobRecord, details: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"id": job.id, "kind": job.kind, "status": job.status, "status_reason": job.status_reason,
                            "step": job.step, "total_steps": job.total_steps, "progress": round(job.progress, 4),
                            "model": job.model, "created_at": job.created_at}
+    status = job_phase(job)
+    out["phase"] = status.get("phase") if status else None
+    out["phase_line"] = status.get("line") if status else None
     if details:
         runner = _runner(request)
         out["history"] = runner.history(job.id)
@@ -101,7 +112,7 @@ async def job_page(request: Request, job_id: str) -> Response:
     job = store.get_job(job_id)
     dataset = store.get_dataset(job.dataset_id) if job.dataset_id else None
     final_dir = _runner(request).final_model_dir(job)
-    return render(request, "job.html", job=job, dataset=dataset, final_dir=final_dir,
+    return render(request, "job.html", job=job, dataset=dataset, final_dir=final_dir, phase=job_phase(job),
                   vectors_dir=_runner(request).vectors_dir(job),
                   projects=store.list_projects(), batch_help=BATCH_SIZE_HELP,
                   can_cancel=job.status == JOB_RUNNING, can_resume=job.status in JOB_RESUMABLE_STATUSES)

@@ -50,6 +50,9 @@ def cmd_embed_corpus(args: argparse.Namespace) -> int:
         executor = RayExecutor(RayOptions(address=args.ray_address, workers=args.workers or 1,
                                       gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                                       num_cpus=args.ray_num_cpus))
+    if settings.progress:  # the first line at once; the model loads next (seconds for E5 Large)
+        print(f"embed-corpus: {args.input} -> {args.output}: loading {settings.engine.model}", file=sys.stderr,
+              flush=True)
     try:
         result = run_job(settings, executor, sinks)
     except KeyboardInterrupt:
@@ -122,7 +125,9 @@ def _texts_for(manifest: dict[str, Any] | None, ids: set[str]) -> dict[str, str]
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
-    from e5studio.jobs.batch_embed.model_identity import model_identity
+    from e5studio.jobs.corpus_index import index_corpus
+    from e5studio.jobs.model_identity import model_identity
+    from e5studio.jobspec.progress import phase_lines
     from e5studio.retrieval.evaluate import EvalSettings, run_eval
 
     query_prefix, passage_prefix = args.query_prefix, args.passage_prefix
@@ -131,8 +136,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine = engine_settings(args)
     settings = EvalSettings(data=Path(args.data), split=args.split, query_prefix=query_prefix,
                             passage_prefix=passage_prefix, depth=args.depth, max_queries=args.max_queries)
+    if not args.no_progress:
+        print(f"eval: {args.data}: loading {engine.model}", file=sys.stderr, flush=True)
+    identity = model_identity(engine)
+    corpus = index_corpus(Path(args.index), identity, engine.precision, passage_prefix) if args.index else None
     embedder = Embedder.load(engine)
-    report = run_eval(embedder, settings, model_identity(engine))
+    phases = {"passages": "embedding passages", "queries": "embedding queries", "scoring": "searching and scoring"}
+    report = run_eval(embedder, settings, identity, phase_lines("eval", phases, not args.no_progress), corpus)
+    if args.index:
+        report["index"] = str(Path(args.index).resolve())
     text = json.dumps(report, indent=1)
     if args.report:
         Path(args.report).write_text(text + "\n")
@@ -216,4 +228,8 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--depth", type=int, default=1000, help="passages retrieved per query (default 1000; MAP)")
     ev.add_argument("--max-queries", type=int, default=None, help="evaluate the first N judged queries only")
     ev.add_argument("--report", default=None, help="also write the JSON report to this file")
+    ev.add_argument("--index", default=None, metavar="DIR",
+                    help="score against the passage vectors an `e5studio embed-corpus DATA/passages.jsonl` wrote to "
+                         "DIR (same model, precision and prefix, else refused); only the queries are embedded")
+    ev.add_argument("--no-progress", action="store_true", help="no progress lines")
     ev.set_defaults(func=cmd_eval)

@@ -20,6 +20,7 @@ from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.reader import WindowSpec
 from e5studio.jobs.batch_embed.writer import FORMAT, fsync_dir, read_manifest, remove_temporaries, write_manifest
 from e5studio.jobspec.layout import INDEX_DIR, LOCK_FILE, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR
+from e5studio.jobspec.progress import PROGRESS_FILE
 
 if TYPE_CHECKING:
     from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings
@@ -35,6 +36,7 @@ def vector_settings(settings: EmbedCorpusSettings, model: dict[str, Any]) -> dic
         "window_size": settings.window_size,
         "max_batch_tokens": settings.engine.max_batch_tokens,
         "dtype": settings.engine.dtype,
+        "precision": settings.engine.precision,
         "input_format": settings.input.format,
         "text_field": settings.input.text_field if settings.input.format != "text" else None,
         "id_field": settings.input.id_field,
@@ -81,7 +83,8 @@ class ManifestState:
         wanted = vector_settings(settings, model)
         manifest = read_manifest(output)
         if manifest is None:
-            leftovers = [p.name for p in output.iterdir() if not p.name.startswith(".tmp-") and p.name != LOCK_FILE]
+            leftovers = [p.name for p in output.iterdir()
+                         if not p.name.startswith(".tmp-") and p.name not in (LOCK_FILE, PROGRESS_FILE)]
             if leftovers:
                 raise InputError(f"output folder {output} is not empty and has no {MANIFEST_FILE} "
                                  f"({', '.join(sorted(leftovers)[:5])}); choose an empty or new folder")
@@ -95,7 +98,7 @@ class ManifestState:
             }
         else:
             differences = [f"{k}: {manifest['settings'].get(k)!r} -> {v!r}" for k, v in wanted.items()
-                           if manifest["settings"].get(k) != v]
+                           if manifest["settings"].get(k, "fp32" if k == "precision" else None) != v]
             if differences:
                 raise InputError(f"{output} holds a job with other settings ({'; '.join(differences)}); rerun "
                                  "with the original settings to continue it, or pass --overwrite to start afresh")
@@ -201,14 +204,15 @@ def clear_output(output: Path) -> None:
     """Delete what embed-corpus writes in ``output`` (only its own files and folders)."""
     if not output.exists():
         return
-    if not (output / MANIFEST_FILE).is_file() and any(p.name != LOCK_FILE for p in output.iterdir()):
+    if not (output / MANIFEST_FILE).is_file() and any(p.name not in (LOCK_FILE, PROGRESS_FILE)
+                                                       for p in output.iterdir()):
         raise InputError(f"--overwrite: {output} is not an embed-corpus output (no {MANIFEST_FILE}); not deleting it")
     with _lock(output):
         _clear(output)
 
 
 def _clear(output: Path) -> None:
-    for name in (MANIFEST_FILE, REJECTS_FILE):
+    for name in (MANIFEST_FILE, REJECTS_FILE, PROGRESS_FILE):
         (output / name).unlink(missing_ok=True)
     for name in (SHARDS_DIR, INDEX_DIR):
         shutil.rmtree(output / name, ignore_errors=True)

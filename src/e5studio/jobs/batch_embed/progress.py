@@ -1,52 +1,71 @@
-"""embed-corpus's progress bar: rows or bytes of the input done, passages/s, tokens/s, rejects, ETA."""
+"""embed-corpus's progress: the input done (bytes or rows), passages/s, tokens/s, rejects, ETA, moved after
+every micro-batch (:mod:`e5studio.jobspec.progress` draws it; ``progress.json`` in the output holds it for the
+web UI)."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from e5studio.jobspec.progress import PROGRESS_FILE
+from e5studio.jobspec.progress import Progress as Reporter
 
 if TYPE_CHECKING:
+    from e5studio.jobs.batch_embed.reader import WindowSpec
     from e5studio.jobs.batch_embed.windows import WindowResult
 
 
-class Progress:
-    """A tqdm bar over the input (bytes or rows) with passages/s, tokens/s and the ETA; quiet when disabled."""
+def _megabytes(value: float) -> str:
+    return f"{value / 1e6:,.1f}" if value >= 1e7 else f"{value / 1e6:,.2f}"
 
-    def __init__(self, total: int, initial: int, enabled: bool, units: str) -> None:
-        self._bar: Any = None
+
+class Progress:
+    """The input done (``units``: ``line``: bytes, ``row``: rows) with passages/s, tokens/s and the ETA; quiet
+    when disabled."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, units: str, output: Path | None = None) -> None:
         self.passages = 0
         self.tokens = 0
         self.rejects = 0
         self._t0 = time.perf_counter()
-        if enabled:
-            from tqdm import tqdm
+        self._reporter = Reporter("embed-corpus", enabled=enabled, stream=sys.stderr,
+                                  status_file=output / PROGRESS_FILE if output is not None else None)
+        by_bytes = units == "line"  # line files count bytes, Parquet files rows (InputSpec.total)
+        self._phase = self._reporter.phase("embedding passages", total, "MB" if by_bytes else "rows", initial,
+                                           scale=_megabytes if by_bytes else None)
+        self._at = initial
 
-            self._bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True,
-                             desc="starting", bar_format="embed-corpus {percentage:3.0f}%|{bar}| {desc} "
-                                                         "[{elapsed}, ETA {remaining}]")
+    def _note(self, passages: float, tokens: float) -> None:
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        self._phase.note(f"{passages:,.0f} passages, {passages / elapsed:,.1f} passages/s, "
+                         f"{tokens / elapsed:,.0f} tokens/s, {self.rejects} rejected")
+
+    def rows_done(self, spec: WindowSpec, rows: int, tokens: int) -> Callable[[int], None]:
+        """A callback for ``Embedder.embed_ids``: the window ``spec`` (``rows`` records, ``tokens`` tokens) is
+        embedded as far as the rows it is told."""
+        def done(finished: int) -> None:
+            share = finished / max(rows, 1)
+            self._note(self.passages + finished, self.tokens + tokens * share)
+            self._phase.update_to(self._at + (spec.end - spec.start) * share)
+        return done
 
     def update(self, result: WindowResult) -> None:
         self.passages += result.rows
         self.tokens += result.tokens
         self.rejects += len(result.rejects)
-        if self._bar is not None:
-            elapsed = max(time.perf_counter() - self._t0, 1e-9)
-            self._bar.set_description_str(f"{self.passages:,} passages, {self.passages / elapsed:,.1f} passages/s, "
-                                          f"{self.tokens / elapsed:,.0f} tokens/s, {self.rejects} rejected",
-                                          refresh=False)
-            self._bar.update(result.spec.end - result.spec.start)
+        self._at = max(self._at, result.spec.end)
+        self._note(self.passages, self.tokens)
+        self._phase.update_to(self._at)
 
     def write(self, message: str) -> None:
-        if self._bar is not None:
-            self._bar.write(message, file=sys.stderr)
-        else:
-            print(message, file=sys.stderr, flush=True)
+        self._reporter.write(message)
 
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._phase.close()

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.manifest_state import ManifestState
-from e5studio.jobs.batch_embed.model_identity import model_identity
 from e5studio.jobs.batch_embed.prefetch import prefetch
 from e5studio.jobs.batch_embed.progress import Progress
 from e5studio.jobs.batch_embed.reader import InputSpec, iter_windows
 from e5studio.jobs.batch_embed.summary import EmbedCorpusResult
 from e5studio.jobs.batch_embed.windows import PreparedWindow, bad_records_error, embed_window, prepare_window
+from e5studio.jobs.model_identity import model_identity
 from e5studio.jobspec.batch_params import WINDOW_SIZE
 from e5studio.jobspec.layout import INDEX_DIR
 from e5studio.settings import EngineSettings
@@ -120,7 +120,9 @@ def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress:
                 continue
             if item.window.rejects and settings.bad_records == "fail":
                 raise bad_records_error(settings.input, item.window.rejects)
-            result = embed_window(embedder, item, settings.output)
+            tokens = int(sum(len(ids) for ids in item.token_ids))
+            result = embed_window(embedder, item, settings.output,
+                                  progress.rows_done(item.window.spec, len(item.window.records), tokens))
             state.commit(result)
             progress.update(result)
     finally:
@@ -146,7 +148,7 @@ def _run(settings: EmbedCorpusSettings, executor: WindowExecutor, sinks: list[An
     resumed = sorted(state.done)
     start = state.resume_point()
     progress = Progress(settings.input.total(), start.start if start else 0,
-                        settings.progress and not state.complete, settings.input.units)
+                        settings.progress and not state.complete, settings.input.units, settings.output)
     was_complete = state.complete
     try:
         if not state.complete:

@@ -4,6 +4,7 @@ micro-batches, written as one Parquet shard."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,13 +61,15 @@ def prepare_window(embedder: Embedder, window: Window, input_type: str | None,
     return PreparedWindow(window, ids)
 
 
-def embed_window(embedder: Embedder, prepared: PreparedWindow, output: Path) -> WindowResult:
-    """Embed one tokenised window (length-sorted, token-budget micro-batches) and write its shard."""
+def embed_window(embedder: Embedder, prepared: PreparedWindow, output: Path,
+                 progress: Callable[[int], None] | None = None) -> WindowResult:
+    """Embed one tokenised window (length-sorted, token-budget micro-batches) and write its shard;
+    ``progress(rows finished)`` after each micro-batch."""
     t0 = time.perf_counter()
     window = prepared.window
     shard = None
     if window.records:
-        vectors = embedder.embed_ids(prepared.token_ids)  # [n, dim] float32, input order
+        vectors = embedder.embed_ids(prepared.token_ids, progress)  # [n, dim] float32, input order
         shard = write_shard(output, window.spec.index, [r.id for r in window.records],
                             [text_sha256(r.text) for r in window.records], vectors)
     tokens = int(sum(len(ids) for ids in prepared.token_ids))

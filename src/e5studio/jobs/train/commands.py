@@ -82,13 +82,25 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"{d.ref:<24} {d.passages:>9} passages {d.queries:>8} queries {d.negatives:>9} negatives  "
                   f"train sha256 {d.train_sha256[:12]}  {d.path}")
         return 0
-    return _mine(args)
+    from e5studio.jobs.train.stop import stops_promptly
+
+    def stopped(how: str) -> None:
+        print(f"e5studio: mine-negatives interrupted ({how}); no new version of {args.name} recorded (run the same "
+              "command again)", file=sys.stderr, flush=True)
+
+    with stops_promptly(stopped):
+        try:
+            return _mine(args)
+        except KeyboardInterrupt:
+            stopped("Ctrl-C")
+            return 130
 
 
 def _mine(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
     from e5studio.jobs.train.mining import mine_negatives
     from e5studio.jobspec.dataset_format import validate_dataset
+    from e5studio.jobspec.progress import phase_lines
     from e5studio.settings import EngineSettings
 
     with _store(args) as store:
@@ -96,11 +108,15 @@ def _mine(args: argparse.Namespace) -> int:
         _check_unchanged(source)
         settings = EngineSettings.from_env(model=args.model, device=args.device, threads=args.threads,
                                            max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
+        print(f"mine-negatives: {source.ref}: loading {args.model}", file=sys.stderr, flush=True)
         embedder = Embedder.load(settings)
         newest = store.get_dataset(source.name).version
         destination = Path(args.data_dir).resolve() / DATASETS_DIR / source.name / f"v{newest + 1}"
         t0 = time.perf_counter()
-        result = mine_negatives(Path(source.path), destination, embedder, args.top_k, args.skip_top)
+        result = mine_negatives(Path(source.path), destination, embedder, args.top_k, args.skip_top,
+                                phase_lines("mine-negatives", {"passages": "embedding passages",
+                                                                  "queries": "embedding queries",
+                                                                  "ranking": "ranking the corpus"}))
         report = validate_dataset(destination, args.train_n_passages)
         if not report.ok:  # pragma: no cover - mining writes valid files
             raise InputError(f"mined dataset in {destination} is invalid: {report.errors[0]}")
@@ -151,6 +167,9 @@ class StoreReporter:
     def on_eval(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
         self.store.update_job(self.job_id, step=step, metrics={f"epoch{epoch}": dict(metrics), "last_eval": {
             "epoch": epoch, **metrics}})
+
+
+_STARTED: dict[str, str] = {}  # the job id this process runs, once recorded (read by the stop watcher)
 
 
 class Terminated(BaseException):
@@ -214,13 +233,50 @@ def _claim_job(store: Store, job_id: str, output: Path, dataset: Any, model: str
     raise InputError(f"job {job_id} is {status}; only a Running, Failed or Interrupted job can be run again")
 
 
+def stop_message(output: Path, how: str) -> str:
+    """What an interrupted train run says: whether a checkpoint exists and what ``--resume`` will do."""
+    from e5studio.jobs.train.checkpoints import latest_checkpoint
+    from e5studio.jobspec.layout import CHECKPOINTS_DIR
+
+    latest = latest_checkpoint(output / CHECKPOINTS_DIR)
+    if latest is None:
+        return (f"interrupted ({how}); no checkpoint yet (one is written at each epoch end and every --save-every "
+                "steps): `e5studio train ... --resume` starts again from step 0")
+    return (f"interrupted ({how}); newest checkpoint {latest.name}: `e5studio train ... --resume` continues from "
+            "there")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    with _sigterm_raises():
+    from e5studio.jobs.train.stop import stops_promptly
+
+    def stuck(how: str) -> None:  # the watcher thread: the main thread is inside a long native call
+        from e5studio.control.job_records import JOB_INTERRUPTED, JOB_RUNNING
+
+        message = stop_message(Path(args.output).resolve(), how)
+        job = _STARTED.get("job_id")
+        if job is not None:
+            with _store(args) as store:
+                store.transition_job(job, (JOB_RUNNING,), JOB_INTERRUPTED, message)
+        print(f"e5studio: {message}", file=sys.stderr, flush=True)
+
+    with _sigterm_raises(), stops_promptly(stuck):
         try:
             return _train(args)
         except Terminated:  # before the job was under way (while torch was loading, say): nothing to record
             print("e5studio: stopped (SIGTERM) before training started", file=sys.stderr)
             return 128 + signal.SIGTERM
+
+
+def _eval_index_vectors(args: argparse.Namespace, evalset: Any) -> Any:
+    """``--eval-index``: the base model's passage vectors of the evaluation set, for the evaluation before
+    training (refused unless the index was made by that model, in fp32, with the passage prefix)."""
+    from e5studio.jobs.corpus_index import index_corpus
+    from e5studio.jobs.model_identity import model_identity
+    from e5studio.retrieval.evaluate import PASSAGE_PREFIX
+    from e5studio.settings import EngineSettings
+
+    identity = model_identity(EngineSettings(model=args.model, max_length=args.eval_max_length))
+    return index_corpus(Path(args.eval_index), identity, "fp32", PASSAGE_PREFIX)(evalset)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -259,12 +315,19 @@ def _train(args: argparse.Namespace) -> int:
             job_id = args.job_id
         if dist.is_main:
             _check_unchanged(dataset)
+        if dist.is_main and not args.no_progress:
+            print(f"train: loading {args.model} and dataset {dataset.ref}", file=sys.stderr, flush=True)
         evalset = load_eval_set(Path(args.eval_dir), max_queries=args.eval_max_queries) if args.eval_dir else None
         if dist.world_size > 1:
             backend = "nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo"
             torch_dist.init_process_group(backend)
+        eval_corpus = None
+        if args.eval_index:
+            if evalset is None:
+                raise InputError("--eval-index needs --eval-dir (the evaluation set whose passages it holds)")
+            eval_corpus = _eval_index_vectors(args, evalset)
         job = TrainRun(model=args.model, dataset_dir=Path(dataset.path), output=output, settings=settings,
-                       options=options, evalset=evalset,
+                       options=options, evalset=evalset, eval_corpus=eval_corpus,
                        dataset_checksums={"passages": dataset.passages_sha256, "train": dataset.train_sha256})
         trainer = Trainer(job, dist)
         if dist.is_main:
@@ -279,6 +342,7 @@ def _train(args: argparse.Namespace) -> int:
                     job_id = store.create_job(KIND_TRAIN, args.model, str(output), params, dataset.id).id
                 store.set_job_process(job_id, os.getpid(), owner=JOB_OWNER_CLI, runner_id="", runner_pid=0)
             trainer.reporter = StoreReporter(store, job_id)
+            _STARTED["job_id"] = job_id
             print(f"train job {job_id}: {args.model} on dataset {dataset.ref} -> {output} "
                   f"({trainer.total_steps} steps, {dist.world_size} process(es), device {trainer.device})",
                   file=sys.stderr, flush=True)
@@ -298,11 +362,10 @@ def _train(args: argparse.Namespace) -> int:
             print(json.dumps({"job": job_id, **summary}, indent=2))
     except (KeyboardInterrupt, Terminated) as exc:
         how = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        message = stop_message(output, how)
         if job_id is not None:  # a Cancelled job (the server records the cancel before signalling) stays Cancelled
-            store.transition_job(job_id, (JOB_RUNNING,), JOB_INTERRUPTED,
-                                 f"interrupted ({how}); --resume continues from the newest checkpoint")
-        print(f"e5studio: interrupted ({how}); `e5studio train ... --resume` continues from the newest checkpoint",
-              file=sys.stderr)
+            store.transition_job(job_id, (JOB_RUNNING,), JOB_INTERRUPTED, message)
+        print(f"e5studio: {message}", file=sys.stderr)
         return 130 if how == "Ctrl-C" else 128 + signal.SIGTERM
     except BaseException as exc:
         if job_id is not None:
@@ -360,6 +423,10 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--eval-dir", default=None,
                        help=f"evaluation set ({', '.join(eval_files())}): nDCG@10, MRR@10, Recall@100, MAP "
                             "(the metrics of `e5studio eval`) before training and after each epoch")
+    train.add_argument("--eval-index", default=None, metavar="DIR",
+                       help="the evaluation before training scores against the passage vectors `e5studio "
+                            "embed-corpus EVAL_DIR/passages.jsonl --model MODEL` wrote to DIR (only the queries are "
+                            "embedded; the evaluations after each epoch embed the corpus with the trained model)")
     train.add_argument("--eval-max-queries", type=int, default=None, help="evaluate on the first N judged queries")
     train.add_argument("--eval-max-length", type=int, default=None, help="truncation in evaluation (default: "
                                                                          "the model's serving length)")

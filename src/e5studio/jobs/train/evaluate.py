@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -17,7 +18,7 @@ from e5studio.engine.embedder import Embedder
 from e5studio.engine.encoder import BertEncoder
 from e5studio.engine.runtimes import RuntimePlan, TorchRuntime
 from e5studio.engine.tokenizer import Tokenizer
-from e5studio.retrieval.evaluate import DEFAULT_METRICS, EvalSet, evaluate_embedder
+from e5studio.retrieval.evaluate import DEFAULT_METRICS, EvalSet, PhaseProgress, evaluate_embedder
 
 
 @contextmanager
@@ -33,9 +34,10 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
 
 def evaluate_module(encoder: BertEncoder, checkpoint: Checkpoint, max_length: int, evalset: EvalSet,
                     device: torch.device, autocast_dtype: torch.dtype | None = None,
-                    max_batch_tokens: int = 8192, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+                    max_batch_tokens: int = 8192, metrics: Sequence[str] = DEFAULT_METRICS,
+                    progress: PhaseProgress | None = None, corpus: Any = None) -> dict[str, float]:
     """Evaluate the encoder being trained, exactly as the exported model would be served."""
     embedder = Embedder(checkpoint, Tokenizer(checkpoint.path, max_length), encoder,
                         RuntimePlan(TorchRuntime(encoder, autocast_dtype)), max_batch_tokens)
     with eval_mode(encoder):
-        return evaluate_embedder(embedder, evalset, metrics)
+        return evaluate_embedder(embedder, evalset, metrics, progress, corpus)

@@ -21,6 +21,7 @@ from e5studio.engine.embedder import Embedder
 from e5studio.errors import InputError
 from e5studio.jobs.train.passages import PassageStore, read_examples
 from e5studio.jobspec.layout import PASSAGES_FILE, TRAIN_FILE
+from e5studio.retrieval.evaluate import PhaseProgress
 from e5studio.retrieval.search import exact_search
 
 CHUNK = 4096  # passages embedded per call (bounds the texts held at once)
@@ -33,17 +34,23 @@ class MiningResult:
     negatives_added: int
 
 
-def embed_corpus(embedder: Embedder, passages: PassageStore) -> np.ndarray:
-    """float32 [n, d] passage embeddings, embedded in chunks of :data:`CHUNK`."""
+def embed_corpus(embedder: Embedder, passages: PassageStore, progress: PhaseProgress | None = None) -> np.ndarray:
+    """float32 [n, d] passage embeddings, embedded in chunks of :data:`CHUNK`; ``progress("passages", done,
+    total)`` after every micro-batch."""
     out = np.empty((len(passages), embedder.dim), dtype=np.float32)
     for start in range(0, len(passages), CHUNK):
         ids = range(start, min(start + CHUNK, len(passages)))
-        out[start:ids.stop] = embedder.embed(passages.texts(ids), input_type="passage")
+
+        def done(rows: int, start: int = start) -> None:
+            if progress is not None:
+                progress("passages", start + rows, len(passages))
+
+        out[start:ids.stop] = embedder.embed_ids(embedder.tokenize(passages.texts(ids), "passage"), done)
     return out
 
 
-def mine_negatives(source: Path, destination: Path, embedder: Embedder, top_k: int, skip_top: int = 3
-                   ) -> MiningResult:
+def mine_negatives(source: Path, destination: Path, embedder: Embedder, top_k: int, skip_top: int = 3,
+                   progress: PhaseProgress | None = None) -> MiningResult:
     """Write ``destination/train.jsonl`` with mined negatives and link ``destination/passages.jsonl``."""
     if top_k < 1 or skip_top < 0:
         raise InputError("--top-k must be at least 1 and --skip-top at least 0")
@@ -53,13 +60,18 @@ def mine_negatives(source: Path, destination: Path, embedder: Embedder, top_k: i
         merged: dict[str, set[int]] = {}
         for ex in examples:
             merged.setdefault(ex.query, set()).update(ex.positives)
-        corpus = embed_corpus(embedder, passages)  # [n, d]
+        corpus = embed_corpus(embedder, passages, progress)  # [n, d]
     finally:
         passages.close()
     texts = list(merged)
-    queries = embedder.embed(texts, input_type="query")  # [q, d]
+    queries = embedder.embed_ids(embedder.tokenize(texts, "query"),  # [q, d]
+                                 lambda rows: progress("queries", rows, len(texts)) if progress else None)
+    if progress is not None:
+        progress("ranking", 0, len(texts))
     depth = min(len(corpus), skip_top + top_k + max(len(p) for p in merged.values()))
     _, ranked = exact_search(queries, corpus, depth)  # [q, depth]
+    if progress is not None:
+        progress("ranking", len(texts), len(texts))
     row_of = {text: row for row, text in enumerate(texts)}
     destination.mkdir(parents=True, exist_ok=True)
     tmp = destination / f".{TRAIN_FILE}.tmp-{os.getpid()}"

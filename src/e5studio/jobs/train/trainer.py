@@ -58,6 +58,7 @@ class TrainRun:
     settings: TrainSettings = TrainSettings()
     options: RunOptions = RunOptions()
     evalset: EvalSet | None = None
+    eval_corpus: Any = None  # float32 [passages, d]: the start model's passage vectors (--eval-index), step 0 only
     dataset_checksums: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -306,7 +307,8 @@ class Trainer:
         (evaluating and saving at epoch ends), export the final model."""
         opt = self._build()
         at = self._restore(opt, resume)
-        progress = Progress(self.total_steps, at.step, self.job.options.progress and self.dist.is_main)
+        progress = Progress(self.total_steps, at.step, self.job.options.progress and self.dist.is_main,
+                            self.output if self.dist.is_main else None, self.sampler.steps_per_epoch)
         if self.dist.is_main:
             self.reporter.on_start(self.total_steps, at.step)
             if resume:
@@ -424,15 +426,17 @@ class Trainer:
         record: dict[str, Any] = {}
         if self.dist.is_main and self.job.evalset is not None:
             t0 = time.perf_counter()
+            title = "evaluation before training" if step == 0 else f"evaluation after epoch {epoch}"
             metrics = evaluate_module(encoder, self.checkpoint,
                                       self.job.options.eval_max_length or self.checkpoint.max_length,
                                       self.job.evalset, self.device, self.autocast,
-                                      self.job.options.eval_batch_tokens)
+                                      self.job.options.eval_batch_tokens, progress=progress.evaluation(title),
+                                      corpus=self.job.eval_corpus if step == 0 else None)
             record = {"event": "eval", "step": step, "epoch": epoch, **metrics,
                       "seconds": round(time.perf_counter() - t0, 2)}
             self.log.append(record)
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            progress.write(f"eval after epoch {epoch} (step {step}): {shown}")
+            progress.write(f"{title} (step {step}): {shown}")
             self.reporter.on_eval(step, epoch, metrics)
             plot_metrics(self.log.records(), self.output / PLOT_FILE)
         if self.dist.world_size > 1:

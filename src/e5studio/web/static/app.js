@@ -198,6 +198,8 @@ function setupJobPage() {
     document.getElementById("job-reason").textContent = data.status_reason;
     document.getElementById("job-progress").value = data.progress;
     document.getElementById("job-steps").textContent = data.step + " / " + data.total_steps;
+    const phase = document.getElementById("job-phase");
+    if (phase) phase.textContent = data.phase_line || "";
     if (lossChart) drawLineChart(lossChart, data.history.loss, "step", "loss");
     if (evalChart) drawLineChart(evalChart, data.history.eval.map((e) => [e[0], e[2]]), "epoch", "nDCG@10");
     const log = document.getElementById("job-log");

@@ -1,0 +1,28 @@
+"""A deploying endpoint whose model is being downloaded says how far the download is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from e5studio.control.store import DEPLOYING, Store
+from e5studio.serving.metrics import Metrics
+from e5studio.serving.models import ModelPool, endpoint_model_key
+from e5studio.settings import EngineSettings
+
+
+def test_the_download_shows_in_the_deploying_reason(tmp_path: Path) -> None:
+    with Store(tmp_path / "e5studio.db") as store:
+        store.create_project("p")
+        endpoint, _ = store.create_endpoint("p", "e", "e5-large-v2", 32)
+        other, _ = store.create_endpoint("p", "other", "e5-base-v2", 32)
+        store.set_status(other.id, DEPLOYING, "loading e5-base-v2")
+        pool = ModelPool(store, EngineSettings(), Metrics(), max_queue=4)
+        shown = pool._download_progress(endpoint_model_key(endpoint))
+        shown(412_300_000, 1_340_000_000)
+        got = store.get_endpoint("p", "e")
+        assert (got.status, got.status_reason) == (DEPLOYING, "Deploying: downloading 412/1,340 MB")
+        shown(500_000_000, 1_340_000_000)  # within a second of the last: not written again
+        assert store.get_endpoint("p", "e").status_reason == "Deploying: downloading 412/1,340 MB"
+        shown(1_340_000_000, 1_340_000_000)  # the end is always shown
+        assert store.get_endpoint("p", "e").status_reason == "Deploying: downloading 1,340/1,340 MB"
+        assert store.get_endpoint("p", "other").status_reason == "loading e5-base-v2"
