@@ -133,6 +133,7 @@ class Readiness(BaseModel):
     ready: bool
     deploying: list[str]
     endpoints: dict[str, str]
+    reasons: dict[str, str]  # deploying endpoint -> what it is doing (loading, "downloading 412/1,340 MB")
 
 
 REQUEST_MODELS: list[type[BaseModel]] = [NlpRequest, GenericRequest, V2Request, OpenAIRequest, ProjectCreate,

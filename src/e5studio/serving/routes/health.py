@@ -27,7 +27,8 @@ async def ready(state: State) -> JSONResponse:
     endpoints = state.store.list_endpoints()
     deploying = [e.name for e in endpoints if e.status == DEPLOYING]
     body = {"ready": not deploying, "deploying": deploying,
-            "endpoints": {e.name: e.status for e in endpoints}}
+            "endpoints": {e.name: e.status for e in endpoints},
+            "reasons": {e.name: e.status_reason for e in endpoints if e.status == DEPLOYING}}
     return JSONResponse(body, status_code=503 if deploying else 200)
 
 
