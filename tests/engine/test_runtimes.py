@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from e5studio.engine import cpu_kernels, onnx_graph, runtimes
 from e5studio.engine.checkpoint import BertConfig, load_checkpoint
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.encoder import BertEncoder, activation
+from e5studio.engine.encoder import BertEncoder, activation, pack
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError, ModelError
 from e5studio.settings import EngineSettings
@@ -52,6 +52,9 @@ def test_every_cpu_runtime_equals_the_plain_encoder(request: pytest.FixtureReque
     np.testing.assert_allclose(mixed, encoder_embeddings(plain, ids), rtol=0, atol=1e-5)
     np.testing.assert_allclose(mixed[:1], one, rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(mixed, axis=1), 1.0, rtol=0, atol=1e-6)
+    # the runtime's own pooled rows (ONNX Runtime pools in numpy) equal the shared torch pooling
+    np.testing.assert_allclose(runtime.embed(pack(ids)), mixed, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(runtime.embed(pack(ids[:1])), one, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", CPU_FP32)

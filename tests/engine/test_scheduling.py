@@ -13,7 +13,7 @@ import torch
 
 from e5studio.engine.embedder import Embedder, micro_batches
 from e5studio.engine.encoder import PackedBatch
-from e5studio.engine.runtimes import RuntimePlan
+from e5studio.engine.runtimes import RuntimePlan, TorchPooling
 from e5studio.settings import EngineSettings
 from tests.reference import words_text
 
@@ -57,7 +57,7 @@ def test_workers_give_the_rows_of_one_thread_in_input_order(minilm_embedder: Emb
     np.testing.assert_allclose(two[:5], alone, rtol=0, atol=1e-5)
 
 
-class _Spy:
+class _Spy(TorchPooling):
     """A runtime that records which thread ran it with how many torch threads, then runs the real one."""
 
     name = "spy"

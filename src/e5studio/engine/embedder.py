@@ -25,7 +25,6 @@ from e5studio.engine.calibration import CALIBRATION_TEXTS
 from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights
 from e5studio.engine.device import pick_device, pick_dtype
 from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
-from e5studio.engine.forward import encode
 from e5studio.engine.runtimes import Runtime, RuntimePlan
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
@@ -177,8 +176,7 @@ class Embedder:
 
     def compute(self, runtime: Runtime, sequences: Sequence[np.ndarray]) -> np.ndarray:
         """One micro-batch on ``runtime`` -> float32 [b, dim] unit rows."""
-        with torch.inference_mode():
-            return encode(runtime, pack(sequences).to(self._device)).cpu().numpy()
+        return runtime.embed(pack(sequences).to(self._device))
 
     def _worker_pool(self) -> ThreadPoolExecutor:
         with self._lock:

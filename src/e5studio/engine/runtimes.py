@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from e5studio.engine import cpu_kernels, int8_kernels, onnx_graph
 from e5studio.engine.encoder import BertEncoder, EncoderLayer, PackedBatch
-from e5studio.engine.forward import hidden_states
+from e5studio.engine.forward import encode, hidden_states
 from e5studio.engine.layer import LayerKernels, bert_block
 from e5studio.errors import ModelError
 
@@ -46,8 +47,20 @@ class Runtime(Protocol):
         """A packed batch (on the runtime's device) -> [T, d] last hidden states of its real tokens."""
         ...
 
+    def embed(self, batch: PackedBatch) -> np.ndarray:
+        """A packed batch -> float32 [B, d] pooled, unit rows (the torch runtimes: :func:`encode`)."""
+        ...
 
-class TorchRuntime:
+
+class TorchPooling:
+    """``embed`` for runtimes computed in torch: the one forward path, :func:`~e5studio.engine.forward.encode`."""
+
+    def embed(self, batch: PackedBatch) -> np.ndarray:
+        with torch.inference_mode():
+            return encode(self, batch).cpu().numpy()  # type: ignore[arg-type]
+
+
+class TorchRuntime(TorchPooling):
     """The encoder's own layers (the module training runs), in its device and dtype; under autocast in
     ``autocast_dtype`` when given (evaluating a model while it trains on GPU)."""
 
@@ -61,7 +74,7 @@ class TorchRuntime:
         return hidden_states(self.encoder, batch, self.autocast_dtype)
 
 
-class LayersRuntime:
+class LayersRuntime(TorchPooling):
     """The encoder's embedding layer, then :func:`bert_block` over one kernel set per layer."""
 
     def __init__(self, name: str, encoder: BertEncoder, layers: Sequence[LayerKernels[torch.Tensor]]) -> None:
