@@ -33,7 +33,7 @@ FLOORS: dict[str, frozenset[str] | None] = {
     "e5studio.errors": LEAF,
     "e5studio.settings": frozenset({"e5studio.errors"}),
     "e5studio.engine": BASE,
-    "e5studio.retrieval": BASE | {"e5studio.engine"},
+    "e5studio.retrieval": BASE | {"e5studio.engine", "e5studio.jobspec"},
     "e5studio.jobspec": BASE,
     "e5studio.control": BASE | {"e5studio.jobspec"},
     "e5studio.serving": SERVICE_FLOORS,

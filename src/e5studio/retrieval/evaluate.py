@@ -23,6 +23,7 @@ import numpy as np
 
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import InputError
+from e5studio.jobspec.layout import PASSAGES_FILE, qrels_file, queries_file
 from e5studio.retrieval.metrics import evaluate as evaluate_run
 from e5studio.retrieval.search import exact_search, to_run
 
@@ -30,15 +31,6 @@ DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map")
 DEFAULT_DEPTH = 1000  # ranked documents per query (MAP is computed over them)
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
-PASSAGES_FILE = "passages.jsonl"
-
-
-def queries_file(split: str) -> str:
-    return f"queries.{split}.jsonl"
-
-
-def qrels_file(split: str) -> str:
-    return f"qrels.{split}.tsv"
 
 
 @dataclass(frozen=True)
