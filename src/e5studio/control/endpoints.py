@@ -38,11 +38,14 @@ class Endpoint:
     status_reason: str
     key_prefix: str
     precision: str = "fp32"  # fixed at creation, like the batch size
+    # JSON: the deploy gate's verdict when the model is a fine-tuning output (its evaluation sets against the
+    # base model, whether it passed, whether the deployer forced it); "" for models that were not gated
+    deploy_gate: str = ""
 
 
 _ENDPOINT_SELECT = """
     SELECT e.id, e.project_id, p.name AS project_name, e.name, e.description, e.model, e.batch_size,
-           e.created_at, e.status, e.status_reason, e.key_prefix, e.precision
+           e.created_at, e.status, e.status_reason, e.key_prefix, e.precision, e.deploy_gate
     FROM endpoints e JOIN projects p ON p.id = e.project_id
 """
 _ENDPOINT_ORDER = " ORDER BY p.name, e.name"
@@ -70,6 +73,7 @@ def _endpoint(row: sqlite3.Row) -> Endpoint:
         status_reason=row["status_reason"],
         key_prefix=row["key_prefix"],
         precision=row["precision"],
+        deploy_gate=row["deploy_gate"],
     )
 
 
@@ -84,7 +88,7 @@ class EndpointTable(ProjectTable):
 
     def create_endpoint(
         self, project_ref: str, name: str, model: str, batch_size: int, description: str = "",
-        precision: str = "fp32",
+        precision: str = "fp32", deploy_gate: str = "",
     ) -> tuple[Endpoint, str]:
         """Create an endpoint in status Deploying; return it with its key, in clear this once only."""
         check_name("endpoint", name)
@@ -113,11 +117,12 @@ class EndpointTable(ProjectTable):
                 status_reason="",
                 key_prefix=display_prefix(key),
                 precision=precision,
+                deploy_gate=deploy_gate,
             )
             conn.execute(
                 "INSERT INTO endpoints (id, project_id, name, description, model, batch_size, created_at,"
-                " status, status_reason, key_hash, key_prefix, precision)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " status, status_reason, key_hash, key_prefix, precision, deploy_gate)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     endpoint.id,
                     endpoint.project_id,
@@ -131,6 +136,7 @@ class EndpointTable(ProjectTable):
                     hash_key(key),
                     endpoint.key_prefix,
                     endpoint.precision,
+                    endpoint.deploy_gate,
                 ),
             )
         return endpoint, key

@@ -100,6 +100,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE endpoints ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32';
         """,
     ),
+    (
+        "0005_endpoint_deploy_gate",
+        """
+        ALTER TABLE endpoints ADD COLUMN deploy_gate TEXT NOT NULL DEFAULT '';
+        """,
+    ),
 ]
 
 _RECORD_TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
