@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from e5studio import __version__
 from e5studio.engine.flags import add_engine_flags, engine_settings
@@ -113,8 +114,11 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
                 "description": args.description, "model": args.model or DEFAULT_MODEL}
         if args.precision:  # else the server's default (serve --precision)
             body["precision"] = args.precision
+        if args.force:
+            body["force"] = True
         result = _admin(args, "POST", "/api/admin/endpoints", body)
         _print(result)
+        _print_gate(result["endpoint"].get("deploy_gate"))  # type: ignore[index]
         print(f"\nThe key is shown once. Try:\n  {result['curl']}")  # type: ignore[index]
     elif args.action == "list":
         query = f"?project={urllib.parse.quote(args.project)}" if args.project else ""
@@ -125,12 +129,27 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
             for line in _reason_lines(e["status_reason"], e["project_name"], e["name"]):
                 print(line)
     elif args.action == "show":
-        _print(_admin(args, "GET", path(args.project, args.name)))
+        shown = _admin(args, "GET", path(args.project, args.name))
+        _print(shown)
+        _print_gate(shown.get("deploy_gate") if isinstance(shown, dict) else None)
     elif args.action == "delete":
         _print(_admin(args, "DELETE", path(args.project, args.name)))
     else:
         _print(_admin(args, "POST", path(args.project, args.name) + "/rotate-key"))
     return 0
+
+
+def _print_gate(gate: Any) -> None:
+    """The deploy gate's table under an endpoint serving a fine-tuned model (nothing for other models)."""
+    if not isinstance(gate, dict) or not gate.get("sets"):
+        return
+    verdict = "passed" if gate.get("passed") else ("FORCED" if gate.get("forced") else "failed")
+    print(f"\ndeploy gate ({verdict}): nDCG@10 against the base model {gate.get('base_model')} "
+          f"(an out-of-domain set may lose at most {gate.get('gate_max_loss')})")
+    print(f"  {'set':16} {'role':14} {'base':>8} {'model':>8} {'change':>8}")
+    for s in gate["sets"]:
+        base, model = s["base"]["ndcg@10"], s["model"]["ndcg@10"]
+        print(f"  {s['name'][:16]:16} {s['role']:14} {base:8.4f} {model:8.4f} {model - base:+8.4f}")
 
 
 REASON_LINES = 12  # a longer reason is shortened, with a pointer to `endpoints show`
@@ -258,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fp32 or int8 (CPU: dense layers in int8); fixed at creation (default: the server's "
                          "--precision)")
     ec.add_argument("--description", default="")
+    ec.add_argument("--force", action="store_true",
+                    help="deploy a fine-tuned model even if it lost more than 0.01 nDCG@10 against its base model on "
+                         "an out-of-domain evaluation set of its train job (the deploy gate; the choice is recorded)")
     el = esub.add_parser("list")
     el.add_argument("--project", default=None)
     parsers = [ec, el]

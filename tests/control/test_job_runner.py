@@ -151,6 +151,13 @@ def test_params_are_checked_and_a_bad_one_is_named(store: Store, data_dir: Path,
         runner.start_train("toy", " ", {})
     with pytest.raises(ParamError, match="^eval_dir: .*missing passages.jsonl, queries.test.jsonl") as caught:
         runner.start_train("toy", "m", {}, eval_dir=str(data_dir))
+    # several sets (a list, or the web form's one folder per line): each is checked, the bad one named
+    with pytest.raises(ParamError, match=f"^eval_dir: {data_dir.resolve()} must hold .*missing passages.jsonl"):
+        runner.start_train("toy", "m", {}, eval_dir=f"{toy}\n\n{data_dir}")
+    with pytest.raises(ParamError, match="^eval_dir: must be folder paths, got 3"):
+        runner.start_train("toy", "m", {}, eval_dir=[str(toy), 3])  # type: ignore[list-item]
+    with pytest.raises(ParamError, match="^interpolate: must be auto or a number in \\(0, 1\\], got '1.5'"):
+        runner.start_train("toy", "m", {"interpolate": "1.5"})
     with pytest.raises(ParamError, match="^window_size: "):
         runner.start_batch_embed("toy", "m", {"window_size": 0})
     with pytest.raises(NotFoundError, match="dataset 'nope' not found"):
@@ -183,7 +190,7 @@ def test_a_train_job_succeeds_with_its_history_log_and_model(store: Store, data_
     assert (job.status, job.owner, job.runner_id) == (JOB_RUNNING, JOB_OWNER_SERVER, runner.id)
     assert job.pid is not None and job.output == str(data_dir.resolve() / "jobs" / job.id)
     assert job.log_path == str(Path(job.output) / "job.log")
-    assert job.params == {**train_param_defaults(), **PARAMS, "dataset": "toy@1", "eval_dir": str(toy.resolve())}
+    assert job.params == {**train_param_defaults(), **PARAMS, "dataset": "toy@1", "eval_dirs": [str(toy.resolve())]}
     done = runner.wait(job.id, timeout=120)
     assert done.status == JOB_SUCCEEDED, runner.log_tail(job.id)
     assert (done.step, done.total_steps, done.pid, done.status_reason) == (STEPS, STEPS, None, "")
@@ -275,7 +282,7 @@ def test_a_job_whose_dataset_changed_fails_with_the_reason(tmp_path: Path, store
     assert failed.status_reason.startswith("InputError: dataset copied@1: ")
     assert "changed since it was recorded" in failed.status_reason
     assert runner.final_model_dir(failed) is None
-    assert runner.history(job.id) == {"loss": [], "eval": []}
+    assert runner.history(job.id) == {"loss": [], "eval": [], "sets": {}}
 
 
 def test_a_batch_embedding_job_writes_vectors(store: Store, data_dir: Path, tiny: Path,
@@ -291,7 +298,7 @@ def test_a_batch_embedding_job_writes_vectors(store: Store, data_dir: Path, tiny
     manifest = json.loads((vectors / "manifest.json").read_text())
     assert (manifest["status"], manifest["count"], len(manifest["shards"]), manifest["dim"]) == ("complete", 32, 4, 32)
     assert manifest["input"]["path"] == str((Path(store.get_dataset("toy").path) / "passages.jsonl").resolve())
-    assert runner.history(job.id) == {"loss": [], "eval": []}
+    assert runner.history(job.id) == {"loss": [], "eval": [], "sets": {}}
 
 
 # ------------------------------------------------------------------------------------------------ bookkeeping

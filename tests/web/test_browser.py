@@ -8,6 +8,7 @@ the vectors the endpoint returns equal ``Embedder`` in-process.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,8 @@ def test_train_job_to_endpoint(page: Any, ui_server: ServerProcess, artifacts: P
     job_form = "#new-job"
     page.select_option(f"{job_form} select[name=dataset]", label="toy-path@1 (24 queries)")
     page.fill(f"{job_form} input[name=model_other]", str(base))
-    page.fill(f"{job_form} input[name=eval_dir]", str(toy))
+    ood = shutil.copytree(toy, tmp_path / "ood")  # a second evaluation set (the same texts: the same changes)
+    page.fill(f"{job_form} textarea[name=eval_dir]", f"{toy}\n{ood}")
     for name, value in {"epochs": "2", "batch_size": "8", "train_n_passages": "4", "lr": "1e-3",
                         "query_max_length": "16", "passage_max_length": "32", "save_every": "4"}.items():
         page.fill(f"{job_form} input[name={name}]", value)
@@ -177,10 +179,17 @@ def test_train_job_to_endpoint(page: Any, ui_server: ServerProcess, artifacts: P
     page.wait_for_url("**/ui/jobs/*")
     expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=TRAIN_TIMEOUT_MS)
     # charts drawn: loss per step (3 steps per epoch, 2 epochs), nDCG@10 before training and after each epoch
-    expect(page.locator("#ndcg-chart")).to_have_attribute("data-points", "3")
+    # (one line per evaluation set), the table of every set against the base model, the deploy gate's verdict
+    expect(page.locator("#ndcg-chart")).to_have_attribute("data-points", "6")
+    assert page.get_attribute("#ndcg-chart", "data-series") == "2"
     assert page.get_attribute("#loss-chart", "data-points") == "6"
     assert page.locator("#loss-chart svg path.line").count() == 1
-    assert page.locator("#ndcg-chart svg circle.dot").count() == 3
+    assert page.locator("#ndcg-chart svg circle.dot").count() == 6
+    header = page.inner_text("#evaluation-table thead")
+    assert "train-data (in-domain)" in header and "ood" in header, header
+    labels = page.locator("#evaluation-table tbody td:first-child").all_inner_texts()
+    assert labels[:3] == ["base model", "epoch 1", "epoch 2"] and labels[-1].startswith("final"), labels
+    expect(page.locator("#deploy-gate")).to_have_class("gate-pass")
     assert page.inner_text("#job-steps") == "6 / 6"
     assert page.inner_text("#job-log").strip(), "no log lines shown"
     shot(page, artifacts, "10-train-job-finished")

@@ -41,28 +41,78 @@ def bucket_means(points: list[list[float]], max_points: int) -> list[list[float]
     return [[b[-1][0], sum(p[1] for p in b) / len(b)] for b in buckets]
 
 
-def train_history(job: JobRecord, max_points: int = 2000) -> dict[str, list[list[float]]]:
+def _records(job: JobRecord) -> list[dict[str, Any]]:
+    path = Path(job.output) / METRICS_FILE
+    out: list[dict[str, Any]] = []
+    if job.kind == KIND_TRAIN and path.is_file():
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut by a crash
+                    continue
+                if isinstance(record, dict):
+                    out.append(record)
+    return out
+
+
+def _ndcg_by_set(record: dict[str, Any]) -> dict[str, float]:
+    sets = record.get("sets")
+    if isinstance(sets, dict):
+        return {str(name): float(m["ndcg@10"]) for name, m in sets.items()}
+    return {"eval": float(record["ndcg@10"])}
+
+
+def train_history(job: JobRecord, max_points: int = 2000) -> dict[str, Any]:
     """A train job's curves from its metrics.jsonl: ``{"loss": [[step, loss], ...], "eval": [[epoch, step,
-    ndcg@10], ...]}`` (empty lists before any record; other kinds: always empty).
+    ndcg@10], ...], "sets": {name: [[epoch, step, ndcg@10], ...]}}`` (``eval``: the first, in-domain set;
+    ``sets``: every evaluation set; empty before any record; other kinds: always empty).
 
     More than ``max_points`` loss points are merged into consecutive buckets ([last step, mean loss]);
     evaluations (one per epoch, plus step 0 before training) are all kept.
     """
     loss: list[list[float]] = []
     evals: list[list[float]] = []
-    path = Path(job.output) / METRICS_FILE
-    if job.kind == KIND_TRAIN and path.is_file():
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record: dict[str, Any] = json.loads(line)
-                    if record.get("event") == "step":
-                        loss.append([int(record["step"]), float(record["loss"])])
-                    elif record.get("event") == "eval" and "ndcg@10" in record:
-                        evals.append([int(record["epoch"]), int(record["step"]), float(record["ndcg@10"])])
-                except (ValueError, KeyError, TypeError, AttributeError):  # a line cut by a crash
-                    continue
-    return {"loss": bucket_means(loss, max_points), "eval": evals}
+    sets: dict[str, list[list[float]]] = {}
+    for record in _records(job):
+        try:
+            if record.get("event") == "step":
+                loss.append([int(record["step"]), float(record["loss"])])
+            elif record.get("event") == "eval" and "ndcg@10" in record:
+                evals.append([int(record["epoch"]), int(record["step"]), float(record["ndcg@10"])])
+                for name, value in _ndcg_by_set(record).items():
+                    sets.setdefault(name, []).append([int(record["epoch"]), int(record["step"]), value])
+        except (ValueError, KeyError, TypeError, AttributeError):  # a damaged record
+            continue
+    return {"loss": bucket_means(loss, max_points), "eval": evals, "sets": sets}
+
+
+def train_evaluations(job: JobRecord) -> dict[str, Any]:
+    """The evaluation table of a train job: ``{"sets": [names, in-domain first], "rows": [{"label", "ndcg":
+    {set: value}, "change": {set: change against the base model}}]}`` with rows for the base model, every
+    epoch, every interpolation tried and the final model (empty before the first evaluation)."""
+    rows: list[dict[str, Any]] = []
+    base: dict[str, float] | None = None
+    names: list[str] = []
+    for record in _records(job):
+        event = record.get("event")
+        if event not in ("eval", "candidate", "final"):
+            continue
+        try:
+            values = _ndcg_by_set(record)
+            if event == "eval" and int(record["step"]) == 0:
+                base, names, label = values, list(values), "base model"
+            elif event == "eval":
+                label = f"epoch {int(record['epoch'])}"
+            elif event == "candidate":
+                label = f"interpolation a = {float(record['alpha']):g}"
+            else:
+                label = str(record.get("label") or "final")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        change = {n: round(v - base[n], 4) for n, v in values.items() if base is not None and n in base}
+        rows.append({"label": label, "ndcg": values, "change": change, "final": event == "final"})
+    return {"sets": names, "rows": rows}
 
 
 @dataclass(frozen=True)

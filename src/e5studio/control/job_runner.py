@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from e5studio.control import job_outputs
 from e5studio.control.datasets import Dataset
@@ -74,15 +75,24 @@ def _check_model(model: object) -> str:
     return model.strip()
 
 
-def _check_eval_dir(eval_dir: str | None) -> str | None:
-    if eval_dir is None or not str(eval_dir).strip():
-        return None
-    path = Path(eval_dir).expanduser().resolve()
-    files = eval_files()
-    missing = [name for name in files if not (path / name).is_file()]
-    if missing:
-        raise ParamError("eval_dir", f"{path} must hold {', '.join(files)}; missing {', '.join(missing)}")
-    return str(path)
+def _check_eval_dirs(eval_dirs: str | Sequence[str] | None) -> list[str]:
+    """Evaluation sets, in order (the first in-domain): a list, or one string with a folder per line."""
+    if eval_dirs is None:
+        return []
+    given = str(eval_dirs).splitlines() if isinstance(eval_dirs, str) else list(eval_dirs)
+    out: list[str] = []
+    for eval_dir in given:
+        if not isinstance(eval_dir, str):
+            raise ParamError("eval_dir", f"must be folder paths, got {eval_dir!r}")
+        if not eval_dir.strip():
+            continue
+        path = Path(eval_dir.strip()).expanduser().resolve()
+        files = eval_files()
+        missing = [name for name in files if not (path / name).is_file()]
+        if missing:
+            raise ParamError("eval_dir", f"{path} must hold {', '.join(files)}; missing {', '.join(missing)}")
+        out.append(str(path))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- the runner
@@ -116,20 +126,21 @@ class JobRunner:
     # -- starting ------------------------------------------------------------------------------------
 
     def start_train(self, dataset_ref: str, model: str, params: Mapping[str, object],
-                    eval_dir: str | None = None) -> JobRecord:
+                    eval_dir: str | Sequence[str] | None = None) -> JobRecord:
         """Fine-tune ``model`` on a recorded dataset in a new job; returns it Running (pid recorded).
 
         ``params``: any of :data:`TRAIN_PARAMS` (others default to `e5studio train`'s defaults);
-        ``eval_dir``: an evaluation set (passages.jsonl, queries.test.jsonl, qrels.test.tsv) for nDCG@10
-        before training and after each epoch. Raises :class:`ParamError` naming a bad field,
+        ``eval_dir``: evaluation sets (each with passages.jsonl, queries.test.jsonl, qrels.test.tsv; a list, or
+        a string with one folder per line), for nDCG@10 before training and after each epoch: the first is
+        the in-domain set, the others out-of-domain. Raises :class:`ParamError` naming a bad field,
         NotFoundError for an unknown dataset.
         """
         values = validate_params(params, TRAIN_PARAMS)
         model = _check_model(model)
-        eval_path = _check_eval_dir(eval_dir)
+        eval_paths = _check_eval_dirs(eval_dir)
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
-            job = self._record(KIND_TRAIN, model, dataset, {"eval_dir": eval_path, **values})
+            job = self._record(KIND_TRAIN, model, dataset, {"eval_dirs": eval_paths, **values})
             return self._spawn(job, self._train_args(job, resume=False))
 
     def start_batch_embed(self, dataset_ref: str, model: str, params: Mapping[str, object] | None = None) -> JobRecord:
@@ -195,8 +206,8 @@ class JobRunner:
         args = ["train", "--job-id", job.id, "--dataset", str(job.dataset_id), "--model", job.model,
                 "--output", job.output, "--data-dir", str(self.data_dir), "--no-progress"]
         args += command_args(TRAIN_PARAMS, p)
-        if p.get("eval_dir"):
-            args += ["--eval-dir", str(p["eval_dir"])]
+        for eval_dir in p.get("eval_dirs") or ([p["eval_dir"]] if p.get("eval_dir") else []):
+            args += ["--eval-dir", str(eval_dir)]
         return [*args, "--resume"] if resume else args
 
     def _embed_args(self, job: JobRecord) -> list[str]:
@@ -376,9 +387,14 @@ class JobRunner:
         job = self.store.get_job(job_id)
         return job_outputs.tail(Path(job.log_path), lines) if job.log_path else []
 
-    def history(self, job_id: str, max_points: int = 2000) -> dict[str, list[list[float]]]:
+    def history(self, job_id: str, max_points: int = 2000) -> dict[str, Any]:
         """A train job's loss and nDCG@10 curves (:func:`.job_outputs.train_history`)."""
         return job_outputs.train_history(self.store.get_job(job_id), max_points)
+
+    def evaluations(self, job_id: str) -> dict[str, Any]:
+        """A train job's nDCG@10 on every evaluation set against the base model (:func:`.job_outputs.
+        train_evaluations`)."""
+        return job_outputs.train_evaluations(self.store.get_job(job_id))
 
     @staticmethod
     def final_model_dir(job: JobRecord) -> Path | None:

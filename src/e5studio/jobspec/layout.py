@@ -3,7 +3,8 @@
 A job folder (``<data dir>/jobs/<job id>/`` for server jobs, ``--output`` for command-line ones) holds:
 
 - train: ``metrics.jsonl`` + ``metrics.png`` (what :mod:`e5studio.jobs.train.report` writes),
-  ``checkpoints/`` (resumable state), ``best/`` and ``final/`` (exported models, Hugging Face layout),
+  ``checkpoints/`` (resumable state), ``best/`` and ``final/`` (exported models, Hugging Face layout, each
+  with ``e5studio-evaluation.json`` when the run had evaluation sets),
   ``job.log`` (server jobs: the process's output);
 - batch embedding: ``vectors/`` (an ``embed-corpus`` output: ``manifest.json``, ``shards/``,
   ``rejects.jsonl``, ``index/``) and ``job.log``.
@@ -31,6 +32,9 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 FINAL_DIR = "final"
 MODEL_CONFIG_FILE = "config.json"  # present in an exported model folder once it is complete
+# in an exported model folder: its nDCG@10 (and the other metrics) against the base model on every evaluation
+# set of the run (e5studio.jobspec.deploy_gate reads it when the folder is deployed)
+EVALUATION_FILE = "e5studio-evaluation.json"
 
 # a batch-embedding job (server): the embed-corpus output inside its folder
 VECTORS_DIR = "vectors"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -31,6 +31,8 @@ class Param:
     choices: tuple[str, ...] = ()
     empty: str = ""  # what no value means, for a parameter whose default is None
     setting: str = ""
+    text_rule: str = ""  # a str parameter without choices: its rule in words (checked by ``text_check``)
+    text_check: Callable[[str], bool] | None = None
 
     @property
     def flag(self) -> str:
@@ -46,6 +48,8 @@ class Param:
         """What a valid value is, in words."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.type is str:
+            return self.text_rule or "text"
         kind = "an integer" if self.type is int else "a number"
         parts = []
         if self.minimum is not None:
@@ -58,7 +62,8 @@ class Param:
     def valid(self, value: int | float | str) -> bool:
         if self.choices:
             return value in self.choices
-        assert not isinstance(value, str)
+        if isinstance(value, str):
+            return self.type is str and (self.text_check is None or self.text_check(value))
         if self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum):
             return False
         return self.maximum is None or value < self.maximum

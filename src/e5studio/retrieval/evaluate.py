@@ -42,6 +42,7 @@ class EvalSet:
     query_ids: list[str]
     queries: list[str]
     qrels: dict[str, dict[str, int]]  # qid -> {doc id (line number as a string): grade}
+    name: str = ""  # how reports call it (its folder's name)
 
     @property
     def doc_ids(self) -> list[str]:
@@ -82,7 +83,8 @@ def load_eval_set(directory: Path, split: str = "test", max_queries: int | None 
     if not query_ids:
         raise InputError(f"evaluation set {directory}: no query has a relevant document in {qrels_path.name}")
     kept = set(query_ids)
-    return EvalSet(directory, passages, query_ids, queries, {q: j for q, j in qrels.items() if q in kept})
+    return EvalSet(directory, passages, query_ids, queries, {q: j for q, j in qrels.items() if q in kept},
+                   name=directory.resolve().name or str(directory))
 
 
 def _jsonl(path: Path) -> Iterator[tuple[Path, int, object]]:

@@ -65,6 +65,8 @@ class EndpointCreate(BaseModel):
     batch_size: Literal[1, 32] = Field(32, description="32 for vectorising a knowledge base, 1 for a live service")
     description: str = ""
     precision: str | None = Field(None, description="fp32 or int8 (default: the server's --precision)")
+    force: bool = Field(False, description="deploy a fine-tuned model that lost more than 0.01 nDCG@10 against its "
+                                           "base model on an out-of-domain evaluation set (the deploy gate)")
 
 
 # ------------------------------------------------------------------------------------------- responses

@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from e5studio.control.store import Endpoint
 from e5studio.engine.checkpoint import ALIASES
 from e5studio.errors import InputError
+from e5studio.jobspec import deploy_gate
 from e5studio.web.common import SessionDep, login_url, read_form, read_json, render, safe_next, text_field, ui_session
 from e5studio.web.sessions import COOKIE_NAME, SESSION_TTL_S
 from e5studio.web.state import UI, WebState, web_state
@@ -139,7 +140,7 @@ def _endpoint_form(request: Request, status_code: int = 200, error: str = "", **
                 "model_other": "", "batch_size": "32", "precision": ui.settings.engine.precision}
     return render(request, "endpoint_new.html", status_code=status_code, error=error,
                   projects=ui.store.list_projects(), models=model_choices(request), batch_help=BATCH_SIZE_HELP,
-                  precision_help=PRECISION_HELP,
+                  precision_help=PRECISION_HELP, gate_refused=error.startswith("deploy gate:"),
                   form={**defaults, **values})
 
 
@@ -157,9 +158,12 @@ async def create_endpoint(request: Request, ui: UI, session: SessionDep) -> Resp
     try:
         if values["batch_size"] not in ("1", "32"):
             raise InputError(f"batch size must be 1 or 32, got {values['batch_size']!r}")
+        gate = deploy_gate.check(model, text_field(form, "force") == "yes",
+                                 "tick 'deploy anyway' on the form; the choice is recorded with the endpoint")
         endpoint, key = ui.store.create_endpoint(values["project"], values["name"], model,
                                                  int(values["batch_size"]), values["description"],
-                                                 values["precision"] or ui.settings.engine.precision)
+                                                 values["precision"] or ui.settings.engine.precision,
+                                                 deploy_gate=gate)
     except InputError as exc:
         return _endpoint_form(request, 400, str(exc), **values)
     ui.deploy(endpoint)
@@ -180,6 +184,7 @@ async def endpoint_page(request: Request, ui: UI, endpoint_id: str, session: Ses
     urls = ui.endpoint_urls(endpoint)
     key = session.pop_flash(f"key:{endpoint.id}")
     return render(request, "endpoint.html", endpoint=endpoint, urls=urls, key=key,
+                  gate=deploy_gate.summary(endpoint.deploy_gate),
                   curl=ui.curl_line(urls["nlp"], key) if key else "", live=_endpoint_json(ui, endpoint),
                   batch_help=BATCH_SIZE_HELP[endpoint.batch_size])
 

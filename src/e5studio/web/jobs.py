@@ -14,6 +14,7 @@ from e5studio.control.job_records import JOB_RESUMABLE_STATUSES, JOB_RUNNING, KI
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
 from e5studio.errors import InputError
+from e5studio.jobspec import deploy_gate
 from e5studio.jobspec.layout import eval_files
 from e5studio.jobspec.progress import read_status
 from e5studio.jobspec.train_params import TRAIN_PARAMS
@@ -67,6 +68,7 @@ def _job_json(request: Request, job: JobRecord, details: bool = False) -> dict[s
     if details:
         runner = _runner(request)
         out["history"] = runner.history(job.id)
+        out["evaluations"] = runner.evaluations(job.id)
         out["log"] = runner.log_tail(job.id, LOG_LINES)
     return out
 
@@ -112,8 +114,10 @@ async def job_page(request: Request, job_id: str) -> Response:
     job = store.get_job(job_id)
     dataset = store.get_dataset(job.dataset_id) if job.dataset_id else None
     final_dir = _runner(request).final_model_dir(job)
+    gate = deploy_gate.judge(str(final_dir)) if final_dir is not None else None
     return render(request, "job.html", job=job, dataset=dataset, final_dir=final_dir, phase=job_phase(job),
-                  vectors_dir=_runner(request).vectors_dir(job),
+                  vectors_dir=_runner(request).vectors_dir(job), evaluations=_runner(request).evaluations(job.id),
+                  gate=gate, gate_max_loss=deploy_gate.GATE_MAX_LOSS,
                   projects=store.list_projects(), batch_help=BATCH_SIZE_HELP,
                   can_cancel=job.status == JOB_RUNNING, can_resume=job.status in JOB_RESUMABLE_STATUSES)
 
@@ -143,9 +147,11 @@ async def deploy_job(request: Request, job_id: str, session: SessionDep) -> Resp
     batch_size = text_field(form, "batch_size", "32")
     if batch_size not in ("1", "32"):
         raise InputError(f"batch size must be 1 or 32, got {batch_size!r}")
+    gate = deploy_gate.check(str(final_dir), text_field(form, "force") == "yes",
+                             "tick 'deploy anyway' under the table on the job page")
     endpoint, key = _store(request).create_endpoint(
         text_field(form, "project"), text_field(form, "name"), str(final_dir), int(batch_size),
-        f"fine-tuned by train job {job.id}")
+        f"fine-tuned by train job {job.id}", deploy_gate=gate)
     web_state(request).deploy(endpoint)
     session.flashes[f"key:{endpoint.id}"] = key
     return RedirectResponse(f"/ui/endpoints/{endpoint.id}", status_code=303)

@@ -7,13 +7,14 @@ engine and the trainer are imported inside the commands.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from e5studio.errors import InputError
 from e5studio.jobspec.layout import DATASETS_DIR, eval_files, store_path
 from e5studio.jobspec.params import add_arguments
-from e5studio.jobspec.train_params import ALL_PARAMS, HYPERPARAMETERS, RUN_PARAMS
+from e5studio.jobspec.train_params import ALL_PARAMS, HYPERPARAMETERS, RUN_PARAMS, SELECTION_PARAMS
 
 if TYPE_CHECKING:
     from e5studio.control.store import Store
@@ -164,9 +165,10 @@ class StoreReporter:
             self._last = now
             self.store.update_job(self.job_id, step=step, metrics={"loss": loss})
 
-    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
-        self.store.update_job(self.job_id, step=step, metrics={f"epoch{epoch}": dict(metrics), "last_eval": {
-            "epoch": epoch, **metrics}})
+    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> None:
+        shown = {k: v for k, v in metrics.items() if k not in ("event", "step", "epoch", "seconds")}
+        self.store.update_job(self.job_id, step=step, metrics={f"epoch{epoch}": shown, "last_eval": {
+            "epoch": epoch, **shown}})
 
 
 _STARTED: dict[str, str] = {}  # the job id this process runs, once recorded (read by the stop watcher)
@@ -267,6 +269,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 128 + signal.SIGTERM
 
 
+def load_eval_sets(directories: Sequence[str], max_queries: int | None) -> tuple[Any, ...]:
+    """The ``--eval-dir`` sets in order, each named by its folder (``name-2`` ... when two folders share a name)."""
+    from e5studio.retrieval.evaluate import load_eval_set
+
+    out = []
+    seen: set[str] = set()
+    for directory in directories:
+        evalset = load_eval_set(Path(directory), max_queries=max_queries)
+        name, n = evalset.name, 2
+        while name in seen:
+            name, n = f"{evalset.name}-{n}", n + 1
+        seen.add(name)
+        out.append(dataclasses.replace(evalset, name=name))
+    return tuple(out)
+
+
 def _eval_index_vectors(args: argparse.Namespace, evalset: Any) -> Any:
     """``--eval-index``: the base model's passage vectors of the evaluation set, for the evaluation before
     training (refused unless the index was made by that model, in fp32, with the passage prefix)."""
@@ -296,8 +314,6 @@ def _train(args: argparse.Namespace) -> int:
     )
     from e5studio.jobs.train.settings import RunOptions, TrainSettings
     from e5studio.jobs.train.trainer import DistContext, Trainer, TrainRun
-    from e5studio.retrieval.evaluate import load_eval_set
-
     dist = DistContext.from_env(os.environ)
     output = Path(args.output).resolve()
     store = _store(args)
@@ -306,7 +322,8 @@ def _train(args: argparse.Namespace) -> int:
         settings = TrainSettings.from_args(args)
         options = RunOptions(device=args.device, gradient_checkpointing=args.gradient_checkpointing,
                              save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
-                             eval_max_length=args.eval_max_length, progress=not args.no_progress)
+                             eval_max_length=args.eval_max_length, progress=not args.no_progress,
+                             interpolate=args.interpolate, max_ood_loss=args.max_ood_loss)
         dataset = store.get_dataset(args.dataset)
         if dist.is_main and args.job_id is not None:
             if not _claim_job(store, args.job_id, output, dataset, args.model, args.resume):
@@ -317,23 +334,25 @@ def _train(args: argparse.Namespace) -> int:
             _check_unchanged(dataset)
         if dist.is_main and not args.no_progress:
             print(f"train: loading {args.model} and dataset {dataset.ref}", file=sys.stderr, flush=True)
-        evalset = load_eval_set(Path(args.eval_dir), max_queries=args.eval_max_queries) if args.eval_dir else None
+        evalsets = load_eval_sets(args.eval_dir or [], args.eval_max_queries)
         if dist.world_size > 1:
             backend = "nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo"
             torch_dist.init_process_group(backend)
         eval_corpus = None
         if args.eval_index:
-            if evalset is None:
-                raise InputError("--eval-index needs --eval-dir (the evaluation set whose passages it holds)")
-            eval_corpus = _eval_index_vectors(args, evalset)
+            if not evalsets:
+                raise InputError("--eval-index needs --eval-dir (the evaluation set whose passages it holds: the "
+                                 "first --eval-dir)")
+            eval_corpus = _eval_index_vectors(args, evalsets[0])
         job = TrainRun(model=args.model, dataset_dir=Path(dataset.path), output=output, settings=settings,
-                       options=options, evalset=evalset, eval_corpus=eval_corpus,
+                       options=options, evalsets=evalsets, eval_corpus=eval_corpus,
                        dataset_checksums={"passages": dataset.passages_sha256, "train": dataset.train_sha256})
         trainer = Trainer(job, dist)
         if dist.is_main:
             if job_id is None:
-                params = {"dataset": dataset.ref, "eval_dir": args.eval_dir, "world_size": dist.world_size,
-                          **{k: v for k, v in vars(settings).items()}}
+                params = {"dataset": dataset.ref, "eval_dirs": [str(e.directory) for e in evalsets],
+                          "world_size": dist.world_size, "interpolate": options.interpolate,
+                          "max_ood_loss": options.max_ood_loss, **{k: v for k, v in vars(settings).items()}}
                 previous = store.latest_job_for_output(KIND_TRAIN, str(output)) if args.resume else None
                 if previous is not None:
                     job_id = previous.id
@@ -354,8 +373,14 @@ def _train(args: argparse.Namespace) -> int:
             if result.peak_memory_bytes is not None:
                 summary["peak_gpu_memory_gib"] = round(result.peak_memory_bytes / 2**30, 2)
             if result.history:
+                last = result.final or result.history[-1]
                 summary["before"] = {k: v for k, v in result.history[0].items() if "@" in k}
-                summary["after"] = {k: v for k, v in result.history[-1].items() if "@" in k}
+                summary["after"] = {k: v for k, v in last.items() if "@" in k}
+                if "sets" in last:
+                    summary["sets"] = {name: {"before": result.history[0]["sets"][name]["ndcg@10"],
+                                              "after": m["ndcg@10"]} for name, m in last["sets"].items()}
+                if result.final is not None:
+                    summary["interpolation"] = result.final.get("alpha", 1.0)
             store.update_job(job_id, step=result.steps, metrics=summary)
             # done, even if a cancel came too late to stop it
             store.transition_job(job_id, (JOB_RUNNING, JOB_CANCELLED), JOB_SUCCEEDED, "")
@@ -420,9 +445,11 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--dataset", required=True, help="dataset name (newest version), name@version, or id")
     train.add_argument("--model", required=True, help="hub id, alias or local directory to start from")
     train.add_argument("--output", required=True, help="job directory: checkpoints/, best/, final/, metrics")
-    train.add_argument("--eval-dir", default=None,
+    train.add_argument("--eval-dir", action="append", default=None, metavar="DIR",
                        help=f"evaluation set ({', '.join(eval_files())}): nDCG@10, MRR@10, Recall@100, MAP "
-                            "(the metrics of `e5studio eval`) before training and after each epoch")
+                            "(the metrics of `e5studio eval`) before training and after each epoch; repeat it: the "
+                            "first is the in-domain set, every other one an out-of-domain set that guards what "
+                            "the base model knew (--max-ood-loss, --interpolate, the deploy gate)")
     train.add_argument("--eval-index", default=None, metavar="DIR",
                        help="the evaluation before training scores against the passage vectors `e5studio "
                             "embed-corpus EVAL_DIR/passages.jsonl --model MODEL` wrote to DIR (only the queries are "
@@ -434,6 +461,7 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     add_arguments(train, RUN_PARAMS.values())
+    add_arguments(train, SELECTION_PARAMS.values())
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--job-id", default=None,

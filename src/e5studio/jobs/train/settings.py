@@ -8,9 +8,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from e5studio.jobspec.train_params import HYPERPARAMETERS, RUN_PARAMS
+from e5studio.errors import InputError
+from e5studio.jobspec.train_params import HYPERPARAMETERS, RUN_PARAMS, SELECTION_PARAMS, parse_interpolation
 
-_SPEC = {**HYPERPARAMETERS, **RUN_PARAMS}
+_SPEC = {**HYPERPARAMETERS, **RUN_PARAMS, **SELECTION_PARAMS}
 
 
 def _int(name: str) -> Any:
@@ -73,3 +74,12 @@ class RunOptions:
     eval_max_length: int | None = None  # None: the model's serving length
     eval_batch_tokens: int = 8192
     progress: bool = True
+    interpolate: str = _str("interpolate")  # "auto" or a weight in (0, 1] (selection.py)
+    max_ood_loss: float = _float("max_ood_loss")
+
+    def __post_init__(self) -> None:
+        try:
+            parse_interpolation(self.interpolate)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        SELECTION_PARAMS["max_ood_loss"].check(self.max_ood_loss)

@@ -10,7 +10,10 @@ average equals the gradient of the global loss (each rank contributes the exact 
 embeddings). Gradients are clipped, AdamW steps, the LR follows linear warmup then linear decay.
 
 Rank 0 alone evaluates, logs, writes checkpoints and exports models; checkpoints carry every rank's RNG
-state so dropout continues exactly after ``--resume``.
+state so dropout continues exactly after ``--resume``. With evaluation sets (the first in-domain, the others
+out-of-domain), ``best/`` is the epoch with the best in-domain nDCG@10 among those that lose at most
+``--max-ood-loss`` out of domain, and ``final/`` the last epoch's weights interpolated with the base model's as
+``--interpolate`` says (:mod:`.selection`); both carry their evaluation for the deploy gate.
 """
 
 from __future__ import annotations
@@ -43,8 +46,20 @@ from e5studio.jobs.train.loss import false_negative_mask, info_nce
 from e5studio.jobs.train.passages import PassageStore, TrainData
 from e5studio.jobs.train.report import MetricsLog, Progress, plot_metrics
 from e5studio.jobs.train.sampling import Group, GroupSampler
+from e5studio.jobs.train.selection import (
+    AUTO_WITHOUT_SETS,
+    Candidate,
+    better,
+    changes,
+    eligible,
+    interpolate,
+    record_sets,
+    search_alpha,
+)
 from e5studio.jobs.train.settings import RunOptions, TrainSettings
+from e5studio.jobspec.deploy_gate import IN_DOMAIN, OUT_OF_DOMAIN, ModelEvaluation, SetResult, write_evaluation
 from e5studio.jobspec.layout import BEST_DIR, CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE, PLOT_FILE
+from e5studio.jobspec.train_params import parse_interpolation
 from e5studio.retrieval.evaluate import EvalSet
 
 
@@ -57,8 +72,9 @@ class TrainRun:
     output: Path
     settings: TrainSettings = TrainSettings()
     options: RunOptions = RunOptions()
-    evalset: EvalSet | None = None
-    eval_corpus: Any = None  # float32 [passages, d]: the start model's passage vectors (--eval-index), step 0 only
+    # the first is the in-domain set, the others out-of-domain (selection.py); names (EvalSet.name) are unique
+    evalsets: tuple[EvalSet, ...] = ()
+    eval_corpus: Any = None  # float32 [passages, d]: the first set's passages by the start model (--eval-index)
     dataset_checksums: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -90,7 +106,7 @@ class Reporter(Protocol):
 
     def on_step(self, step: int, total_steps: int, loss: float) -> None: ...
 
-    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None: ...
+    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> None: ...  # the eval record
 
 
 class NullReporter:
@@ -100,7 +116,7 @@ class NullReporter:
     def on_step(self, step: int, total_steps: int, loss: float) -> None:
         pass
 
-    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> None:
         pass
 
 
@@ -112,6 +128,7 @@ class TrainResult:
     steps: int
     groups_per_s: float
     peak_memory_bytes: int | None = None  # CUDA only: peak memory allocated by torch during the run
+    final: dict[str, Any] | None = None  # the final model's record (its interpolation weight and metrics)
 
 
 # ---------------------------------------------------------------------------------------------- one step
@@ -314,13 +331,14 @@ class Trainer:
             if resume:
                 progress.write(f"resuming from {at.resumed_from} (step {at.step})" if at.resumed_from
                                else "no checkpoint to resume from: starting at step 0")
-        if at.step == 0 and self.job.evalset is not None and not at.history:
+        if at.step == 0 and self.job.evalsets and not at.history:
             at.history.append(self._evaluate(opt.encoder, 0, 0, progress))
         while at.step < self.total_steps:
             self._train_step(opt, at, progress)
             self._after_step(opt, at, progress)
+        result = self._finish(opt, at, progress)
         progress.close()
-        return self._finish(opt, at)
+        return result
 
     def _build(self) -> _Optimisation:
         torch.manual_seed(self.job.settings.seed + self.dist.rank)  # dropout masks; restored exactly on resume
@@ -395,55 +413,149 @@ class Trainer:
             self.reporter.on_step(at.step, self.total_steps, value)
 
     def _after_step(self, opt: _Optimisation, at: _Position, progress: Progress) -> None:
-        """At an epoch end: evaluate (keeping the best model); then a checkpoint when one is due."""
+        """At an epoch end: evaluate (keeping the best model by the combined score, :mod:`.selection`);
+        then a checkpoint when one is due."""
         spe = self.sampler.steps_per_epoch
         epoch_end = at.step % spe == 0
-        if epoch_end and self.job.evalset is not None:
+        if epoch_end and self.job.evalsets:
             record = self._evaluate(opt.encoder, at.step, at.step // spe, progress)
             at.history.append(record)
-            if self.dist.is_main and (at.best is None or record["ndcg@10"] > at.best["ndcg@10"]):
-                at.best = record
-                export_model(opt.encoder, self.checkpoint, self.output / BEST_DIR)
+            if self.dist.is_main:
+                current = self._candidate(at.best) if at.best is not None else None
+                if better(self._candidate(record), current, *self._judging(at)):
+                    at.best = record
+                    best_dir = export_model(opt.encoder, self.checkpoint, self.output / BEST_DIR)
+                    self._write_evaluation(best_dir, at, record, f"best epoch ({record['epoch']})")
         save_every = self.job.options.save_every
         if epoch_end or (save_every and at.step % save_every == 0):
             self._save(at.step, opt, at.history, at.best)
 
-    def _finish(self, opt: _Optimisation, at: _Position) -> TrainResult:
-        """Export the final model and the plot (rank 0); every rank returns the result."""
+    def _finish(self, opt: _Optimisation, at: _Position, progress: Progress) -> TrainResult:
+        """Export the final model (interpolated with the base weights as ``--interpolate`` says) and the plot
+        (rank 0); every rank returns the result."""
         overall = self.job.settings.batch_size * at.done_here / at.train_seconds if at.done_here else at.rate
         final_dir = self.output / FINAL_DIR
+        final: dict[str, Any] | None = None
         if self.dist.is_main:
+            final = self._interpolated_final(opt, at, progress)
             export_model(opt.encoder, self.checkpoint, final_dir)
+            if final is not None:
+                self._write_evaluation(final_dir, at, final, final["label"])
             plot_metrics(self.log.records(), self.output / PLOT_FILE)
         if self.dist.world_size > 1:
             torch_dist.barrier()
         best_dir = self.output / BEST_DIR if at.best is not None else None
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return TrainResult(final_dir, best_dir, at.history, at.step, overall, peak)
+        return TrainResult(final_dir, best_dir, at.history, at.step, overall, peak, final)
 
-    def _evaluate(self, encoder: BertEncoder, step: int, epoch: int, progress: Progress) -> dict[str, Any]:
-        """Rank 0 evaluates and logs; every rank gets the record (other ranks wait at a barrier)."""
+    # -- which model is handed over ------------------------------------------------------------------
+
+    def _judging(self, at: _Position) -> tuple[dict[str, dict[str, float]], str, list[str], float]:
+        """(base metrics per set, the in-domain set, the out-of-domain sets, the allowed loss)."""
+        names = [e.name for e in self.job.evalsets]
+        return record_sets(at.history[0]), names[0], names[1:], self.job.options.max_ood_loss
+
+    @staticmethod
+    def _candidate(record: Mapping[str, Any]) -> Candidate:
+        return Candidate(str(record.get("label", "")), record_sets(record), float(record.get("alpha", 1.0)))
+
+    def _interpolated_final(self, opt: _Optimisation, at: _Position, progress: Progress) -> dict[str, Any] | None:
+        """Load the final weights into ``opt.encoder``: the tuned ones, or their interpolation with the base
+        model; returns the final model's record (None without evaluation sets)."""
+        alpha = parse_interpolation(self.job.options.interpolate)
+        evaluated = bool(self.job.evalsets) and len(at.history) >= 2 and at.history[-1].get("step") == at.step
+        if alpha is None and not evaluated:
+            alpha = AUTO_WITHOUT_SETS
+            progress.write(f"--interpolate auto without evaluation sets: a = {alpha:g} (the default measured on "
+                           "SciFact, Cranfield and MED)")
+        if alpha == 1.0:
+            return self._final_record(at.history[-1], 1.0, "final (tuned weights)") if evaluated else None
+        tuned = {k: v.detach().clone() for k, v in opt.encoder.state_dict().items()}
+        base = read_weights(self.checkpoint)
+
+        def measure(a: float) -> dict[str, dict[str, float]]:
+            opt.encoder.load_state_dict(interpolate(tuned, base, a))
+            record = self._evaluate(opt.encoder, at.step, at.step // self.sampler.steps_per_epoch, progress,
+                                    event="candidate", title=f"interpolation a = {a:g}", alpha=a)
+            return record_sets(record)
+
+        sets: dict[str, dict[str, float]]
+        if alpha is None:
+            base_sets, in_domain, ood, max_loss = self._judging(at)
+            chosen, _ = search_alpha(measure, record_sets(at.history[-1]), base_sets, in_domain, ood, max_loss)
+            alpha, sets = chosen.alpha, {k: dict(v) for k, v in chosen.sets.items()}
+            progress.write(f"--interpolate auto: a = {alpha:g} (in-domain {in_domain} nDCG@10 "
+                           f"{sets[in_domain]['ndcg@10']:.4f}; out-of-domain losses within {max_loss:g}: "
+                           f"{eligible(sets, base_sets, ood, max_loss)})")
+        else:
+            sets = measure(alpha) if evaluated else {}
+        opt.encoder.load_state_dict(interpolate(tuned, base, alpha) if alpha > 0 else base)
+        if not evaluated:
+            return None
+        label = f"final (a = {alpha:g})" if alpha < 1 else "final (tuned weights)"
+        return self._final_record({**at.history[-1], "sets": sets}, alpha, label)
+
+    def _final_record(self, source: Mapping[str, Any], alpha: float, label: str) -> dict[str, Any]:
+        sets = record_sets(source)
+        first = sets[self.job.evalsets[0].name]
+        record = {"event": "final", "step": source["step"], "epoch": source["epoch"], "label": label,
+                  "alpha": alpha, **first, "sets": sets}
+        self.log.append(record)
+        return record
+
+    def _write_evaluation(self, directory: Path, at: _Position, record: Mapping[str, Any], label: str) -> None:
+        base_sets, in_domain, _, _ = self._judging(at)
+        sets = record_sets(record)
+        write_evaluation(directory, ModelEvaluation(
+            base_model=self.job.model, label=label,
+            sets=tuple(SetResult(e.name, IN_DOMAIN if e.name == in_domain else OUT_OF_DOMAIN, str(e.directory),
+                                 base_sets[e.name], sets[e.name]) for e in self.job.evalsets),
+            details={"step": record.get("step"), "epoch": record.get("epoch"), "alpha": record.get("alpha", 1.0),
+                     "max_ood_loss": self.job.options.max_ood_loss}))
+
+    def _evaluate(self, encoder: BertEncoder, step: int, epoch: int, progress: Progress, event: str = "eval",
+                  title: str | None = None, alpha: float | None = None) -> dict[str, Any]:
+        """Rank 0 evaluates every set and logs the record (the first set's metrics at its top level, every set's
+        under ``sets``, nDCG@10 changes against the base model under ``change``); every rank gets the record
+        (other ranks wait at a barrier)."""
         record: dict[str, Any] = {}
-        if self.dist.is_main and self.job.evalset is not None:
+        if self.dist.is_main and self.job.evalsets:
             t0 = time.perf_counter()
-            title = "evaluation before training" if step == 0 else f"evaluation after epoch {epoch}"
-            metrics = evaluate_module(encoder, self.checkpoint,
-                                      self.job.options.eval_max_length or self.checkpoint.max_length,
-                                      self.job.evalset, self.device, self.autocast,
-                                      self.job.options.eval_batch_tokens, progress=progress.evaluation(title),
-                                      corpus=self.job.eval_corpus if step == 0 else None)
-            record = {"event": "eval", "step": step, "epoch": epoch, **metrics,
-                      "seconds": round(time.perf_counter() - t0, 2)}
+            title = title or ("evaluation before training" if step == 0 else f"evaluation after epoch {epoch}")
+            max_length = self.job.options.eval_max_length or self.checkpoint.max_length
+            sets: dict[str, dict[str, float]] = {}
+            for i, evalset in enumerate(self.job.evalsets):
+                shown = title if len(self.job.evalsets) == 1 else f"{title} on {evalset.name}"
+                corpus = self.job.eval_corpus if step == 0 and i == 0 and event == "eval" else None
+                sets[evalset.name] = evaluate_module(encoder, self.checkpoint, max_length, evalset, self.device,
+                                                     self.autocast, self.job.options.eval_batch_tokens,
+                                                     progress=progress.evaluation(shown), corpus=corpus)
+            record = {"event": event, "step": step, "epoch": epoch, **sets[self.job.evalsets[0].name], "sets": sets}
+            if alpha is not None:
+                record["alpha"] = alpha
+            base = record_sets(self._base_record()) if step > 0 or event != "eval" else sets
+            record["change"] = {k: round(v, 5) for k, v in changes(sets, base).items()}
+            record["seconds"] = round(time.perf_counter() - t0, 2)
             self.log.append(record)
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            progress.write(f"{title} (step {step}): {shown}")
-            self.reporter.on_eval(step, epoch, metrics)
+            for name, metrics in sets.items():
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                delta = f"  (nDCG@10 {record['change'][name]:+.4f} vs base)" if step > 0 or event != "eval" else ""
+                progress.write(f"{title} (step {step}) {name}: {shown}{delta}")
+            if event == "eval":
+                self.reporter.on_eval(step, epoch, record)
             plot_metrics(self.log.records(), self.output / PLOT_FILE)
-        if self.dist.world_size > 1:
+        if self.dist.world_size > 1 and event == "eval":
             box: list[Any] = [record]
             torch_dist.broadcast_object_list(box, src=0)
             record = box[0]
         return record
+
+    def _base_record(self) -> dict[str, Any]:
+        """The evaluation before training (step 0), from the metrics log (a resumed run reads it back)."""
+        for r in self.log.records():
+            if r.get("event") == "eval" and r.get("step") == 0:
+                return r
+        raise InputError(f"{self.log.path}: the evaluation before training is missing; train into a new --output")
 
     def _save(self, step: int, opt: _Optimisation, history: list[dict[str, Any]],
               best: dict[str, Any] | None) -> None:

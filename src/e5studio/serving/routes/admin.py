@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from e5studio.control.store import Endpoint
 from e5studio.errors import AuthError, ForbiddenError, InputError
+from e5studio.jobspec import deploy_gate
 from e5studio.serving.inference import bearer_token, read_json
 from e5studio.serving.schemas import ADMIN_ERRORS, EndpointCreate, ProjectCreate, body, errors
 from e5studio.serving.state import ServingState, State
@@ -35,7 +36,8 @@ router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)], r
 
 
 def endpoint_view(state: ServingState, endpoint: Endpoint) -> dict[str, Any]:
-    return {**asdict(endpoint), "urls": endpoint_urls(state.settings.base_url, endpoint)}
+    return {**asdict(endpoint), "deploy_gate": deploy_gate.summary(endpoint.deploy_gate),
+            "urls": endpoint_urls(state.settings.base_url, endpoint)}
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
@@ -69,11 +71,15 @@ async def list_endpoints(state: State, project: str | None = None) -> dict[str, 
 @router.post("/endpoints", status_code=201, openapi_extra=body(EndpointCreate))
 async def create_endpoint(request: Request, state: State) -> dict[str, Any]:
     body = await read_json(request, ADMIN_BODY_LIMIT)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise InputError("'force' must be true or false")
+    model = _field(body, "model", str, state.settings.default_model)
+    gate = deploy_gate.check(model, force, "pass --force, or \"force\": true in the API call")
     endpoint, key = state.store.create_endpoint(
-        _field(body, "project", str), _field(body, "name", str),
-        _field(body, "model", str, state.settings.default_model),
+        _field(body, "project", str), _field(body, "name", str), model,
         _field(body, "batch_size", int, 32), _field(body, "description", str, ""),
-        _field(body, "precision", str, state.settings.engine.precision))
+        _field(body, "precision", str, state.settings.engine.precision), deploy_gate=gate)
     state.pool.deploy(endpoint)
     view = endpoint_view(state, state.store.get_endpoint_by_id(endpoint.id))
     return {"endpoint": view, "key": key, "curl": curl_line(view["urls"]["nlp"], key)}

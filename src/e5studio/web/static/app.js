@@ -144,18 +144,22 @@ function formatNumber(v) {
   return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3);
 }
 
-// points: [[x, y], ...]; draws axes with min/max labels, the line and (for few points) dots.
+// points: [[x, y], ...] (one line) or {name: [[x, y], ...], ...} (one line per name, with a legend);
+// draws axes with min/max labels, the lines and (for few points) dots.
 function drawLineChart(container, points, xLabel, yLabel) {
   const svg = container.querySelector("svg");
   svg.replaceChildren();
   const width = 480, height = 220, left = 52, right = 12, top = 12, bottom = 34;
   svg.setAttribute("viewBox", "0 0 " + width + " " + height);
-  container.dataset.points = String(points.length);
-  if (points.length === 0) {
+  const series = Array.isArray(points) ? { "": points } : points;
+  const all = Object.values(series).flat();
+  container.dataset.points = String(all.length);
+  container.dataset.series = String(Object.keys(series).length);
+  if (all.length === 0) {
     svg.appendChild(svgElement("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "no data yet"));
     return;
   }
-  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
   let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   if (x0 === x1) { x0 -= 1; x1 += 1; }
   if (y0 === y1) { y0 -= 0.5; y1 += 0.5; }
@@ -170,11 +174,21 @@ function drawLineChart(container, points, xLabel, yLabel) {
   svg.appendChild(svgElement("text", { x: (left + width - right) / 2, y: height - 4, "text-anchor": "middle" }, xLabel));
   svg.appendChild(svgElement("text", { x: 12, y: (top + height - bottom) / 2, "text-anchor": "middle",
     transform: "rotate(-90 12 " + (top + height - bottom) / 2 + ")" }, yLabel));
-  const path = points.map((p, i) => (i ? "L" : "M") + sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ");
-  svg.appendChild(svgElement("path", { class: "line", d: path }));
-  if (points.length <= 40) {
-    points.forEach((p) => svg.appendChild(svgElement("circle", { class: "dot", cx: sx(p[0]), cy: sy(p[1]), r: 3 })));
-  }
+  const colours = ["#2f6fb5", "#c2571a", "#2e8540", "#7a4fb0", "#b3261e", "#5b6570"];
+  Object.entries(series).forEach(([name, line], k) => {
+    if (line.length === 0) return;
+    const colour = colours[k % colours.length];
+    const path = line.map((p, i) => (i ? "L" : "M") + sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ");
+    svg.appendChild(svgElement("path", { class: "line", d: path, style: name ? "stroke: " + colour : "" }));
+    if (line.length <= 40) {
+      line.forEach((p) => svg.appendChild(svgElement("circle", { class: "dot", cx: sx(p[0]), cy: sy(p[1]), r: 3,
+        style: name ? "fill: " + colour : "" })));
+    }
+    if (name) {
+      svg.appendChild(svgElement("text", { x: width - right - 4, y: top + 10 + 13 * k, "text-anchor": "end",
+        style: "fill: " + colour }, name));
+    }
+  });
 }
 
 // -------------------------------------------------------------------------------- jobs
@@ -201,7 +215,17 @@ function setupJobPage() {
     const phase = document.getElementById("job-phase");
     if (phase) phase.textContent = data.phase_line || "";
     if (lossChart) drawLineChart(lossChart, data.history.loss, "step", "loss");
-    if (evalChart) drawLineChart(evalChart, data.history.eval.map((e) => [e[0], e[2]]), "epoch", "nDCG@10");
+    if (evalChart) {
+      const sets = data.history.sets || {};
+      const names = Object.keys(sets);
+      if (names.length > 1) {
+        const series = {};
+        names.forEach((n) => { series[n] = sets[n].map((e) => [e[0], e[2]]); });
+        drawLineChart(evalChart, series, "epoch", "nDCG@10");
+      } else {
+        drawLineChart(evalChart, data.history.eval.map((e) => [e[0], e[2]]), "epoch", "nDCG@10");
+      }
+    }
     const log = document.getElementById("job-log");
     if (log) { log.textContent = data.log.join("\n"); log.scrollTop = log.scrollHeight; }
     const actions = document.getElementById("job-actions");
