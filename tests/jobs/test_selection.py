@@ -159,5 +159,6 @@ def test_a_run_with_two_sets_exports_the_interpolated_final_model(tmp_path: Path
         assert s.base == evals[0]["sets"][s.name]  # type: ignore[index]
         assert s.model == final["sets"][s.name]  # type: ignore[index]
     assert evaluation.details["alpha"] == alpha and evaluation.base_model == str(tiny_dropout_dir)
+    assert (tmp_path / "out" / "metrics.png").stat().st_size > 1000  # a line per set, the final model marked
     best = read_evaluation(str(tmp_path / "out" / "best"))
     assert best is not None and best.label.startswith("best epoch")

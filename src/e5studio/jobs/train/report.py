@@ -2,7 +2,11 @@
 
 ``metrics.jsonl`` holds one JSON object per line: ``{"event": "step", "step", "epoch", "loss", "lr",
 "grad_norm", "groups_per_s"}`` after every optimizer step and ``{"event": "eval", "step", "epoch",
-"ndcg@10", "mrr@10", "recall@100", "map", "seconds"}`` before training (step 0) and after each epoch.
+"ndcg@10", "mrr@10", "recall@100", "map", "sets", "change", "seconds"}`` before training (step 0) and after
+each epoch (the top-level metrics are the first, in-domain set's; ``sets``: every evaluation set's metrics;
+``change``: each set's nDCG@10 change against the base model). At the end, ``{"event": "candidate", "alpha",
+...}`` for every interpolation ``--interpolate auto`` measured and ``{"event": "final", "label", "alpha",
+...}`` for the exported final model.
 """
 
 from __future__ import annotations
@@ -63,11 +67,27 @@ def plot_metrics(records: list[dict[str, Any]], path: Path) -> bool:
     ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, color="tab:blue")
     ax_loss.set(xlabel="step", ylabel="InfoNCE loss", title="training loss")
     ax_loss.grid(alpha=0.3)
-    ax_eval.plot([r["step"] for r in evals], [r.get("ndcg@10", float("nan")) for r in evals], marker="o",
-                 color="tab:green")
-    for r in evals:
-        ax_eval.annotate(f"ep {r['epoch']}: {r.get('ndcg@10', 0):.3f}", (r["step"], r.get("ndcg@10", 0)),
-                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    names = list(evals[0]["sets"]) if evals and isinstance(evals[0].get("sets"), dict) else []
+    finals = [r for r in records if r.get("event") == "final" and isinstance(r.get("sets"), dict)]
+    if len(names) > 1:  # one line per evaluation set (the first is in-domain), the final model as a star
+        for k, name in enumerate(names):
+            colour = f"C{k}"
+            points = [(r["step"], r["sets"][name]["ndcg@10"]) for r in evals if name in r.get("sets", {})]
+            label = f"{name} (in-domain)" if k == 0 else name
+            ax_eval.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour, label=label)
+            for r in finals[-1:]:
+                if name in r["sets"]:
+                    ax_eval.plot([r["step"]], [r["sets"][name]["ndcg@10"]], marker="*", markersize=12, color=colour,
+                                 linestyle="none")
+        if finals:
+            ax_eval.plot([], [], marker="*", color="black", linestyle="none", label=finals[-1].get("label", "final"))
+        ax_eval.legend(fontsize=7, loc="best")
+    else:
+        ax_eval.plot([r["step"] for r in evals], [r.get("ndcg@10", float("nan")) for r in evals], marker="o",
+                     color="tab:green")
+        for r in evals:
+            ax_eval.annotate(f"ep {r['epoch']}: {r.get('ndcg@10', 0):.3f}", (r["step"], r.get("ndcg@10", 0)),
+                             textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax_eval.set(xlabel="step", ylabel="nDCG@10", title="evaluation (before training and after each epoch)")
     ax_eval.grid(alpha=0.3)
     fig.tight_layout()
