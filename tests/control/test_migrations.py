@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 
 from e5studio.cli import main
 from e5studio.control.keys import hash_key
-from e5studio.control.migrations import LEGACY_NAMES, head, revisions
+from e5studio.control.migrations import HEAD_REVISION, LEGACY_NAMES, head, revisions
 from e5studio.control.schema import metadata
 from e5studio.control.store import LIVE, Store
 from e5studio.errors import SchemaError
@@ -47,7 +47,7 @@ def test_revisions_are_one_named_line_that_begins_with_the_legacy_names() -> Non
     assert revisions()[:len(LEGACY_NAMES)] == list(LEGACY_NAMES) == [name for name, _ in LEGACY_MIGRATIONS]
     assert revisions()[len(LEGACY_NAMES):] == ["0006_web_sessions", "0007_login_failures", "0008_job_leases",
                                               "0009_replicas"]
-    assert head() == revisions()[-1]
+    assert head() == revisions()[-1] == HEAD_REVISION  # the fast path's constant follows the newest revision
     assert all(len(name) <= 32 for name in revisions())  # alembic_version.version_num is VARCHAR(32)
 
 

@@ -303,3 +303,14 @@ def test_the_job_processes_of_a_postgres_store_get_its_url_not_the_data_dir(pair
     runner = JobRunner(pair[0], tmp_path / "anywhere", env={"E5STUDIO_STORE": "/elsewhere.db"})
     assert runner.env["E5STUDIO_STORE"] == pair[0].secret_url
     assert sys.executable in runner.command
+
+
+def test_a_new_admin_token_from_the_command_line_works_on_every_replica(
+        pair: tuple[Store, Store], pg_store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from e5studio.cli import main
+
+    old = pair[0].ensure_admin_token()
+    assert old is not None
+    assert main(["admin-token", "--store", pg_store_url]) == 0
+    token = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    assert pair[1].check_admin_token(token) and not pair[0].check_admin_token(old)
