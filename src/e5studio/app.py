@@ -24,7 +24,7 @@ from e5studio import __version__
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
 from e5studio.engine.embedder import Embedder
-from e5studio.errors import E5StudioError
+from e5studio.errors import ConflictError, E5StudioError
 from e5studio.serving import state as serving_state
 from e5studio.serving.access_log import AccessLog, call_record
 from e5studio.serving.allocator import tune_malloc
@@ -165,11 +165,14 @@ def first_start(store: Store, settings: ServeSettings, endpoint_name: str) -> li
     if token is not None:
         lines.append(f"Admin token (shown once; the CLI reads it from E5STUDIO_ADMIN_TOKEN): {token}")
     if not store.list_endpoints():
-        if DEFAULT_PROJECT not in {p.name for p in store.list_projects()}:
-            store.create_project(DEFAULT_PROJECT, "created by e5studio serve")
-        model = settings.engine.model
-        endpoint, key = store.create_endpoint(DEFAULT_PROJECT, endpoint_name, model, 32, "created by e5studio serve",
-                                              settings.engine.precision)
+        try:  # replicas starting together on a new store: the first one makes these, the others find them
+            if DEFAULT_PROJECT not in {p.name for p in store.list_projects()}:
+                store.create_project(DEFAULT_PROJECT, "created by e5studio serve")
+            model = settings.engine.model
+            endpoint, key = store.create_endpoint(DEFAULT_PROJECT, endpoint_name, model, 32,
+                                                  "created by e5studio serve", settings.engine.precision)
+        except ConflictError:
+            return lines
         url = endpoint_urls(settings.base_url, endpoint)["nlp"]
         lines.append(f"Endpoint {endpoint.name} (project {DEFAULT_PROJECT}, model {endpoint.model}, batch size 32)\n"
                      f"  URL: {url}\n  key (shown once): {key}\n  try: {curl_line(url, key)}")

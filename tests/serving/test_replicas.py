@@ -139,3 +139,33 @@ def test_twenty_failed_logins_over_a_and_b_are_throttled_together(replicas: Repl
         assert client.get("/api/admin/projects", headers={"Authorization": f"Bearer {r.token}"}).status_code == 429
     other = TestClient(r.b.app, client=("10.0.0.7", 5000))
     assert other.get("/api/admin/projects", headers={"Authorization": f"Bearer {r.token}"}).status_code == 200
+
+
+def test_replicas_starting_together_on_a_new_store_make_one_token_and_one_default_endpoint(
+        pg_store_url: str) -> None:
+    import threading
+
+    from e5studio.app import first_start
+
+    stores = [Store(pg_store_url) for _ in range(4)]
+    printed: list[list[str]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def start(store: Store) -> None:
+        barrier.wait()
+        try:
+            printed.append(first_start(store, ServeSettings(), "e5-large-v2"))
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(len(lines) for lines in printed) == 2  # one replica printed the token, one the endpoint and key
+    assert [e.name for e in stores[0].list_endpoints()] == ["e5-large-v2"]
+    for store in stores:
+        store.close()
