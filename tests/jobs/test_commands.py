@@ -37,14 +37,20 @@ def test_an_invalid_dataset_is_not_recorded(tmp_path: Path, capsys: pytest.Captu
     assert "no datasets" in capsys.readouterr().out
 
 
-def test_add_list_and_versions(tmp_path: Path, toy_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data_dir = str(tmp_path / "store")
-    assert main(["datasets", "add", "toy", str(toy_dir), "--data-dir", data_dir, "--description", "t"]) == 0
+def test_add_list_and_versions(store_target: str, tmp_path: Path, toy_dir: Path,
+                               capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the SQLite store of --data-dir, and on a PostgreSQL store (--store URL, or $E5STUDIO_STORE)."""
+    data_dir = str(tmp_path / "data")
+    where = ["--data-dir", data_dir] + (["--store", store_target] if "://" in store_target else [])
+    assert main(["datasets", "add", "toy", str(toy_dir), *where, "--description", "t"]) == 0
     assert "recorded dataset toy@1" in capsys.readouterr().out
-    assert main(["datasets", "list", "--data-dir", data_dir]) == 0
+    if "://" in store_target:
+        monkeypatch.setenv("E5STUDIO_STORE", store_target)
+        where = ["--data-dir", str(tmp_path / "elsewhere")]
+    assert main(["datasets", "list", *where]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("toy@1") and "32 passages" in line and "24 queries" in line and str(toy_dir) in line
-    with Store(Path(data_dir) / "e5studio.db") as store:
+    with Store(store_target) as store:
         dataset = store.get_dataset("toy")
     report = validate_dataset(toy_dir)
     assert (dataset.passages_sha256, dataset.train_sha256) == (report.passages_sha256, report.train_sha256)

@@ -74,23 +74,28 @@ def test_estimate_errs_high_and_is_capped() -> None:
     assert estimate_tokens(["", "abc"], 512) == 2 + 3
 
 
-@pytest.fixture(scope="module")
-def edge_app(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[tuple[Any, Store, str, str]]:
-    """The app in-process: queue of 2 requests, body timeout 0.5 s; (app, store, nlp path, key)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def edge_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             tiny_dir: Path) -> Iterator[tuple[Any, Store, str, str]]:
+    """The app in-process: queue of 2 requests, body timeout 0.5 s; (app, store, nlp path, key); on the SQLite
+    store of its data dir, and on a PostgreSQL store."""
     data_dir = tmp_path_factory.mktemp("edges")
-    store = Store(data_dir / "e5studio.db")
+    url = request.getfixturevalue("pg_databases").migrated() if request.param == "postgres" else None
+    store = Store(url or data_dir / "e5studio.db")
     store.create_project("p")
     endpoint, key = store.create_endpoint("p", "tiny", str(tiny_dir), 32)
     token = store.ensure_admin_token()
     assert token is not None
     TOKENS["admin"] = token
     settings = ServeSettings(data_dir=data_dir, max_queue=2, body_timeout_s=0.5, default_model=str(tiny_dir),
-                             engine=EngineSettings(model=str(tiny_dir), device="cpu"))
+                             engine=EngineSettings(model=str(tiny_dir), device="cpu"), store=url)
     app = create_app(settings, store)
     with TestClient(app):
         assert state_of(app).pool.wait(60)
         yield app, store, f"/api/predict/nlp/p/{endpoint.name}", key
     store.close()
+    if url is not None:
+        request.getfixturevalue("pg_databases").drop(url)
 
 
 def test_overload_is_refused_before_tokenising(edge_app: tuple[Any, Store, str, str],

@@ -44,8 +44,8 @@ def artifacts() -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+@pytest.fixture(scope="module")  # Playwright's sync API keeps an event loop running in the main thread while it
+def browser() -> Iterator[object]:  # is open: closed with its module, so asyncio.run in later modules works
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():

@@ -36,8 +36,12 @@ router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)], r
 
 
 def endpoint_view(state: ServingState, endpoint: Endpoint) -> dict[str, Any]:
+    """An endpoint as the admin API shows it: its record (the deploy gate's verdict parsed), its URLs, and on how
+    many of the replicas sharing the store (those with a recent heartbeat) its model is ready."""
+    readiness = state.store.endpoint_readiness(endpoint.id)
     return {**asdict(endpoint), "deploy_gate": deploy_gate.summary(endpoint.deploy_gate),
-            "urls": endpoint_urls(state.settings.base_url, endpoint)}
+            "urls": endpoint_urls(state.settings.base_url, endpoint),
+            "replicas": {"ready": readiness.ready, "total": readiness.replicas, "summary": str(readiness)}}
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
