@@ -75,3 +75,7 @@ class ParamError(InputError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class SchemaError(E5StudioError):
+    """The control store's schema cannot be used by this version: newer than it knows, or unrecognised."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+
 from e5studio.control.database import Database, new_id, now
 from e5studio.control.keys import ADMIN_TOKEN_PREFIX, hash_key, new_key, verify_key
+from e5studio.control.schema import admin_tokens
 
 
 class AdminTokenTable(Database):
@@ -11,17 +14,14 @@ class AdminTokenTable(Database):
         """Create the admin token on first start and return it in clear; None when one already exists."""
         token = new_key(ADMIN_TOKEN_PREFIX)
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM admin_tokens LIMIT 1").fetchone():
+            if conn.execute(sa.select(admin_tokens.c.id).limit(1)).first():
                 return None
-            conn.execute(
-                "INSERT INTO admin_tokens (id, token_hash, created_at) VALUES (?, ?, ?)",
-                (new_id(), hash_key(token), now()),
-            )
+            conn.execute(admin_tokens.insert().values(id=new_id(), token_hash=hash_key(token), created_at=now()))
         return token
 
     def check_admin_token(self, token: str) -> bool:
         """Whether ``token`` is a current admin token; every stored hash is compared in constant time."""
-        hashes = [row["token_hash"] for row in self._read_all("SELECT token_hash FROM admin_tokens")]
+        hashes = [row["token_hash"] for row in self._read_all(sa.select(admin_tokens.c.token_hash))]
         matches = [verify_key(token, stored) for stored in hashes]
         return any(matches)
 
@@ -29,9 +29,6 @@ class AdminTokenTable(Database):
         """Replace every admin token with a new one and return it in clear."""
         token = new_key(ADMIN_TOKEN_PREFIX)
         with self._write() as conn:
-            conn.execute("DELETE FROM admin_tokens")
-            conn.execute(
-                "INSERT INTO admin_tokens (id, token_hash, created_at) VALUES (?, ?, ?)",
-                (new_id(), hash_key(token), now()),
-            )
+            conn.execute(admin_tokens.delete())
+            conn.execute(admin_tokens.insert().values(id=new_id(), token_hash=hash_key(token), created_at=now()))
         return token

@@ -1,27 +1,45 @@
-"""One SQLite database shared by the control store's tables: one connection (``check_same_thread=False``)
-guarded by a lock, writes in ``BEGIN IMMEDIATE`` transactions, WAL mode for file databases so readers in
-other processes are not blocked; named migrations applied on open (:mod:`.migrations`)."""
+"""One database shared by the control store's tables, through SQLAlchemy Core: the embedded SQLite file (the
+default) or a PostgreSQL database that several servers (replicas) share.
+
+- SQLite: a small connection pool (``check_same_thread=False``, 30 s busy timeout, foreign keys on, WAL for
+  files so readers in other processes are not blocked); writes are serialised in this process by a lock and
+  across processes by ``BEGIN IMMEDIATE`` (an event hook begins every write transaction that way).
+  ``:memory:`` is one connection behind the same lock, reads included.
+- PostgreSQL (``postgres://``, ``postgresql://`` or ``postgresql+psycopg://`` URLs, driver psycopg 3): a pool
+  of connections; a write transaction takes one transaction-level advisory lock first, so the
+  check-then-write transactions of the store are serialised across replicas exactly as ``BEGIN IMMEDIATE``
+  serialises them on SQLite. Hot writes that need no check (heartbeats, lease renewals, failed logins,
+  sessions, job claims with ``FOR UPDATE SKIP LOCKED``) skip that lock (``_write(serial=False)``).
+
+Migrations (Alembic, one history for both databases: :mod:`.migrations`) are applied on open.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import secrets
-import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from e5studio.control.migrations import apply_migrations
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
 from e5studio.errors import InputError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 _BUSY_TIMEOUT_S = 30.0
+STORE_ENV = "E5STUDIO_STORE"  # the store URL, where --store is not given (CLI, and the job processes of a server)
+# pg_advisory_xact_lock key of the store's serial write transactions ("e5studio" in ASCII; fits a signed bigint)
+WRITE_LOCK_KEY = int.from_bytes(b"e5studio", "big")
+_IMMEDIATE = "e5studio_immediate"  # execution option: begin the SQLite transaction with BEGIN IMMEDIATE
 
 
 def now() -> str:
@@ -40,30 +58,102 @@ def check_name(kind: str, name: str) -> None:
         )
 
 
-class Database:
-    """The connection, its lock and its transactions; each table of the store is a subclass."""
+def store_url(target: str | Path) -> URL:
+    """The SQLAlchemy URL of a store: a path (or ``:memory:``) is the embedded SQLite file; ``sqlite:///PATH``;
+    ``postgres://``, ``postgresql://`` or ``postgresql+psycopg://user:password@host:port/db`` is PostgreSQL
+    through psycopg 3 (``?host=/path/to/socket`` for a Unix socket)."""
+    text = str(target)
+    if "://" not in text:
+        return URL.create("sqlite", database=text)
+    scheme = text.split("://", 1)[0].lower()
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        text = "postgresql+psycopg://" + text.split("://", 1)[1]
+    elif scheme not in ("sqlite", "sqlite+pysqlite"):
+        raise InputError(f"unsupported store URL {make_safe(text)!r}: use a file path, sqlite:///PATH or "
+                         "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+    try:
+        return make_url(text)
+    except sa.exc.ArgumentError as exc:
+        raise InputError(f"store URL {make_safe(text)!r} is not valid: {exc}") from None
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        in_memory = self.path == ":memory:"
-        if not in_memory:  # readable by the owner only: sessions and job records are in there
+
+def make_safe(text: str) -> str:
+    """A URL as it may be printed: any password replaced by ``***``."""
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", text)
+
+
+def store_target(store: str | None, data_dir: str | Path, file_name: str) -> str:
+    """What a command opens: ``--store``, else ``$E5STUDIO_STORE``, else the SQLite file in the data dir."""
+    return store or os.environ.get(STORE_ENV) or str(Path(data_dir) / file_name)
+
+
+class Database:
+    """The engine, its locks and its transactions; each table of the store is a subclass.
+
+    ``target``: a file path, ``:memory:``, or a URL (:func:`store_url`). ``migrate``: apply the migrations this
+    code knows (always refuses a store whose schema is newer than this code: :class:`~e5studio.errors.SchemaError`).
+    """
+
+    def __init__(self, target: str | Path, *, migrate: bool = True) -> None:
+        from e5studio.control.migrations import upgrade
+
+        self.url = store_url(target)
+        self.dialect = self.url.get_backend_name()  # "sqlite" or "postgresql"
+        self.is_sqlite = self.dialect == "sqlite"
+        database = self.url.database or ""
+        self.in_memory = self.is_sqlite and database in ("", ":memory:")
+        # the file of an SQLite store (":memory:" in memory); None for PostgreSQL
+        self.path: str | None = (":memory:" if self.in_memory else database) if self.is_sqlite else None
+        self._lock = threading.RLock()  # SQLite: writes (and, in memory, everything) one at a time
+        self._engine = self._create_engine()
+        try:
+            self.applied_migrations = upgrade(self._engine, apply=migrate)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def display_url(self) -> str:
+        """The store's URL with any password hidden (for messages and logs)."""
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def secret_url(self) -> str:
+        """The full URL (password included): what job processes need to open the same store."""
+        return self.url.render_as_string(hide_password=False)
+
+    def _create_engine(self) -> Engine:
+        if not self.is_sqlite:
+            return sa.create_engine(self.url, pool_size=5, max_overflow=10, pool_pre_ping=True,
+                                    pool_recycle=1800)
+        args: dict[str, Any] = {"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False}
+        if self.in_memory:
+            engine = sa.create_engine("sqlite://", connect_args=args, poolclass=StaticPool)
+        else:  # readable by the owner only: sessions and job records are in there
+            assert self.path is not None
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite's -wal/-shm take its mode
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        try:
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA foreign_keys = ON")
+            engine = sa.create_engine(self.url, connect_args=args, pool_size=4, max_overflow=8)
+        in_memory = self.in_memory
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: object) -> None:
+            dbapi_connection.isolation_level = None  # no implicit transactions: the "begin" hook opens them
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys = ON")
             if not in_memory:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-            apply_migrations(self._conn)
-        except BaseException:
-            self._conn.close()
-            raise
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN")
+
+        return engine
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._engine.dispose()
 
     def __enter__(self) -> Self:
         return self
@@ -74,17 +164,30 @@ class Database:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock: committed on success, rolled back on any error."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _write(self, *, serial: bool = True) -> Iterator[Connection]:
+        """One write transaction: committed on success, rolled back on any error.
 
-    def _read_all(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        SQLite: under this process's lock, begun with ``BEGIN IMMEDIATE`` (one writer across processes).
+        PostgreSQL: ``serial`` transactions take the store's advisory lock first (one at a time across
+        replicas), so a check and the write it guards see no concurrent change."""
+        with self._lock if self.is_sqlite else nullcontext(), self._engine.connect() as conn:
+            if self.is_sqlite:
+                conn.execution_options(**{_IMMEDIATE: True})
+            with conn.begin():
+                if serial and not self.is_sqlite:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for reads (a pooled one; in memory, the one connection under the lock)."""
+        with self._lock if self.in_memory else nullcontext(), self._engine.connect() as conn:
+            yield conn
+
+    def _read_all(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[sa.RowMapping]:
+        with self._read() as conn:
+            return list(conn.execute(statement, params or {}).mappings())
+
+    def _read_one(self, statement: sa.Executable) -> sa.RowMapping | None:
+        with self._read() as conn:
+            return conn.execute(statement).mappings().first()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
 
 from e5studio.control.database import Database, check_name, new_id, now
+from e5studio.control.schema import datasets
 from e5studio.errors import InputError, NotFoundError
 
 
@@ -33,8 +37,11 @@ class Dataset:
         return f"{self.name}@{self.version}"
 
 
-def _dataset(row: sqlite3.Row) -> Dataset:
-    return Dataset(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row has no __iter__ of keys
+def _dataset(row: Mapping[str, Any]) -> Dataset:
+    return Dataset(**row)
+
+
+_D = datasets.c
 
 
 class DatasetTable(Database):
@@ -47,8 +54,8 @@ class DatasetTable(Database):
         """
         check_name("dataset", name)
         with self._write() as conn:
-            latest = conn.execute("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1",
-                                  (name,)).fetchone()
+            latest = conn.execute(sa.select(datasets).where(_D.name == name).order_by(_D.version.desc())
+                                  .limit(1)).mappings().first()
             if latest is not None and (latest["path"], latest["passages_sha256"], latest["train_sha256"]) == (
                     path, passages_sha256, train_sha256):
                 return _dataset(latest)
@@ -56,28 +63,22 @@ class DatasetTable(Database):
                               description=description, passages=passages, queries=queries, positives=positives,
                               negatives=negatives, passages_sha256=passages_sha256, train_sha256=train_sha256,
                               parent_id=parent_id, created_at=now())
-            conn.execute(
-                "INSERT INTO datasets (id, name, version, path, description, passages, queries, positives, negatives,"
-                " passages_sha256, train_sha256, parent_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (dataset.id, dataset.name, dataset.version, dataset.path, dataset.description, dataset.passages,
-                 dataset.queries, dataset.positives, dataset.negatives, dataset.passages_sha256,
-                 dataset.train_sha256, dataset.parent_id, dataset.created_at),
-            )
+            conn.execute(datasets.insert().values(**asdict(dataset)))
         return dataset
 
     def get_dataset(self, ref: str) -> Dataset:
         """A dataset by id, by ``name@version``, or by name (its newest version)."""
         name, _, version = ref.rpartition("@") if "@" in ref else (ref, "", "")
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM datasets WHERE id = ?", (ref,)).fetchone()
+        newest = sa.select(datasets).where(_D.name == name).order_by(_D.version.desc()).limit(1)
+        with self._read() as conn:
+            row = conn.execute(sa.select(datasets).where(_D.id == ref)).mappings().first()
             if row is None and version:
                 if not version.isdigit():
                     raise InputError(f"dataset reference {ref!r}: the version after '@' must be a number")
-                row = self._conn.execute("SELECT * FROM datasets WHERE name = ? AND version = ?",
-                                         (name, int(version))).fetchone()
+                row = conn.execute(sa.select(datasets).where(_D.name == name, _D.version == int(version))
+                                   ).mappings().first()
             elif row is None:
-                row = self._conn.execute("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1",
-                                         (name,)).fetchone()
+                row = conn.execute(newest).mappings().first()
         if row is None:
             raise NotFoundError(f"dataset {ref!r} not found: record one with `e5studio datasets add NAME DIR` "
                                 "(or on the web UI's Datasets page; `e5studio datasets list` shows those recorded)")
@@ -85,4 +86,4 @@ class DatasetTable(Database):
 
     def list_datasets(self) -> list[Dataset]:
         """Every version of every dataset, by name then version."""
-        return [_dataset(row) for row in self._read_all("SELECT * FROM datasets ORDER BY name, version")]
+        return [_dataset(row) for row in self._read_all(sa.select(datasets).order_by(_D.name, _D.version))]

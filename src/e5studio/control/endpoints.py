@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from e5studio.control.database import check_name, new_id, now
 from e5studio.control.keys import ENDPOINT_KEY_PREFIX, display_prefix, hash_key, new_key, verify_key
-from e5studio.control.projects import ProjectTable
+from e5studio.control.projects import ProjectTable, id_first
+from e5studio.control.schema import endpoints, projects
 from e5studio.errors import ConflictError, InputError, NotFoundError
 
 DEPLOYING = "Deploying"
@@ -43,12 +48,12 @@ class Endpoint:
     deploy_gate: str = ""
 
 
-_ENDPOINT_SELECT = """
-    SELECT e.id, e.project_id, p.name AS project_name, e.name, e.description, e.model, e.batch_size,
-           e.created_at, e.status, e.status_reason, e.key_prefix, e.precision, e.deploy_gate
-    FROM endpoints e JOIN projects p ON p.id = e.project_id
-"""
-_ENDPOINT_ORDER = " ORDER BY p.name, e.name"
+_E, _P = endpoints.c, projects.c
+_ENDPOINT_SELECT = sa.select(
+    _E.id, _E.project_id, _P.name.label("project_name"), _E.name, _E.description, _E.model, _E.batch_size,
+    _E.created_at, _E.status, _E.status_reason, _E.key_prefix, _E.precision, _E.deploy_gate,
+).select_from(endpoints.join(projects, _P.id == _E.project_id))
+_ENDPOINT_ORDER = (_P.name, _E.name)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -59,7 +64,7 @@ def _check_batch_size(batch_size: int) -> None:
         )
 
 
-def _endpoint(row: sqlite3.Row) -> Endpoint:
+def _endpoint(row: Mapping[str, Any]) -> Endpoint:
     return Endpoint(
         id=row["id"],
         project_id=row["project_id"],
@@ -99,9 +104,7 @@ class EndpointTable(ProjectTable):
         key = new_key(ENDPOINT_KEY_PREFIX)
         with self._write() as conn:
             project = self._get_project(conn, project_ref)
-            taken = conn.execute(
-                "SELECT 1 FROM endpoints WHERE project_id = ? AND name = ?", (project.id, name)
-            ).fetchone()
+            taken = conn.execute(sa.select(_E.id).where(_E.project_id == project.id, _E.name == name)).first()
             if taken:
                 raise ConflictError(f"endpoint {name!r} already exists in project {project.name!r}")
             endpoint = Endpoint(
@@ -119,71 +122,54 @@ class EndpointTable(ProjectTable):
                 precision=precision,
                 deploy_gate=deploy_gate,
             )
-            conn.execute(
-                "INSERT INTO endpoints (id, project_id, name, description, model, batch_size, created_at,"
-                " status, status_reason, key_hash, key_prefix, precision, deploy_gate)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    endpoint.id,
-                    endpoint.project_id,
-                    endpoint.name,
-                    endpoint.description,
-                    endpoint.model,
-                    endpoint.batch_size,
-                    endpoint.created_at,
-                    endpoint.status,
-                    endpoint.status_reason,
-                    hash_key(key),
-                    endpoint.key_prefix,
-                    endpoint.precision,
-                    endpoint.deploy_gate,
-                ),
-            )
+            conn.execute(endpoints.insert().values(
+                id=endpoint.id, project_id=endpoint.project_id, name=endpoint.name, description=endpoint.description,
+                model=endpoint.model, batch_size=endpoint.batch_size, created_at=endpoint.created_at,
+                status=endpoint.status, status_reason=endpoint.status_reason, key_hash=hash_key(key),
+                key_prefix=endpoint.key_prefix, precision=endpoint.precision, deploy_gate=endpoint.deploy_gate,
+            ))
         return endpoint, key
 
     def list_endpoints(self, project_ref: str | None = None) -> list[Endpoint]:
         """All endpoints, or those of one project, ordered by project name then endpoint name."""
-        with self._lock:
-            if project_ref is None:
-                rows = self._conn.execute(_ENDPOINT_SELECT + _ENDPOINT_ORDER).fetchall()
-            else:
-                project = self._get_project(self._conn, project_ref)
-                rows = self._conn.execute(
-                    _ENDPOINT_SELECT + " WHERE e.project_id = ?" + _ENDPOINT_ORDER, (project.id,)
-                ).fetchall()
+        with self._read() as conn:
+            query = _ENDPOINT_SELECT
+            if project_ref is not None:
+                query = query.where(_E.project_id == self._get_project(conn, project_ref).id)
+            rows = conn.execute(query.order_by(*_ENDPOINT_ORDER)).mappings().all()
         return [_endpoint(row) for row in rows]
 
     def get_endpoint(self, project_ref: str, endpoint_ref: str) -> Endpoint:
         """The endpoint ``endpoint_ref`` (id or name) of project ``project_ref`` (id or name)."""
-        with self._lock:
-            project = self._get_project(self._conn, project_ref)
-            row = self._conn.execute(
-                _ENDPOINT_SELECT + " WHERE e.project_id = ? AND (e.id = ? OR e.name = ?)"
-                " ORDER BY e.id = ? DESC LIMIT 1",
-                (project.id, endpoint_ref, endpoint_ref, endpoint_ref),
-            ).fetchone()
+        with self._read() as conn:
+            project = self._get_project(conn, project_ref)
+            row = conn.execute(
+                _ENDPOINT_SELECT.where(_E.project_id == project.id, sa.or_(_E.id == endpoint_ref,
+                                                                           _E.name == endpoint_ref))
+                .order_by(id_first(_E.id, endpoint_ref)).limit(1)
+            ).mappings().first()
         if row is None:
             raise NotFoundError(f"endpoint {endpoint_ref!r} not found in project {project.name!r}{ENDPOINT_HINT}")
         return _endpoint(row)
 
     def get_endpoint_by_id(self, endpoint_id: str) -> Endpoint:
-        with self._lock:
-            return self._get_endpoint_by_id(self._conn, endpoint_id)
+        with self._read() as conn:
+            return self._get_endpoint_by_id(conn, endpoint_id)
 
     @staticmethod
-    def _get_endpoint_by_id(conn: sqlite3.Connection, endpoint_id: str) -> Endpoint:
-        row = conn.execute(_ENDPOINT_SELECT + " WHERE e.id = ?", (endpoint_id,)).fetchone()
+    def _get_endpoint_by_id(conn: Connection, endpoint_id: str) -> Endpoint:
+        row = conn.execute(_ENDPOINT_SELECT.where(_E.id == endpoint_id)).mappings().first()
         if row is None:
             raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
         return _endpoint(row)
 
     def find_endpoint(self, ref: str) -> Endpoint:
         """The endpoint with id ``ref``, else the one endpoint named ``ref`` in any project."""
-        with self._lock:
-            row = self._conn.execute(_ENDPOINT_SELECT + " WHERE e.id = ?", (ref,)).fetchone()
+        with self._read() as conn:
+            row = conn.execute(_ENDPOINT_SELECT.where(_E.id == ref)).mappings().first()
             if row is not None:
                 return _endpoint(row)
-            rows = self._conn.execute(_ENDPOINT_SELECT + " WHERE e.name = ?" + _ENDPOINT_ORDER, (ref,)).fetchall()
+            rows = conn.execute(_ENDPOINT_SELECT.where(_E.name == ref).order_by(*_ENDPOINT_ORDER)).mappings().all()
         if not rows:
             raise NotFoundError(f"endpoint {ref!r} not found{ENDPOINT_HINT}")
         if len(rows) > 1:
@@ -194,34 +180,31 @@ class EndpointTable(ProjectTable):
     def set_status(self, endpoint_id: str, status: str, reason: str = "") -> None:
         if status not in STATUSES:
             raise InputError(f"unknown endpoint status {status!r}; expected one of {', '.join(STATUSES)}")
-        with self._write() as conn:
-            updated = conn.execute(
-                "UPDATE endpoints SET status = ?, status_reason = ? WHERE id = ?", (status, reason, endpoint_id)
-            )
+        with self._write(serial=False) as conn:
+            updated = conn.execute(endpoints.update().where(_E.id == endpoint_id)
+                                   .values(status=status, status_reason=reason))
             if updated.rowcount == 0:
                 raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         with self._write() as conn:
-            if conn.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,)).rowcount == 0:
+            if conn.execute(endpoints.delete().where(_E.id == endpoint_id)).rowcount == 0:
                 raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
 
     # -- endpoint keys -----------------------------------------------------------------------------
 
     def rotate_key(self, endpoint_id: str) -> str:
-        """Give the endpoint a new key and return it in clear; the old key stops working at once."""
+        """Give the endpoint a new key and return it in clear; the old key stops working at once (on every
+        server sharing the store: keys are checked against the store on every request, never cached)."""
         key = new_key(ENDPOINT_KEY_PREFIX)
         with self._write() as conn:
-            updated = conn.execute(
-                "UPDATE endpoints SET key_hash = ?, key_prefix = ? WHERE id = ?",
-                (hash_key(key), display_prefix(key), endpoint_id),
-            )
+            updated = conn.execute(endpoints.update().where(_E.id == endpoint_id)
+                                   .values(key_hash=hash_key(key), key_prefix=display_prefix(key)))
             if updated.rowcount == 0:
                 raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
         return key
 
     def check_endpoint_key(self, endpoint_id: str, key: str) -> bool:
         """Whether ``key`` is the current key of the endpoint (False for an unknown endpoint)."""
-        with self._lock:
-            row = self._conn.execute("SELECT key_hash FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
+        row = self._read_one(sa.select(_E.key_hash).where(_E.id == endpoint_id))
         return verify_key(key, row["key_hash"] if row is not None else _NO_HASH) and row is not None

@@ -4,6 +4,7 @@ says which status may follow which (:data:`TRANSITIONS`); the store refuses any 
 ::
 
     (created) -> Running -> Succeeded | Failed | Interrupted | Cancelled
+    (created) -> Queued -> Running | Cancelled      (a server replica claims a queued job: :meth:`JobTable.claim_job`)
     Failed | Interrupted | Cancelled -> Running     (resume; a `--job-id` start after a crash)
     Succeeded -> Running                            (`e5studio train --resume` of a finished run re-exports it)
     Cancelled -> Succeeded                          (a batch embedding that finished every shard before the
@@ -11,27 +12,37 @@ says which status may follow which (:data:`TRANSITIONS`); the store refuses any 
     any status -> itself                            (recorded again with a new reason)
 
 Who records what is described in :mod:`e5studio.control.job_runner`.
+
+Leases: the server runner working on a Running job holds its lease (``lease_owner``, ``lease_expires_at``) and
+renews it while the job's process runs; a lease that expired (the replica died, or lost the store) lets any
+replica mark the job Interrupted (:meth:`JobTable.expire_job_leases`), so Resume works from any replica. A job
+leaving Running (or entering it by any other way than a lease) drops its lease.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
+
 from e5studio.control.database import Database, new_id, now
+from e5studio.control.schema import datasets, jobs
 from e5studio.errors import ConflictError, InputError, NotFoundError
 
 KIND_TRAIN = "train"
 KIND_BATCH_EMBED = "batch_embed"
 
+JOB_QUEUED = "Queued"  # recorded; waits for a server replica to claim it
 JOB_RUNNING = "Running"  # a process works on it (or is about to)
 JOB_SUCCEEDED = "Succeeded"  # finished; its outputs are complete
 JOB_FAILED = "Failed"  # stopped by an error (status_reason says which); resumable
 JOB_INTERRUPTED = "Interrupted"  # stopped by Ctrl-C, a server shutdown or restart; resumable
 JOB_CANCELLED = "Cancelled"  # stopped on request (recorded before the process is signalled); resumable
-JOB_STATUSES = (JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED, JOB_CANCELLED)
+JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED, JOB_CANCELLED)
 JOB_FINAL_STATUSES = (JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED, JOB_CANCELLED)
 JOB_RESUMABLE_STATUSES = (JOB_FAILED, JOB_INTERRUPTED, JOB_CANCELLED)
 
@@ -39,6 +50,7 @@ JOB_OWNER_SERVER = "server"  # started by the server's JobRunner (runner_id, run
 JOB_OWNER_CLI = "cli"  # started by a command (`e5studio train`) in a terminal
 
 TRANSITIONS: dict[str, frozenset[str]] = {
+    JOB_QUEUED: frozenset({JOB_RUNNING, JOB_CANCELLED}),
     JOB_RUNNING: frozenset({JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED, JOB_CANCELLED}),
     JOB_FAILED: frozenset({JOB_RUNNING}),
     JOB_INTERRUPTED: frozenset({JOB_RUNNING}),
@@ -62,6 +74,12 @@ JOB_HINT = (": jobs are made by `e5studio train ...` (or the web UI's Jobs and B
 def restart_reason(kind: str) -> str:
     """The reason recorded for the Running jobs of a server that is gone (found when a server starts)."""
     return f"server restarted; {_RESUME_HINT.get(kind, 'resume continues')}"
+
+
+def lease_expired_reason(kind: str) -> str:
+    """The reason recorded for a Running job whose runner stopped renewing its lease (its server is gone)."""
+    return (f"the server running it stopped renewing its lease (gone or cut off from the store); "
+            f"{_RESUME_HINT.get(kind, 'resume continues')}")
 
 
 def shutdown_reason(kind: str) -> str:
@@ -108,6 +126,9 @@ class JobRecord:
     owner: str = ""
     runner_id: str = ""
     runner_pid: int = 0
+    lease_owner: str = ""  # the runner holding the lease of a Running server job ("" when none)
+    lease_expires_at: float | None = None  # seconds since the epoch
+    runner_host: str = ""  # the host of the job's process (its pid means nothing on another host)
 
     @property
     def finished(self) -> bool:
@@ -120,11 +141,22 @@ class JobRecord:
         return self.step / self.total_steps if self.total_steps else 0.0
 
 
-def _job(row: sqlite3.Row) -> JobRecord:
-    values = {k: row[k] for k in row.keys()}  # noqa: SIM118
+def _job(row: Mapping[str, Any]) -> JobRecord:
+    values = dict(row)
     values["params"] = json.loads(values["params"])
     values["metrics"] = json.loads(values["metrics"])
     return JobRecord(**values)
+
+
+_J = jobs.c
+_NO_LEASE: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None}
+_NEWEST_FIRST = (_J.created_at.desc(), _J.id.desc())
+
+
+def _lease_kept_if(status: str) -> dict[str, Any]:
+    """UPDATE values that keep the lease only when the job stays in ``status`` (any status change drops it)."""
+    return {"lease_owner": sa.case((_J.status == status, _J.lease_owner), else_=""),
+            "lease_expires_at": sa.case((_J.status == status, _J.lease_expires_at), else_=None)}
 
 
 class JobTable(Database):
@@ -137,28 +169,39 @@ class JobTable(Database):
 
     def create_job(self, kind: str, model: str, output: str, params: dict[str, Any],
                    dataset_id: str | None = None, *, job_id: str | None = None, owner: str = "",
-                   log_path: str = "", runner_id: str = "", runner_pid: int = 0) -> JobRecord:
-        """Record a job in status Running (with ``job_id`` from :meth:`new_job_id`, or a new id)."""
+                   log_path: str = "", runner_id: str = "", runner_pid: int = 0, status: str = JOB_RUNNING,
+                   runner_host: str = "") -> JobRecord:
+        """Record a job in status Running, or Queued for a server replica to claim (:meth:`claim_job`), with
+        ``job_id`` from :meth:`new_job_id`, or a new id."""
+        if status not in (JOB_RUNNING, JOB_QUEUED):
+            raise InputError(f"a new job is {JOB_RUNNING} or {JOB_QUEUED}, not {status!r}")
         created = now()
         job = JobRecord(id=job_id or new_id(), kind=kind, dataset_id=dataset_id, model=model, output=output,
-                        params=dict(params), created_at=created, updated_at=created, log_path=log_path, owner=owner,
-                        runner_id=runner_id, runner_pid=runner_pid)
+                        params=dict(params), status=status, created_at=created, updated_at=created,
+                        log_path=log_path, owner=owner, runner_id=runner_id, runner_pid=runner_pid,
+                        runner_host=runner_host)
         with self._write() as conn:
-            if dataset_id is not None and conn.execute("SELECT 1 FROM datasets WHERE id = ?",
-                                                       (dataset_id,)).fetchone() is None:
+            if dataset_id is not None and conn.execute(sa.select(datasets.c.id).where(datasets.c.id == dataset_id)
+                                                       ).first() is None:
                 raise NotFoundError(f"dataset {dataset_id!r} not found: record one with "
                                     "`e5studio datasets add NAME DIR`")
-            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
+            if conn.execute(sa.select(_J.id).where(_J.id == job.id)).first() is not None:
                 raise ConflictError(f"job {job.id!r} already exists")
-            conn.execute(
-                "INSERT INTO jobs (id, kind, dataset_id, model, output, params, status, status_reason, step,"
-                " total_steps, metrics, created_at, updated_at, pid, log_path, owner, runner_id, runner_pid)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.kind, job.dataset_id, job.model, job.output, json.dumps(job.params), job.status,
-                 job.status_reason, job.step, job.total_steps, json.dumps(job.metrics), job.created_at,
-                 job.updated_at, job.pid, job.log_path, job.owner, job.runner_id, job.runner_pid),
-            )
+            conn.execute(jobs.insert().values(
+                id=job.id, kind=job.kind, dataset_id=job.dataset_id, model=job.model, output=job.output,
+                params=json.dumps(job.params), status=job.status, status_reason=job.status_reason, step=job.step,
+                total_steps=job.total_steps, metrics=json.dumps(job.metrics), created_at=job.created_at,
+                updated_at=job.updated_at, pid=job.pid, log_path=job.log_path, owner=job.owner,
+                runner_id=job.runner_id, runner_pid=job.runner_pid, runner_host=job.runner_host,
+                lease_owner="", lease_expires_at=None))
         return job
+
+    @staticmethod
+    def _locked_job(conn: sa.Connection, job_id: str) -> JobRecord:
+        row = conn.execute(sa.select(jobs).where(_J.id == job_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
+        return _job(row)
 
     def update_job(self, job_id: str, *, status: str | None = None, status_reason: str | None = None,
                    step: int | None = None, total_steps: int | None = None,
@@ -169,19 +212,20 @@ class JobTable(Database):
         if status is not None:
             check_status(status)
         with self._write() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
-            job = _job(row)
+            job = self._locked_job(conn, job_id)
             if status is not None:
                 check_transition(job.status, status, job_id)
             merged = {**job.metrics, **(metrics or {})}
-            values = (status or job.status, job.status_reason if status_reason is None else status_reason,
-                      job.step if step is None else step, job.total_steps if total_steps is None else total_steps,
-                      json.dumps(merged), now(), job_id)
-            conn.execute("UPDATE jobs SET status = ?, status_reason = ?, step = ?, total_steps = ?, metrics = ?,"
-                         " updated_at = ? WHERE id = ?", values)
-            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            values: dict[str, Any] = {
+                "status": status or job.status,
+                "status_reason": job.status_reason if status_reason is None else status_reason,
+                "step": job.step if step is None else step,
+                "total_steps": job.total_steps if total_steps is None else total_steps,
+                "metrics": json.dumps(merged), "updated_at": now()}
+            if status is not None and status != job.status:
+                values.update(_NO_LEASE)
+            conn.execute(jobs.update().where(_J.id == job_id).values(**values))
+            return self._locked_job(conn, job_id)
 
     def transition_job(self, job_id: str, from_statuses: tuple[str, ...], status: str, status_reason: str) -> bool:
         """Set ``status`` (and its reason) only if the job is now in one of ``from_statuses``; whether it was.
@@ -189,49 +233,123 @@ class JobTable(Database):
         The check and the change are one transaction, so two processes deciding a job's fate (a cancel
         and the job's own ending, say) never overwrite each other. Every move from ``from_statuses`` to
         ``status`` must be in :data:`TRANSITIONS` (ConflictError otherwise, before anything is read).
+        A change of status drops the job's lease.
         """
         check_status(status)
         for current in from_statuses:
             check_transition(current, status)
-        marks = ", ".join("?" for _ in from_statuses) or "NULL"
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
-            updated = conn.execute(f"UPDATE jobs SET status = ?, status_reason = ?, updated_at = ? WHERE id = ?"
-                                   f" AND status IN ({marks})", (status, status_reason, now(), job_id,
-                                                                 *from_statuses))
+            self._locked_job(conn, job_id)
+            updated = conn.execute(
+                jobs.update().where(_J.id == job_id, _J.status.in_(from_statuses))
+                .values(status=status, status_reason=status_reason, updated_at=now(), **_lease_kept_if(status)))
             return updated.rowcount == 1
 
     def set_job_process(self, job_id: str, pid: int | None, *, owner: str | None = None,
-                        runner_id: str | None = None, runner_pid: int | None = None) -> JobRecord:
+                        runner_id: str | None = None, runner_pid: int | None = None,
+                        runner_host: str | None = None) -> JobRecord:
         """Record the process working on a job (``pid`` None: none now); owner fields change only where given."""
         with self._write() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
-            job = _job(row)
-            conn.execute("UPDATE jobs SET pid = ?, owner = ?, runner_id = ?, runner_pid = ? WHERE id = ?",
-                         (pid, job.owner if owner is None else owner,
-                          job.runner_id if runner_id is None else runner_id,
-                          job.runner_pid if runner_pid is None else runner_pid, job_id))
-            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            job = self._locked_job(conn, job_id)
+            conn.execute(jobs.update().where(_J.id == job_id).values(
+                pid=pid, owner=job.owner if owner is None else owner,
+                runner_id=job.runner_id if runner_id is None else runner_id,
+                runner_pid=job.runner_pid if runner_pid is None else runner_pid,
+                runner_host=job.runner_host if runner_host is None else runner_host))
+            return self._locked_job(conn, job_id)
 
     def get_job(self, job_id: str) -> JobRecord:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._read_one(sa.select(jobs).where(_J.id == job_id))
         if row is None:
             raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
         return _job(row)
 
     def list_jobs(self, kind: str | None = None, *, status: str | None = None) -> list[JobRecord]:
         """Jobs, newest first (all kinds, or one; all statuses, or one)."""
-        where = [(clause, value) for clause, value in (("kind = ?", kind), ("status = ?", status)) if value is not None]
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(c for c, _ in where) if where else "")
-        rows = self._read_all(sql + " ORDER BY created_at DESC, rowid DESC", tuple(v for _, v in where))
-        return [_job(row) for row in rows]
+        query = sa.select(jobs)
+        if kind is not None:
+            query = query.where(_J.kind == kind)
+        if status is not None:
+            query = query.where(_J.status == status)
+        return [_job(row) for row in self._read_all(query.order_by(*_NEWEST_FIRST))]
 
     def latest_job_for_output(self, kind: str, output: str) -> JobRecord | None:
         """The newest job of ``kind`` writing to ``output`` (what ``--resume`` continues), or None."""
-        rows = self._read_all("SELECT * FROM jobs WHERE kind = ? AND output = ? ORDER BY created_at DESC, rowid DESC"
-                              " LIMIT 1", (kind, output))
+        rows = self._read_all(sa.select(jobs).where(_J.kind == kind, _J.output == output)
+                              .order_by(*_NEWEST_FIRST).limit(1))
         return _job(rows[0]) if rows else None
+
+    # -- leases (server replicas sharing the store) -------------------------------------------------
+
+    def claim_job(self, owner: str, lease_s: float, *, job_id: str | None = None, runner_pid: int = 0,
+                  runner_host: str = "", now_s: float | None = None) -> JobRecord | None:
+        """Take a Queued job (``job_id``, or the oldest) for the runner ``owner``: it becomes Running with a
+        lease of ``lease_s`` seconds; None when there is none to take.
+
+        Exactly one runner gets each job: on PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED``
+        (runners racing each take a different job, none waits); on SQLite the write transaction is the only one.
+        """
+        at = time.time() if now_s is None else now_s
+        query = sa.select(_J.id).where(_J.status == JOB_QUEUED)
+        if job_id is not None:
+            query = query.where(_J.id == job_id)
+        query = query.order_by(_J.created_at, _J.id).limit(1).with_for_update(skip_locked=True)
+        with self._write(serial=False) as conn:
+            found = conn.execute(query).first()
+            if found is None:
+                return None
+            updated = conn.execute(jobs.update().where(_J.id == found.id, _J.status == JOB_QUEUED).values(
+                status=JOB_RUNNING, status_reason="", updated_at=now(), owner=JOB_OWNER_SERVER, runner_id=owner,
+                runner_pid=runner_pid, runner_host=runner_host, lease_owner=owner, lease_expires_at=at + lease_s))
+            if updated.rowcount != 1:
+                return None
+            return self._locked_job(conn, found.id)
+
+    def lease_job(self, job_id: str, from_statuses: tuple[str, ...], owner: str, lease_s: float, reason: str, *,
+                  runner_pid: int = 0, runner_host: str = "", now_s: float | None = None) -> bool:
+        """Move the job from one of ``from_statuses`` to Running with a lease of ``owner`` (a resume), in one
+        transaction; whether it was in one of them."""
+        for current in from_statuses:
+            check_transition(current, JOB_RUNNING)
+        at = time.time() if now_s is None else now_s
+        with self._write() as conn:
+            self._locked_job(conn, job_id)
+            updated = conn.execute(jobs.update().where(_J.id == job_id, _J.status.in_(from_statuses)).values(
+                status=JOB_RUNNING, status_reason=reason, updated_at=now(), owner=JOB_OWNER_SERVER, runner_id=owner,
+                runner_pid=runner_pid, runner_host=runner_host, lease_owner=owner, lease_expires_at=at + lease_s))
+            return updated.rowcount == 1
+
+    def renew_job_leases(self, owner: str, job_ids: Sequence[str], lease_s: float, *,
+                         now_s: float | None = None) -> list[str]:
+        """Extend the leases ``owner`` holds on these Running jobs; returns the ids renewed (a job missing from
+        the answer is no longer Running under this owner: cancelled, finished, or expired and taken over)."""
+        if not job_ids:
+            return []
+        at = time.time() if now_s is None else now_s
+        held = sa.and_(_J.id.in_(list(job_ids)), _J.status == JOB_RUNNING, _J.lease_owner == owner)
+        with self._write(serial=False) as conn:
+            conn.execute(jobs.update().where(held).values(lease_expires_at=at + lease_s))
+            return [row.id for row in conn.execute(sa.select(_J.id).where(held))]
+
+    def release_job_lease(self, job_id: str, owner: str) -> None:
+        """Drop ``owner``'s lease on the job (its process ended), if it still holds it."""
+        with self._write(serial=False) as conn:
+            conn.execute(jobs.update().where(_J.id == job_id, _J.lease_owner == owner).values(**_NO_LEASE))
+
+    def expire_job_leases(self, *, now_s: float | None = None) -> list[JobRecord]:
+        """Mark Interrupted (resumable) every Running job whose lease expired; returns them as they were.
+
+        On PostgreSQL the rows are locked with ``FOR UPDATE SKIP LOCKED``, so replicas expiring at the same time
+        each handle a job once, and a renewal racing with the expiry either lands first (the job stays) or sees
+        the job Interrupted (its runner then stops the process)."""
+        at = time.time() if now_s is None else now_s
+        expired_q = (sa.select(jobs).where(_J.status == JOB_RUNNING, _J.lease_owner != "",
+                                           _J.lease_expires_at < at)
+                     .order_by(_J.created_at).with_for_update(skip_locked=True))
+        with self._write(serial=False) as conn:
+            expired = [_job(row) for row in conn.execute(expired_q).mappings()]
+            for job in expired:
+                conn.execute(jobs.update().where(_J.id == job.id, _J.status == JOB_RUNNING).values(
+                    status=JOB_INTERRUPTED, status_reason=lease_expired_reason(job.kind), updated_at=now(),
+                    **_NO_LEASE))
+        return expired

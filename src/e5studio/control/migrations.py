@@ -1,174 +1,144 @@
-"""Named schema migrations, each applied in one transaction together with its record.
+"""Schema migrations of the control store: one Alembic history (``alembic/versions/``) for SQLite and
+PostgreSQL alike, run programmatically (no ``alembic.ini`` needed).
 
-``MIGRATIONS`` is a plain ordered list of ``(name, sql_script)``; later features append to it and never
-edit an applied entry. :func:`apply_migrations` records every applied name in ``_migrations`` inside
-the same transaction as the migration's own statements, so a migration that fails midway leaves
-neither its tables nor its record (the sqlite-utils ``migrations.py`` pattern).
+:func:`upgrade` applies every revision the store lacks in **one** transaction together with Alembic's record
+of them (``alembic_version``), so a migration that fails leaves the store exactly as it was. The transaction
+is exclusive (SQLite ``BEGIN IMMEDIATE``; a PostgreSQL advisory lock), so two servers opening the same store
+at once apply nothing twice. A store whose recorded revision this code does not know (written by a newer
+e5studio) is refused (:class:`~e5studio.errors.SchemaError`); nothing is changed.
+
+Stores made before Alembic recorded their migrations by name in ``_migrations`` (0001..0005, the sqlite-utils
+pattern); the revisions keep those names, so such a store is stamped at its newest recorded name and upgraded
+from there, in place, with its data.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from pathlib import Path
 
-from e5studio.errors import E5StudioError
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
 
-MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "0001_projects_endpoints_keys",
-        """
-        CREATE TABLE projects (
-            id          TEXT PRIMARY KEY,
-            name        TEXT NOT NULL UNIQUE,
-            description TEXT NOT NULL DEFAULT '',
-            created_at  TEXT NOT NULL
-        );
-        CREATE TABLE endpoints (
-            id            TEXT PRIMARY KEY,
-            project_id    TEXT NOT NULL REFERENCES projects(id),
-            name          TEXT NOT NULL,
-            description   TEXT NOT NULL DEFAULT '',
-            model         TEXT NOT NULL,
-            batch_size    INTEGER NOT NULL CHECK (batch_size IN (1, 32)),
-            created_at    TEXT NOT NULL,
-            status        TEXT NOT NULL,
-            status_reason TEXT NOT NULL DEFAULT '',
-            key_hash      TEXT NOT NULL,
-            key_prefix    TEXT NOT NULL,
-            UNIQUE (project_id, name)
-        );
-        CREATE INDEX endpoints_by_name ON endpoints(name);
-        CREATE TABLE admin_tokens (
-            id         TEXT PRIMARY KEY,
-            token_hash TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        );
-        """,
-    ),
-    (
-        "0002_datasets_jobs",
-        """
-        CREATE TABLE datasets (
-            id              TEXT PRIMARY KEY,
-            name            TEXT NOT NULL,
-            version         INTEGER NOT NULL CHECK (version >= 1),
-            path            TEXT NOT NULL,
-            description     TEXT NOT NULL DEFAULT '',
-            passages        INTEGER NOT NULL,
-            queries         INTEGER NOT NULL,
-            positives       INTEGER NOT NULL,
-            negatives       INTEGER NOT NULL,
-            passages_sha256 TEXT NOT NULL,
-            train_sha256    TEXT NOT NULL,
-            parent_id       TEXT REFERENCES datasets(id),
-            created_at      TEXT NOT NULL,
-            UNIQUE (name, version)
-        );
-        CREATE TABLE jobs (
-            id            TEXT PRIMARY KEY,
-            kind          TEXT NOT NULL,
-            dataset_id    TEXT REFERENCES datasets(id),
-            model         TEXT NOT NULL,
-            output        TEXT NOT NULL,
-            params        TEXT NOT NULL DEFAULT '{}',
-            status        TEXT NOT NULL,
-            status_reason TEXT NOT NULL DEFAULT '',
-            step          INTEGER NOT NULL DEFAULT 0,
-            total_steps   INTEGER NOT NULL DEFAULT 0,
-            metrics       TEXT NOT NULL DEFAULT '{}',
-            created_at    TEXT NOT NULL,
-            updated_at    TEXT NOT NULL
-        );
-        CREATE INDEX jobs_by_output ON jobs(output);
-        """,
-    ),
-    (
-        "0003_job_processes",
-        """
-        ALTER TABLE jobs ADD COLUMN pid INTEGER;
-        ALTER TABLE jobs ADD COLUMN log_path TEXT NOT NULL DEFAULT '';
-        ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
-        ALTER TABLE jobs ADD COLUMN runner_id TEXT NOT NULL DEFAULT '';
-        ALTER TABLE jobs ADD COLUMN runner_pid INTEGER NOT NULL DEFAULT 0;
-        CREATE INDEX jobs_by_status ON jobs(status);
-        """,
-    ),
-    (
-        "0004_endpoint_precision",
-        """
-        ALTER TABLE endpoints ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32';
-        """,
-    ),
-    (
-        "0005_endpoint_deploy_gate",
-        """
-        ALTER TABLE endpoints ADD COLUMN deploy_gate TEXT NOT NULL DEFAULT '';
-        """,
-    ),
-]
+from e5studio.errors import SchemaError
 
-_RECORD_TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+SCRIPT_DIR = Path(__file__).resolve().parent / "alembic"
+LEGACY_TABLE = "_migrations"  # the named-migration record of stores made before Alembic
+LEGACY_NAMES = ("0001_projects_endpoints_keys", "0002_datasets_jobs", "0003_job_processes", "0004_endpoint_precision",
+                "0005_endpoint_deploy_gate")
+MIGRATION_LOCK_KEY = int.from_bytes(b"e5s-migr", "big")  # pg_advisory_xact_lock key while migrating
 
 
-def split_statements(script: str) -> list[str]:
-    """Split an SQL script into complete statements (semicolons inside strings and triggers kept)."""
-    statements: list[str] = []
-    buffer = ""
-    for part in script.split(";"):
-        buffer += part + ";"
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip(" \t\r\n;"):
-                statements.append(buffer.strip())
-            buffer = ""
-    leftover = buffer[:-1].strip()  # the loop added one ';' after the last part
-    if leftover:
-        raise E5StudioError(f"incomplete SQL statement at the end of a migration: {leftover[:80]!r}")
-    return statements
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_DIR))
+    config.attributes["connection"] = connection
+    return config
 
 
-def applied_migrations(conn: sqlite3.Connection) -> list[str]:
-    """Names recorded in ``_migrations``, oldest first (empty when the table does not exist yet)."""
-    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone()
-    if exists is None:
-        return []
-    return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
 
 
-def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[tuple[str, str]] = MIGRATIONS) -> list[str]:
-    """Apply each migration not yet recorded, in order; return the names applied by this call.
+def revisions() -> list[str]:
+    """Every revision this code knows, oldest first."""
+    return [rev.revision for rev in reversed(list(script_directory().walk_revisions()))]
 
-    Every migration runs in its own ``BEGIN IMMEDIATE`` transaction with the insert of its record, and
-    the "already applied?" check happens inside that transaction, so two processes opening the same
-    file apply nothing twice. On failure the transaction is rolled back and an :class:`E5StudioError`
-    names the migration; migrations before it stay applied. ``conn`` must not be inside a transaction.
+
+def head() -> str:
+    """The newest revision this code knows."""
+    current = script_directory().get_current_head()
+    assert current is not None
+    return current
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a store stands: its recorded revision (None: empty or legacy-only), this code's head, and the
+    revisions an upgrade would apply."""
+
+    current: str | None
+    head: str
+    pending: list[str]
+    legacy: bool  # recorded only in the old ``_migrations`` table so far
+
+
+def _tables(conn: Connection) -> set[str]:
+    return set(sa.inspect(conn).get_table_names())
+
+
+def _legacy_revision(conn: Connection) -> str | None:
+    """The newest name recorded in ``_migrations`` (stores made before Alembic), checked against the known names."""
+    names = [row[0] for row in conn.execute(sa.text(f"SELECT name FROM {LEGACY_TABLE}"))]
+    if not names:
+        return None
+    unknown = sorted(set(names) - set(LEGACY_NAMES))
+    if unknown:
+        raise SchemaError(f"the control store records migrations this e5studio does not know ({', '.join(unknown)}); "
+                          "it was written by another version: use that version, or a matching newer one")
+    ordered = [name for name in LEGACY_NAMES if name in names]
+    if ordered != list(LEGACY_NAMES[:len(ordered)]):
+        raise SchemaError(f"the control store's migration record {LEGACY_TABLE} has gaps ({', '.join(ordered)}); "
+                          "it cannot be upgraded automatically")
+    return ordered[-1]
+
+
+def _state(conn: Connection) -> SchemaState:
+    known = revisions()
+    tables = _tables(conn)
+    current_heads = MigrationContext.configure(conn).get_current_heads() if "alembic_version" in tables else ()
+    legacy = False
+    if len(current_heads) > 1:
+        raise SchemaError(f"the control store records several schema heads {current_heads}; it was migrated by "
+                          "a branched history this e5studio does not know")
+    current = current_heads[0] if current_heads else None
+    if current is None and LEGACY_TABLE in tables:
+        current, legacy = _legacy_revision(conn), True
+    if current is not None and current not in known:
+        raise SchemaError(
+            f"the control store's schema is at revision {current!r}, newer than this e5studio knows (its newest is "
+            f"{known[-1]!r}): it was migrated by a newer e5studio; run that version (or upgrade this one)")
+    start = 0 if current is None else known.index(current) + 1
+    return SchemaState(current=current, head=known[-1], pending=known[start:], legacy=legacy)
+
+
+def _locked(conn: Connection) -> None:
+    """Make the open transaction the only migrating one (SQLite: it began with BEGIN IMMEDIATE already)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+def _begin_exclusive(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.execution_options(e5studio_immediate=True)  # the store's "begin" hook: BEGIN IMMEDIATE
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """Where the store at ``engine`` stands (nothing is changed); SchemaError for a newer or unknown schema."""
+    with engine.connect() as conn, conn.begin():
+        return _state(conn)
+
+
+def upgrade(engine: Engine, *, apply: bool = True) -> list[str]:
+    """Apply the revisions the store lacks (all in one exclusive transaction); return their names.
+
+    ``apply=False`` only checks that this code can use the store (SchemaError otherwise) and applies nothing.
     """
-    names = [name for name, _ in migrations]
-    if len(set(names)) != len(names):
-        raise E5StudioError(f"migration names must be unique: {names}")
-    if conn.in_transaction:
-        raise E5StudioError("apply_migrations needs a connection that is not inside a transaction")
-    conn.execute(_RECORD_TABLE)
-    if conn.in_transaction:  # a connection in Python's legacy transaction mode may have opened one
-        conn.execute("COMMIT")
-    applied: list[str] = []
-    for name, script in migrations:
-        statements = split_statements(script)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone() is None:
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
-                    (name, datetime.now(timezone.utc).isoformat()),
-                )
-                applied.append(name)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise E5StudioError(f"migration {name!r} failed and was rolled back: {exc}") from exc
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return applied
+    with engine.connect() as conn:
+        _begin_exclusive(conn)
+        with conn.begin():
+            if apply:
+                _locked(conn)
+            state = _state(conn)
+            if not apply or not state.pending and not state.legacy:
+                return []
+            config = _config(conn)
+            if state.legacy and state.current is not None:
+                command.stamp(config, state.current)
+            if state.pending:
+                command.upgrade(config, "head")
+            return state.pending

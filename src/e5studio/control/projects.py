@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from e5studio.control.database import Database, check_name, new_id, now
+from e5studio.control.schema import projects
 from e5studio.errors import ConflictError, NotFoundError
 
 
@@ -17,8 +22,13 @@ class Project:
     created_at: str
 
 
-def _project(row: sqlite3.Row) -> Project:
+def _project(row: Mapping[str, Any]) -> Project:
     return Project(id=row["id"], name=row["name"], description=row["description"], created_at=row["created_at"])
+
+
+def id_first(column: sa.ColumnElement[Any], ref: str) -> sa.ColumnElement[int]:
+    """An ORDER BY term that puts the row whose id is ``ref`` before one whose name is ``ref``."""
+    return sa.case((column == ref, 0), else_=1)
 
 
 class ProjectTable(Database):
@@ -28,26 +38,25 @@ class ProjectTable(Database):
         check_name("project", name)
         project = Project(id=new_id(), name=name, description=description, created_at=now())
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM projects WHERE name = ?", (name,)).fetchone():
+            if conn.execute(sa.select(projects.c.id).where(projects.c.name == name)).first():
                 raise ConflictError(f"project {name!r} already exists")
-            conn.execute(
-                "INSERT INTO projects (id, name, description, created_at) VALUES (?, ?, ?, ?)",
-                (project.id, project.name, project.description, project.created_at),
-            )
+            conn.execute(projects.insert().values(id=project.id, name=project.name, description=project.description,
+                                                  created_at=project.created_at))
         return project
 
     def list_projects(self) -> list[Project]:
-        return [_project(row) for row in self._read_all("SELECT * FROM projects ORDER BY name")]
+        return [_project(row) for row in self._read_all(sa.select(projects).order_by(projects.c.name))]
 
     def get_project(self, ref: str) -> Project:
-        with self._lock:
-            return self._get_project(self._conn, ref)
+        with self._read() as conn:
+            return self._get_project(conn, ref)
 
     @staticmethod
-    def _get_project(conn: sqlite3.Connection, ref: str) -> Project:
+    def _get_project(conn: Connection, ref: str) -> Project:
         row = conn.execute(
-            "SELECT * FROM projects WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1", (ref, ref, ref)
-        ).fetchone()
+            sa.select(projects).where(sa.or_(projects.c.id == ref, projects.c.name == ref))
+            .order_by(id_first(projects.c.id, ref)).limit(1)
+        ).mappings().first()
         if row is None:
             raise NotFoundError(f"project {ref!r} not found: create it with `e5studio projects create NAME` (or on "
                                 "the web UI's Projects page)")
