@@ -79,14 +79,20 @@ def job_status(replica: Replica, cookie: str, job_id: str) -> dict[str, Any]:
 
 
 def wait_status(replica: Replica, cookie: str, job_id: str, wanted: str, timeout: float) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        status = job_status(replica, cookie, job_id)
-        assert status["status"] == wanted or status["status"] not in ("Failed", "Cancelled", "Interrupted",
-                                                                      "Succeeded"), status
-        return status if status["status"] == wanted else None
+    seen: list[dict[str, Any]] = []
 
-    status, _ = wait_until(reached, timeout, f"job {job_id} {wanted} on replica {replica.name}", interval=0.2)
-    return status
+    def reached() -> bool:
+        seen.append(job_status(replica, cookie, job_id))
+        status = seen[-1]["status"]
+        assert status == wanted or status not in ("Failed", "Cancelled", "Interrupted", "Succeeded"), seen[-1]
+        return status == wanted
+
+    try:
+        wait_until(reached, timeout, f"job {job_id} {wanted} on replica {replica.name}", interval=0.2)
+    except AssertionError as exc:
+        last = {k: seen[-1].get(k) for k in ("status", "status_reason", "step", "log")} if seen else None
+        raise AssertionError(f"{exc}; last seen: {last}") from None
+    return seen[-1]
 
 
 def spawn_lines(job_dir: Path) -> list[str]:

@@ -33,9 +33,17 @@ def predict(replica: Replica, path: str, key: str, texts: list[str] = TEXTS) -> 
 
 def live_on(replica: Replica, path: str, key: str) -> np.ndarray:
     """Wait until ``replica`` answers the endpoint (its model deployed there); the vectors of TEXTS."""
-    answer, _ = wait_until(lambda: (r := predict(replica, path, key)).status_code == 200 and r,
-                           DEPLOY_TIMEOUT_S, f"the endpoint {path} on replica {replica.name}", interval=0.2)
-    return np.asarray(answer.json()["data"], dtype=np.float64)
+    answers: list[httpx.Response] = []
+
+    def answered() -> bool:
+        answers.append(predict(replica, path, key))
+        return answers[-1].status_code == 200
+
+    try:
+        wait_until(answered, DEPLOY_TIMEOUT_S, f"the endpoint {path} on replica {replica.name}", interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its last answer: {answers[-1].status_code} {answers[-1].text[:300]}") from None
+    return np.asarray(answers[-1].json()["data"], dtype=np.float64)
 
 
 def create_endpoint(replica: Replica, project: str, name: str, model: str) -> tuple[str, str]:
