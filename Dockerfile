@@ -35,8 +35,9 @@ ENV PATH=/opt/e5studio/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/models \
     HF_HUB_DISABLE_TELEMETRY=1
-RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin e5studio \
- && mkdir -p /data /models && chown e5studio:e5studio /data /models && chmod 0700 /data
+RUN groupadd --system --gid 10001 e5studio \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin e5studio \
+ && mkdir -p /data /models && chown 10001:10001 /data /models && chmod 0700 /data
 COPY --from=build /opt/e5studio /opt/e5studio
 USER 10001:10001
 WORKDIR /data
