@@ -182,6 +182,7 @@ def test_the_image_serves_on_8000_as_a_non_root_user_with_a_readiness_healthchec
     words = [word for word, _ in final]
     user = next(rest for word, rest in final if word == "USER")
     assert user.split(":")[0] not in ("root", "0")
+    assert any(f"--uid {user.split(':')[0]} " in rest for word, rest in final if word == "RUN")  # made here
     assert words.index("USER") < words.index("ENTRYPOINT")
     assert [rest for word, rest in final if word == "EXPOSE"] == [str(PORT)]
     entrypoint = exec_form(next(rest for word, rest in final if word == "ENTRYPOINT"))
