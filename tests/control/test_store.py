@@ -1,4 +1,5 @@
-"""The control store on real SQLite (a file and :memory:): projects, endpoints, keys, admin tokens."""
+"""The control store on real databases (an SQLite file, SQLite :memory:, PostgreSQL): projects, endpoints, keys,
+admin tokens."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from e5studio.control.migrations import MIGRATIONS
+from e5studio.control.migrations import head
 from e5studio.control.store import DEPLOYING, FAILED, LIVE, Endpoint, Project, Store
 from e5studio.errors import ConflictError, InputError, NotFoundError
 
 MODEL = "intfloat/e5-large-v2"
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "nested" / "dir" / "control.db" if request.param == "file" else ":memory:")
+    targets = {"file": lambda: tmp_path / "nested" / "dir" / "control.db", "memory": lambda: ":memory:",
+               "postgres": lambda: request.getfixturevalue("pg_store_url")}
+    opened = Store(targets[request.param]())
     yield opened
     opened.close()
 
@@ -225,9 +229,8 @@ def _windows(secret: str, width: int = 12) -> list[str]:
     return [secret[i : i + width] for i in range(len(secret) - width + 1)]
 
 
-def test_plain_keys_and_tokens_are_never_stored(tmp_path: Path) -> None:
-    path = tmp_path / "control.db"
-    store = Store(path)
+def test_plain_keys_and_tokens_are_never_stored(store_target: str, tmp_path: Path) -> None:
+    store = Store(store_target)
     store.create_project("p")
     secrets_given: list[str] = []
     for name in ("one", "two"):
@@ -238,12 +241,15 @@ def test_plain_keys_and_tokens_are_never_stored(tmp_path: Path) -> None:
     secrets_given += [admin, store.rotate_admin_token()]
     store.close()
 
-    conn = sqlite3.connect(path)
-    tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    assert {"projects", "endpoints", "admin_tokens", "_migrations"} <= set(tables)
-    values = [str(value) for table in tables for row in conn.execute(f'SELECT * FROM "{table}"') for value in row]
-    conn.close()
-    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("control.db"))
+    engine = sa.create_engine(Store.open(store_target).url)  # every table, as the database holds it
+    with engine.connect() as conn:
+        tables = sa.inspect(conn).get_table_names()
+        assert {"projects", "endpoints", "admin_tokens", "alembic_version"} <= set(tables)
+        values = [str(value) for table in tables for row in conn.exec_driver_sql(f'SELECT * FROM "{table}"')
+                  for value in row]
+    engine.dispose()
+    files = list((tmp_path / "data").glob("e5studio.db*")) if "://" not in store_target else []
+    raw = b"".join(p.read_bytes() for p in files)
     for secret in secrets_given:
         for window in _windows(secret):
             assert not any(window in value for value in values), window
@@ -272,8 +278,8 @@ def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
 
 def test_foreign_keys_are_enforced(store: Store) -> None:
     # reach the connection only to prove the schema rejects an endpoint of a missing project
-    with pytest.raises(sqlite3.IntegrityError):
-        store._conn.execute(
+    with pytest.raises(sa.exc.IntegrityError), store._write() as conn:
+        conn.exec_driver_sql(
             "INSERT INTO endpoints (id, project_id, name, model, batch_size, created_at, status, key_hash,"
             " key_prefix) VALUES ('x', 'missing', 'n', 'm', 1, 't', 'Deploying', 'h', 'p')"
         )
@@ -339,7 +345,7 @@ def test_eight_stores_on_one_file(tmp_path: Path) -> None:
 
     assert _run_threads(work, 8) == []
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT COUNT(*) FROM _migrations").fetchone() == (len(MIGRATIONS),)
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]
     conn.close()
     with Store(path) as store:
         assert len(store.list_endpoints()) + len(store.list_projects()) == 8 * 5 + 1

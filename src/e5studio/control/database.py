@@ -31,7 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from e5studio.control.migrations import SchemaState, schema_state, upgrade
 from e5studio.errors import InputError
+from e5studio.jobspec.layout import store_path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -82,9 +84,9 @@ def make_safe(text: str) -> str:
     return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", text)
 
 
-def store_target(store: str | None, data_dir: str | Path, file_name: str) -> str:
+def store_target(store: str | None, data_dir: str | Path) -> str:
     """What a command opens: ``--store``, else ``$E5STUDIO_STORE``, else the SQLite file in the data dir."""
-    return store or os.environ.get(STORE_ENV) or str(Path(data_dir) / file_name)
+    return store or os.environ.get(STORE_ENV) or str(store_path(Path(data_dir)))
 
 
 class Database:
@@ -95,8 +97,6 @@ class Database:
     """
 
     def __init__(self, target: str | Path, *, migrate: bool = True) -> None:
-        from e5studio.control.migrations import upgrade
-
         self.url = store_url(target)
         self.dialect = self.url.get_backend_name()  # "sqlite" or "postgresql"
         self.is_sqlite = self.dialect == "sqlite"
@@ -111,6 +111,10 @@ class Database:
         except BaseException:
             self._engine.dispose()
             raise
+
+    def schema_state(self) -> SchemaState:
+        """The store's schema revision, this code's newest, and what an upgrade would apply."""
+        return schema_state(self._engine)
 
     @property
     def display_url(self) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -37,8 +35,8 @@ class Dataset:
         return f"{self.name}@{self.version}"
 
 
-def _dataset(row: Mapping[str, Any]) -> Dataset:
-    return Dataset(**row)
+def _dataset(row: sa.RowMapping) -> Dataset:
+    return Dataset(**{str(k): v for k, v in row.items()})
 
 
 _D = datasets.c

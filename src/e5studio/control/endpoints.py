@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -64,7 +62,7 @@ def _check_batch_size(batch_size: int) -> None:
         )
 
 
-def _endpoint(row: Mapping[str, Any]) -> Endpoint:
+def _endpoint(row: sa.RowMapping) -> Endpoint:
     return Endpoint(
         id=row["id"],
         project_id=row["project_id"],

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +141,8 @@ class JobRecord:
         return self.step / self.total_steps if self.total_steps else 0.0
 
 
-def _job(row: Mapping[str, Any]) -> JobRecord:
-    values = dict(row)
+def _job(row: sa.RowMapping) -> JobRecord:
+    values = {str(k): v for k, v in row.items()}
     values["params"] = json.loads(values["params"])
     values["metrics"] = json.loads(values["metrics"])
     return JobRecord(**values)
@@ -282,9 +282,10 @@ class JobTable(Database):
     # -- leases (server replicas sharing the store) -------------------------------------------------
 
     def claim_job(self, owner: str, lease_s: float, *, job_id: str | None = None, runner_pid: int = 0,
-                  runner_host: str = "", now_s: float | None = None) -> JobRecord | None:
-        """Take a Queued job (``job_id``, or the oldest) for the runner ``owner``: it becomes Running with a
-        lease of ``lease_s`` seconds; None when there is none to take.
+                  runner_host: str = "", kinds: tuple[str, ...] | None = None,
+                  now_s: float | None = None) -> JobRecord | None:
+        """Take a Queued job (``job_id``, or the oldest of ``kinds``) for the runner ``owner``: it becomes Running
+        with a lease of ``lease_s`` seconds; None when there is none to take.
 
         Exactly one runner gets each job: on PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED``
         (runners racing each take a different job, none waits); on SQLite the write transaction is the only one.
@@ -293,6 +294,8 @@ class JobTable(Database):
         query = sa.select(_J.id).where(_J.status == JOB_QUEUED)
         if job_id is not None:
             query = query.where(_J.id == job_id)
+        if kinds is not None:
+            query = query.where(_J.kind.in_(kinds))
         query = query.order_by(_J.created_at, _J.id).limit(1).with_for_update(skip_locked=True)
         with self._write(serial=False) as conn:
             found = conn.execute(query).first()

@@ -19,14 +19,25 @@ parameters in :mod:`e5studio.jobspec`; what the processes write is read by :mod:
 - :meth:`JobRunner.recover` (server start) marks Interrupted the Running jobs of a server that is gone,
   stopping any of their processes that outlived it.
 
+Several servers (replicas) may share one store (PostgreSQL). Each job is recorded Queued and claimed by exactly
+one runner (:meth:`~.job_records.JobTable.claim_job`: the submitting one at once; any replica's :meth:`JobRunner.poll`
+takes a Queued job nobody took), which holds the job's lease and renews it while the process runs (a thread,
+every ``lease_s / 3`` seconds, at most 2 s). When a replica dies its leases expire and the next :meth:`~JobRunner.poll`
+of any replica marks those jobs Interrupted (stopping a process that outlived its server on the same host), so
+Resume works from any replica. A cancel recorded by another replica reaches the process through the runner that
+owns it (its renewal loop sees the job Cancelled and stops it). Resuming on another host needs the data
+directory (job folders) on storage that both hosts share.
+
 Every stopped job resumes exactly (train: from its newest checkpoint; batch embedding: after its last
 complete shard) with :meth:`JobRunner.resume`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from e5studio.control import job_outputs
+from e5studio.control.database import STORE_ENV
 from e5studio.control.datasets import Dataset
 from e5studio.control.job_records import (
     CANCEL_REASON,
@@ -46,6 +58,7 @@ from e5studio.control.job_records import (
     JOB_INTERRUPTED,
     JOB_OWNER_CLI,
     JOB_OWNER_SERVER,
+    JOB_QUEUED,
     JOB_RESUMABLE_STATUSES,
     JOB_RUNNING,
     JOB_SUCCEEDED,
@@ -53,6 +66,7 @@ from e5studio.control.job_records import (
     KIND_TRAIN,
     RESUMED_REASON,
     JobRecord,
+    lease_expired_reason,
     restart_reason,
     shutdown_reason,
 )
@@ -66,6 +80,9 @@ from e5studio.jobspec.train_params import TRAIN_PARAMS
 
 _POLL_S = 0.1
 _REASON_CHARS = 2000
+DEFAULT_LEASE_S = 30.0  # a job's lease; a replica that stops renewing it loses the job this long after
+_RENEW_AT_MOST_S = 2.0  # leases are renewed every lease_s / 3 seconds, at least this often
+log = logging.getLogger("e5studio")
 
 
 def _check_model(model: object) -> str:
@@ -91,27 +108,41 @@ def _check_eval_dir(eval_dir: str | None) -> str | None:
 class JobRunner:
     """Starts, watches, cancels, resumes and stops the job processes of one server.
 
-    ``store`` must be the store at ``<data_dir>/e5studio.db`` (the job processes open the same file).
+    ``store``: with the embedded SQLite store it must be the one at ``<data_dir>/e5studio.db`` (the job
+    processes open that file); with PostgreSQL the job processes get its URL in ``$E5STUDIO_STORE``.
     ``command`` is how to run e5studio (default ``python -m e5studio`` with this interpreter); ``env`` the
-    children's environment (default this process's). Thread-safe. Call :meth:`recover` once at start,
-    :meth:`poll` every second or two, :meth:`close` at shutdown.
+    children's environment (default this process's). ``lease_s``: how long a job stays this runner's without
+    a renewal (see the module). Thread-safe. Call :meth:`recover` once at start, :meth:`poll` every second
+    or two, :meth:`close` at shutdown.
     """
 
     def __init__(self, store: Store, data_dir: Path, *, command: Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, lease_s: float = DEFAULT_LEASE_S,
+                 host: str | None = None) -> None:
         self.store = store
         self.data_dir = Path(data_dir).resolve()
         database = self.data_dir / STORE_FILE
-        if store.path == ":memory:" or Path(store.path).resolve() != database:
+        if store.is_sqlite and (store.path == ":memory:" or Path(str(store.path)).resolve() != database):
             raise ValueError(f"the job runner needs the store at {database} (its job processes open that file); "
                              f"got {store.path}")
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s}")
         self.command = list(command) if command is not None else [sys.executable, "-m", "e5studio"]
         self.env = dict(os.environ if env is None else env)
         self.env["PYTHONUNBUFFERED"] = "1"  # log lines reach job.log as they are written
-        self.id = Store.new_job_id()  # this runner, in the jobs it starts (runner_id)
+        if store.is_sqlite:  # the processes open <data dir>/e5studio.db (--data-dir), whatever the environment says
+            self.env.pop(STORE_ENV, None)
+        else:  # the same PostgreSQL store (in the environment: a password never shows in `ps`)
+            self.env[STORE_ENV] = store.secret_url
+        self.id = Store.new_job_id()  # this runner, in the jobs it starts (runner_id) and their leases
+        self.lease_s = float(lease_s)
+        self.host = host or socket.gethostname()
         self._lock = threading.RLock()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._signalled: set[str] = set()  # children sent SIGTERM already (a second one would kill them mid-exit)
         self._closing = False
+        self._renewer: threading.Thread | None = None
+        self._stop_renewing = threading.Event()
 
     # -- starting ------------------------------------------------------------------------------------
 
@@ -149,13 +180,19 @@ class JobRunner:
             return self._spawn(job, self._embed_args(job))
 
     def _record(self, kind: str, model: str, dataset: Dataset, params: Mapping[str, object]) -> JobRecord:
-        """A new server-owned job row in its own folder (caller holds the lock)."""
+        """A new server-owned job row in its own folder, Queued then claimed by this runner at once (Running,
+        with its lease); the caller holds the lock."""
         self._check_open()
         job_id = Store.new_job_id()
         folder = self._job_dir(job_id)
-        return self.store.create_job(kind, model, str(folder), {"dataset": dataset.ref, **params}, dataset.id,
-                                     job_id=job_id, owner=JOB_OWNER_SERVER, log_path=str(folder / LOG_FILE),
-                                     runner_id=self.id, runner_pid=os.getpid())
+        self.store.create_job(kind, model, str(folder), {"dataset": dataset.ref, **params}, dataset.id,
+                              job_id=job_id, owner=JOB_OWNER_SERVER, log_path=str(folder / LOG_FILE),
+                              runner_id=self.id, runner_pid=os.getpid(), status=JOB_QUEUED, runner_host=self.host)
+        claimed = self.store.claim_job(self.id, self.lease_s, job_id=job_id, runner_pid=os.getpid(),
+                                       runner_host=self.host)
+        if claimed is None:  # another replica's poll took it in between: it runs there
+            raise ConflictError(f"job {job_id} was taken by another server; it runs there")
+        return claimed
 
     def resume(self, job_id: str) -> JobRecord:
         """Start a stopped (Interrupted, Failed or Cancelled) job of this server again where it stopped."""
@@ -171,11 +208,10 @@ class JobRunner:
             if job.status not in JOB_RESUMABLE_STATUSES:
                 raise ConflictError(f"job {job_id} is {job.status}; only Interrupted, Failed or Cancelled jobs "
                                     "can be resumed")
-            if job_id in self._children or is_job_process(job):
+            if job_id in self._children or (self._local(job) and is_job_process(job)):
                 raise ConflictError(f"job {job_id} is still stopping; resume it in a moment")
-            self.store.set_job_process(job_id, None, owner=JOB_OWNER_SERVER, runner_id=self.id,
-                                       runner_pid=os.getpid())
-            if not self.store.transition_job(job_id, JOB_RESUMABLE_STATUSES, JOB_RUNNING, RESUMED_REASON):
+            if not self.store.lease_job(job_id, JOB_RESUMABLE_STATUSES, self.id, self.lease_s, RESUMED_REASON,
+                                        runner_pid=os.getpid(), runner_host=self.host):
                 raise ConflictError(f"job {job_id} changed status meanwhile; not resumed")
             job = self.store.get_job(job_id)
             args = self._train_args(job, resume=True) if job.kind == KIND_TRAIN else self._embed_args(job)
@@ -189,6 +225,10 @@ class JobRunner:
         folder = self.data_dir / JOBS_DIR / job_id
         folder.mkdir(parents=True)
         return folder
+
+    def _local(self, job: JobRecord) -> bool:
+        """Whether the job's process (if any) runs on this host: its pid means something here."""
+        return job.runner_host in ("", self.host)
 
     def _train_args(self, job: JobRecord, resume: bool) -> list[str]:
         p = job.params
@@ -209,11 +249,12 @@ class JobRunner:
     def _spawn(self, job: JobRecord, args: list[str]) -> JobRecord:
         """Start the job's process (own process group, output to its log) and record its pid."""
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with open(job.log_path, "ab") as log:
-            log.write(f"--- {stamp} e5studio {' '.join(args)}\n".encode())
-            log.flush()
+        Path(job.output).mkdir(parents=True, exist_ok=True)  # a job claimed from another replica's queue
+        with open(job.log_path, "ab") as job_log:
+            job_log.write(f"--- {stamp} e5studio {' '.join(args)}\n".encode())
+            job_log.flush()
             try:
-                child = subprocess.Popen([*self.command, *args], stdin=subprocess.DEVNULL, stdout=log,
+                child = subprocess.Popen([*self.command, *args], stdin=subprocess.DEVNULL, stdout=job_log,
                                          stderr=subprocess.STDOUT, env=self.env, cwd=job.output,
                                          start_new_session=True)
             except OSError as exc:
@@ -221,7 +262,51 @@ class JobRunner:
                 self.store.transition_job(job.id, (JOB_RUNNING,), JOB_FAILED, reason)
                 raise E5StudioError(f"job {job.id}: {reason}") from exc
         self._children[job.id] = child
+        self._signalled.discard(job.id)
+        self._start_renewing()
         return self.store.set_job_process(job.id, child.pid)
+
+    # -- leases ----------------------------------------------------------------------------------------
+
+    def _start_renewing(self) -> None:
+        """The lease renewal thread runs while this runner has children (caller holds the lock)."""
+        if self._renewer is None or not self._renewer.is_alive():
+            self._stop_renewing.clear()
+            self._renewer = threading.Thread(target=self._renew_leases, daemon=True, name=f"e5studio-leases-{self.id}")
+            self._renewer.start()
+
+    def _renew_leases(self) -> None:
+        interval = min(self.lease_s / 3, _RENEW_AT_MOST_S)
+        while not self._stop_renewing.is_set():
+            with self._lock:
+                ids = list(self._children)
+                if not ids:
+                    self._renewer = None
+                    return
+            try:
+                self.renew()
+            except Exception:  # a store that cannot be reached now: try again (the lease may expire meanwhile)
+                log.exception("renewing the job leases failed")
+            self._stop_renewing.wait(interval)
+
+    def renew(self) -> list[str]:
+        """Renew the leases of this runner's running children (the renewal thread calls this); a child whose
+        job was cancelled or taken away meanwhile by another replica is stopped (SIGTERM). Returns the ids
+        renewed."""
+        ids = list(self._children)
+        renewed = set(self.store.renew_job_leases(self.id, ids, self.lease_s))
+        for job_id in ids:
+            if job_id in renewed or job_id in self._signalled:
+                continue
+            job = self.store.get_job(job_id)
+            lost = job.status == JOB_INTERRUPTED and job.status_reason == lease_expired_reason(job.kind)
+            if job.status == JOB_CANCELLED or lost:
+                with self._lock:
+                    child = self._children.get(job_id)
+                    if child is not None and child.poll() is None and job_id not in self._signalled:
+                        self._signalled.add(job_id)
+                        signal_group(child.pid, signal.SIGTERM)
+        return sorted(renewed)
 
     # -- watching ------------------------------------------------------------------------------------
 
@@ -238,8 +323,33 @@ class JobRunner:
                         self._embed_progress(job)
                     continue
                 del self._children[job_id]
+                self._signalled.discard(job_id)
                 ended.append(self._reap(job_id, code))
+            if not self._closing:
+                self._expire_leases()
+                self._claim_queued()
         return ended
+
+    def _expire_leases(self) -> None:
+        """Running jobs whose runner stopped renewing their lease become Interrupted; a process of theirs that
+        outlived its server on this host is stopped (caller holds the lock)."""
+        for job in self.store.expire_job_leases():
+            log.warning("job %s: its lease expired (server %s on %s gone); marked Interrupted", job.id,
+                        job.lease_owner, job.runner_host or "?")
+            if job.id not in self._children and self._local(job) and is_job_process(job) and job.pid is not None:
+                self._stop_orphan(job.pid, 10.0)
+            if job.id not in self._children:
+                self.store.set_job_process(job.id, None)
+
+    def _claim_queued(self) -> None:
+        """Start the Queued jobs nobody took (their server died between recording and starting them)."""
+        while (job := self.store.claim_job(self.id, self.lease_s, runner_pid=os.getpid(), runner_host=self.host,
+                                           kinds=(KIND_TRAIN, KIND_BATCH_EMBED))) is not None:
+            args = self._train_args(job, resume=False) if job.kind == KIND_TRAIN else self._embed_args(job)
+            try:
+                self._spawn(job, args)
+            except E5StudioError:
+                log.exception("job %s: could not start the claimed job", job.id)
 
     def _reap(self, job_id: str, code: int) -> JobRecord:
         job = self.store.get_job(job_id)
@@ -252,6 +362,7 @@ class JobRunner:
                                       shutdown_reason(job.kind))
         else:
             self.store.transition_job(job_id, (JOB_RUNNING,), JOB_FAILED, self._failure_reason(job, code))
+        self.store.release_job_lease(job_id, self.id)
         return self.store.set_job_process(job_id, None)
 
     def _failure_reason(self, job: JobRecord, code: int) -> str:
@@ -301,10 +412,13 @@ class JobRunner:
                                     "can be cancelled")
             child = self._children.get(job_id)
             if child is not None:
-                if child.poll() is None:
+                if child.poll() is None and job_id not in self._signalled:
+                    self._signalled.add(job_id)
                     signal_group(child.pid, signal.SIGTERM)
-            elif is_job_process(job) and job.pid is not None:
-                if job.owner == JOB_OWNER_SERVER:  # another server's child: its own process group
+            elif job.owner == JOB_OWNER_SERVER and job.lease_owner and not self._runner_gone(job):
+                pass  # another live server's child: its runner sees the cancel at its next lease renewal, stops it
+            elif self._local(job) and is_job_process(job) and job.pid is not None:
+                if job.owner == JOB_OWNER_SERVER:  # a server's child: its own process group
                     signal_group(job.pid, signal.SIGTERM)
                 else:
                     with suppress(ProcessLookupError, PermissionError):
@@ -320,7 +434,8 @@ class JobRunner:
         """
         with self._lock:
             self._closing = True
-            children = [c for c in self._children.values() if c.poll() is None]
+            children = [c for job_id, c in self._children.items() if c.poll() is None and job_id not in self._signalled]
+            self._signalled.update(self._children)
             for child in children:
                 signal_group(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -330,27 +445,39 @@ class JobRunner:
             except subprocess.TimeoutExpired:
                 signal_group(child.pid, signal.SIGKILL)
                 child.wait()
-        return self.poll()
+        ended = self.poll()
+        self._stop_renewing.set()
+        return ended
+
+    def _runner_gone(self, job: JobRecord) -> bool:
+        """Whether the server runner that owns a Running server job is gone: on this host its process tells
+        at once; elsewhere only its lease (expired) does."""
+        if self._local(job):
+            return not runner_alive(job)
+        return job.lease_expires_at is not None and job.lease_expires_at < time.time()
 
     def recover(self, timeout: float = 10.0) -> list[JobRecord]:
         """Server start: mark Interrupted (resumable) every Running job whose owner is gone; returns them.
 
         A job of a previous server (not this runner, its server process no longer running) whose process
         outlived it is stopped first (SIGTERM, SIGKILL after ``timeout`` s) so a resume never runs beside
-        it. Jobs of another live server on the same data dir are left alone; a command-line train job is
+        it. Jobs of another live server on the same data dir are left alone; a job of a server on another host
+        (replicas sharing a PostgreSQL store) only once its lease expired; a command-line train job is
         marked Interrupted only once its process is gone.
         """
         recovered: list[JobRecord] = []
         with self._lock:
             for job in self.store.list_jobs(status=JOB_RUNNING):
                 if job.owner == JOB_OWNER_SERVER:
-                    if job.runner_id == self.id or runner_alive(job):
+                    if job.runner_id == self.id or not self._runner_gone(job):
                         continue
-                    if is_job_process(job) and job.pid is not None:
+                    if self._local(job) and is_job_process(job) and job.pid is not None:
                         self._stop_orphan(job.pid, timeout)
+                    reason = restart_reason(job.kind) if self._local(job) else lease_expired_reason(job.kind)
                     changed = self.store.transition_job(job.id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED,
-                                                         restart_reason(job.kind))
-                elif job.owner == JOB_OWNER_CLI and job.pid is not None and not is_job_process(job):
+                                                        reason)
+                elif job.owner == JOB_OWNER_CLI and job.pid is not None and self._local(job) \
+                        and not is_job_process(job):
                     changed = self.store.transition_job(job.id, (JOB_RUNNING,), JOB_INTERRUPTED, CLI_GONE_REASON)
                 else:
                     continue

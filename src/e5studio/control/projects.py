@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ class Project:
     created_at: str
 
 
-def _project(row: Mapping[str, Any]) -> Project:
+def _project(row: sa.RowMapping) -> Project:
     return Project(id=row["id"], name=row["name"], description=row["description"], created_at=row["created_at"])
 
 

@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -42,7 +41,7 @@ class Readiness:
         return f"ready on {self.ready} of {self.replicas} replica{'' if self.replicas == 1 else 's'}"
 
 
-def _replica(row: Mapping[str, Any]) -> Replica:
+def _replica(row: sa.RowMapping) -> Replica:
     return Replica(id=row["id"], host=row["host"], pid=row["pid"], url=row["url"], started_at=row["started_at"],
                    heartbeat_at=row["heartbeat_at"], endpoints=json.loads(row["endpoints"]))
 

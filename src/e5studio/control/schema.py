@@ -46,6 +46,7 @@ endpoints = sa.Table(
     sa.Column("deploy_gate", sa.Text, nullable=False, server_default=""),
     sa.UniqueConstraint("project_id", "name"),
     sa.CheckConstraint("batch_size IN (1, 32)"),
+    sa.Index("endpoints_by_name", "name"),
 )
 
 admin_tokens = sa.Table(

@@ -2,6 +2,11 @@
 
 Loading happens in a background thread per model; while it runs the endpoints using that model are
 *Deploying*; afterwards *Live*, or *Failed* with the reason (e.g. weights not found, with the remedy).
+
+Several servers (replicas) may share the store: each loads the models of every endpoint in it (:meth:`ModelPool.sync`
+picks up endpoints created on another replica), reports per endpoint whether its model is ready here
+(:meth:`ModelPool.states`, written with the replica's heartbeat), and does not mark an endpoint Deploying or
+Failed in the store while another replica serves it (the store's status is what the whole deployment offers).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from e5studio.control.replicas import MODEL_FAILED, MODEL_LOADING, MODEL_READY
 from e5studio.control.store import DEPLOYING, FAILED, LIVE, Endpoint, Store
 from e5studio.engine import download
 from e5studio.engine.checkpoint import ALIASES
@@ -46,8 +52,10 @@ class ModelPool:
     """Loads each model once, keeps endpoint statuses in the store in step with it."""
 
     def __init__(self, store: Store, engine: EngineSettings, metrics: Metrics, limits: QueueLimits,
-                 loader: Callable[[EngineSettings], Embedder] = Embedder.load) -> None:
+                 loader: Callable[[EngineSettings], Embedder] = Embedder.load, replica_id: str = "") -> None:
         self._store = store
+        self.replica_id = replica_id  # this server among the replicas sharing the store
+        self._restored: list[LoadedModel] | None = None  # the models restore() started (None: not called yet)
         self._engine = engine
         self._metrics = metrics
         self._limits = limits
@@ -66,7 +74,7 @@ class ModelPool:
                 loaded = LoadedModel(key)
                 self._models[key] = loaded
             assert loaded is not None
-            if not loaded.done.is_set():
+            if not loaded.done.is_set() and not self._served_elsewhere(endpoint.id):
                 self._store.set_status(endpoint.id, DEPLOYING, f"loading {endpoint.model}")
             if start:  # after Deploying is recorded, so a fast failure cannot be overwritten by it
                 loader = threading.Thread(target=self._load, args=(loaded, endpoint.model, endpoint.precision),
@@ -80,6 +88,41 @@ class ModelPool:
         """After a restart: deploy every endpoint in the store."""
         for endpoint in self._store.list_endpoints():
             self.deploy(endpoint)
+        with self._lock:
+            self._restored = list(self._models.values())
+
+    def sync(self) -> list[Endpoint]:
+        """Deploy the endpoints of the store whose model this server has not started loading (created through
+        another replica); returns them."""
+        with self._lock:
+            known = set(self._models)
+        started = [e for e in self._store.list_endpoints() if endpoint_model_key(e) not in known]
+        for endpoint in started:
+            self.deploy(endpoint)
+        return started
+
+    def started_up(self) -> bool:
+        """Whether every model found at start (:meth:`restore`) finished loading (or failed)."""
+        with self._lock:
+            restored = self._restored
+        return restored is not None and all(m.done.is_set() for m in restored)
+
+    def state(self, endpoint: Endpoint) -> str | None:
+        """This server's state of the endpoint's model: ready, loading, failed, or None (not started here)."""
+        loaded = self._models.get(endpoint_model_key(endpoint))
+        if loaded is None:
+            return None
+        if not loaded.done.is_set():
+            return MODEL_LOADING
+        return MODEL_READY if loaded.embedder is not None else MODEL_FAILED
+
+    def states(self, endpoints: list[Endpoint]) -> dict[str, str]:
+        """Endpoint id -> this server's state of its model, for the endpoints it has started on."""
+        return {e.id: state for e in endpoints if (state := self.state(e)) is not None}
+
+    def _served_elsewhere(self, endpoint_id: str) -> bool:
+        """Whether another live replica has the endpoint's model ready (then its status stays as it is)."""
+        return self._store.endpoint_readiness(endpoint_id, exclude=self.replica_id).ready > 0
 
     def _load(self, loaded: LoadedModel, model: str, precision: str) -> None:
         try:
@@ -123,7 +166,7 @@ class ModelPool:
                 continue
             if loaded.embedder is not None:
                 self._store.set_status(endpoint.id, LIVE, "")
-            else:
+            elif not self._served_elsewhere(endpoint.id):
                 self._store.set_status(endpoint.id, FAILED, loaded.error)
 
     def get(self, endpoint: Endpoint) -> tuple[Embedder, Batcher]:

@@ -130,10 +130,12 @@ class ModelList(BaseModel):
 
 
 class Readiness(BaseModel):
-    ready: bool
-    deploying: list[str]
-    endpoints: dict[str, str]
+    ready: bool  # this replica has loaded (or failed) the model of every endpoint it found at start
+    deploying: list[str]  # endpoints whose model this replica is still loading (or has not started on)
+    endpoints: dict[str, str]  # endpoint -> its status on this replica (Live, Deploying, Failed)
     reasons: dict[str, str]  # deploying endpoint -> what it is doing (loading, "downloading 412/1,340 MB")
+    replica: str  # this replica's id
+    replicas: dict[str, str]  # endpoint -> "ready on N of M replicas" (replicas with a recent heartbeat)
 
 
 REQUEST_MODELS: list[type[BaseModel]] = [NlpRequest, GenericRequest, V2Request, OpenAIRequest, ProjectCreate,

@@ -163,15 +163,17 @@ async def create_endpoint(request: Request, ui: UI, session: SessionDep) -> Resp
     except InputError as exc:
         return _endpoint_form(request, 400, str(exc), **values)
     ui.deploy(endpoint)
-    session.flashes[f"key:{endpoint.id}"] = key
+    session.flash(f"key:{endpoint.id}", key)
     return _redirect(f"/ui/endpoints/{endpoint.id}")
 
 
 def _endpoint_json(ui: WebState, endpoint: Endpoint) -> dict[str, Any]:
     stats = ui.endpoint_stats(endpoint.id)
+    readiness = ui.store.endpoint_readiness(endpoint.id)
     return {"id": endpoint.id, "name": endpoint.name, "project": endpoint.project_name, "status": endpoint.status,
             "reason": endpoint.status_reason, "requests": stats.count, "errors": stats.errors,
-            "p50_ms": stats.p50_ms, "mean_ms": stats.mean_ms}
+            "p50_ms": stats.p50_ms, "mean_ms": stats.mean_ms, "replicas": str(readiness),
+            "replicas_ready": readiness.ready, "replicas_total": readiness.replicas}
 
 
 @router.get("/endpoints/{endpoint_id}")
@@ -188,7 +190,7 @@ async def endpoint_page(request: Request, ui: UI, endpoint_id: str, session: Ses
 async def rotate_key(request: Request, ui: UI, endpoint_id: str, session: SessionDep) -> Response:
     await read_form(request, session)
     endpoint = ui.store.get_endpoint_by_id(endpoint_id)
-    session.flashes[f"key:{endpoint.id}"] = ui.store.rotate_key(endpoint.id)
+    session.flash(f"key:{endpoint.id}", ui.store.rotate_key(endpoint.id))
     return _redirect(f"/ui/endpoints/{endpoint.id}")
 
 

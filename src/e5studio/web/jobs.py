@@ -147,7 +147,7 @@ async def deploy_job(request: Request, job_id: str, session: SessionDep) -> Resp
         text_field(form, "project"), text_field(form, "name"), str(final_dir), int(batch_size),
         f"fine-tuned by train job {job.id}")
     web_state(request).deploy(endpoint)
-    session.flashes[f"key:{endpoint.id}"] = key
+    session.flash(f"key:{endpoint.id}", key)
     return RedirectResponse(f"/ui/endpoints/{endpoint.id}", status_code=303)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from e5studio.errors import InputError
-from e5studio.jobspec.layout import DATASETS_DIR, eval_files, store_path
+from e5studio.jobspec.layout import DATASETS_DIR, eval_files
 from e5studio.jobspec.params import add_arguments
 from e5studio.jobspec.train_params import ALL_PARAMS, HYPERPARAMETERS, RUN_PARAMS
 
@@ -30,14 +30,18 @@ DEFAULT_DATA_DIR = ".e5studio"
 
 
 def _store(args: argparse.Namespace) -> Store:
+    from e5studio.control.database import store_target
     from e5studio.control.store import Store
 
-    return Store(store_path(Path(args.data_dir)))
+    return Store(store_target(args.store, args.data_dir))
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help=f"where the control store lives (default ./{DEFAULT_DATA_DIR})")
+                        help=f"where the control store (by default) and datasets live (default ./{DEFAULT_DATA_DIR})")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="the control store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB (servers sharing it) or a "
+                             "SQLite path (default $E5STUDIO_STORE, else DATA_DIR/e5studio.db)")
 
 
 def _add_validation_flags(parser: argparse.ArgumentParser) -> None:

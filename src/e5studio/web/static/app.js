@@ -62,6 +62,7 @@ function updateEndpointRow(row, e) {
   const fields = {
     status: e.status, reason: e.reason, requests: String(e.requests), errors: String(e.errors),
     p50_ms: e.p50_ms === null ? "–" : String(e.p50_ms), mean_ms: e.mean_ms === null ? "–" : String(e.mean_ms),
+    replicas: e.replicas,
   };
   row.querySelectorAll("[data-field]").forEach((cell) => {
     const value = fields[cell.dataset.field];
