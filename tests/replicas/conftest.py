@@ -16,7 +16,6 @@ import pytest
 from e5studio.engine.embedder import Embedder
 from e5studio.engine.synthetic import write_random_checkpoint
 from e5studio.settings import EngineSettings
-from tests.batch_embed.conftest import postgres_url  # noqa: F401 - the one real PostgreSQL of the session
 from tests.jobs.toy import tiny_checkpoint, toy_dataset
 from tests.replicas.cluster import Group, start_group, stop_group
 
@@ -46,7 +45,7 @@ def train_model(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> P
 
 
 @pytest.fixture(scope="session")
-def pair(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+def pair(postgres_url: str, tmp_path_factory: pytest.TempPathFactory,
          tiny_dir: Path) -> Iterator[Group]:
     """Replicas a and b serving the tiny random BERT (d=32, loads in a blink) on one fresh database; their data
     directory is shared, like a volume both mount."""
