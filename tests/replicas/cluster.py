@@ -127,6 +127,17 @@ class Replica:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                          env=cli_env(PYTHONUNBUFFERED="1", **self.env))
 
+    def wait_started(self) -> None:
+        """Until the process printed its 'Serving on' line (after the first start's banner, if any)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while SERVING_LINE not in self.stdout():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"replica {self.name} did not start ({self.proc.returncode}):\n{self.stdout()}\n"
+                                     f"{self.stderr()}")
+            time.sleep(0.1)
+
     def wait_ready(self) -> None:
         """Until ``/ready`` answers 200 and the process printed its 'Serving on' line."""
         assert self.proc is not None
@@ -149,11 +160,12 @@ class Replica:
         self.proc.kill()
         raise AssertionError(f"replica {self.name} not ready after {READY_TIMEOUT_S}s ({last}):\n{self.stderr()}")
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        """Send ``sig``, wait for the exit, return its status (a process already gone: its status)."""
+    def stop(self, sig: signal.Signals | None = signal.SIGTERM) -> int:
+        """Send ``sig`` (None: sent already), wait for the exit, return its status (a process already gone: its
+        status)."""
         assert self.proc is not None, "not started"
         proc = self.proc
-        if proc.poll() is None:
+        if sig is not None and proc.poll() is None:
             proc.send_signal(sig)
         try:
             return proc.wait(STOP_TIMEOUT_S)
@@ -207,13 +219,14 @@ class Group:
     def start(self) -> None:
         first, *rest = self.replicas
         first.start()
+        first.wait_started()  # its first start (admin token, default endpoint) is done: the others may start
+        for replica in rest:
+            replica.start()
         first.wait_ready()
         banner = first.stdout()
         found = [r.search(banner) for r in (ADMIN_RE, URL_RE, KEY_RE)]
         assert all(found), f"first-start banner incomplete:\n{banner}"
         self.admin_token, self.default_url, self.default_key = (m.group(1) for m in found if m)
-        for replica in rest:
-            replica.start()
         for replica in self.replicas:
             replica.admin_token = self.admin_token
             replica.wait_ready()
@@ -225,8 +238,12 @@ class Group:
         return set().union(*(r.secrets for r in self.replicas))
 
     def stop(self) -> dict[str, int]:
-        """SIGTERM every replica still running; their exit statuses by name."""
-        return {r.name: r.stop() for r in self.replicas if r.running}
+        """SIGTERM every replica still running (all at once); their exit statuses by name."""
+        running = [r for r in self.replicas if r.running]
+        for replica in running:
+            assert replica.proc is not None
+            replica.proc.send_signal(signal.SIGTERM)
+        return {r.name: r.stop(None) for r in running}
 
 
 def start_group(base_uri: str, root: Path, database: str, model: Path, **kwargs: object) -> Group:

@@ -31,17 +31,18 @@ from tests.replicas.cluster import (
     wait_until,
 )
 
-# 24 queries / batch 4 = 6 steps per epoch; 10 epochs = 60 steps (a few seconds on the tiny model), a checkpoint
-# every 2 steps
-PARAMS = {"epochs": "10", "batch_size": "4", "train_n_passages": "3", "lr": "1e-3", "save_every": "2",
+# 24 queries / batch 4 = 6 steps per epoch; 6 epochs = 36 steps (a few seconds on the tiny model), a checkpoint
+# every 3 steps
+PARAMS = {"epochs": "6", "batch_size": "4", "train_n_passages": "3", "lr": "1e-3", "save_every": "3",
           "query_max_length": "16", "passage_max_length": "32", "threads": "1"}
-STEPS = 60
+STEPS = 36
 JOB_TIMEOUT_S = 180.0
-QUIET_AFTER_S = 2.5  # after a job ends, no replica starts it again (the replicas poll their jobs every second)
-# How long the survivor may take to mark the dead replica's job Interrupted: the lease must expire first.
-# TODO(store-pg): the lease length and how to shorten it for a test (a serve flag or setting), once it exists.
-LEASE_ARGS: tuple[str, ...] = ()
-INTERRUPTED_WITHIN_S = 120.0
+QUIET_AFTER_S = 2.0  # after a job ends, no replica starts it again (the replicas poll their jobs every second)
+# The replicas of the kill test hold job leases of LEASE_S seconds (renewed every second): the survivor marks the
+# dead replica's job Interrupted once the lease expired (at its next poll, every second), not before.
+LEASE_S = 3.0
+INTERRUPTED_NOT_BEFORE_S = LEASE_S - 2.0  # the last renewal may have come up to a second before the kill
+INTERRUPTED_WITHIN_S = LEASE_S + 10.0
 
 
 @dataclass
@@ -150,7 +151,7 @@ def test_sigkill_of_the_replica_running_a_job_then_the_other_interrupts_and_resu
         postgres_url: str, tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path, toy_dir: Path,
         train_model: Path, reference_run: TrainRun) -> None:
     group = start_group(postgres_url, tmp_path_factory.mktemp("kill"), "replicas_kill", tiny_dir,
-                        extra_args=LEASE_ARGS)
+                        extra_args=("--job-lease", str(LEASE_S)))
     try:
         cookies = logged_in(group)
         a = group.replicas[0]
@@ -170,12 +171,15 @@ def test_sigkill_of_the_replica_running_a_job_then_the_other_interrupts_and_resu
             survivor = next(r for r in group.replicas if r is not victim)
             victim.proc.kill()  # type: ignore[union-attr] - SIGKILL: the replica and ...
             kill_group(job_pid)  # ... its job process die without a word
+            killed_at = time.monotonic()
             victim.proc.wait()  # type: ignore[union-attr]
             killed = job_status(survivor, cookies[survivor.name], job_id)
             assert killed["status"] == "Running" and killed["step"] < STEPS, killed
 
             interrupted = wait_status(survivor, cookies[survivor.name], job_id, "Interrupted", INTERRUPTED_WITHIN_S)
-            assert interrupted["status_reason"], interrupted
+            after = time.monotonic() - killed_at
+            assert after >= INTERRUPTED_NOT_BEFORE_S, f"Interrupted {after:.1f} s after the kill: lease not over"
+            assert "lease" in interrupted["status_reason"], interrupted
             with session_client(survivor, cookies[survivor.name]) as client:
                 answer = client.post(f"/ui/jobs/{job_id}/resume", data={"csrf_token": csrf_token(client)})
             assert answer.status_code == 303, answer.text[:1000]
