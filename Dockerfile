@@ -19,8 +19,9 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
-# the project's extras: add `batch` for the web UI's batch-embedding jobs (pyarrow), `train` for the loss plot
-ARG EXTRAS=serve,onnx
+# the project's extras (postgres: psycopg, for a --store shared by replicas); add `batch` for the web UI's
+# batch-embedding jobs (pyarrow), `train` for the loss plot
+ARG EXTRAS=serve,onnx,postgres
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/e5studio
 ENV PATH=/opt/e5studio/bin:$PATH
@@ -28,7 +29,7 @@ ENV PATH=/opt/e5studio/bin:$PATH
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md /src/
 COPY src /src/src
-RUN pip install "/src[${EXTRAS}]" "psycopg[binary]>=3.1"
+RUN pip install "/src[${EXTRAS}]"
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/e5studio/bin:$PATH \

@@ -171,7 +171,7 @@ def test_the_dockerfile_installs_cpu_torch_first_then_the_project_with_its_extra
     assert {"serve", "onnx"} <= set(extras)
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert set(extras) <= set(declared), f"extras {extras} not all in pyproject.toml"
-    assert "psycopg" in runs[project] or any("psycopg" in d for e in extras for d in declared[e])
+    assert any("psycopg" in d for e in extras for d in declared[e]), "no PostgreSQL driver for --store"
     # the CUDA variant is documented where the build args are
     text = (REPO / "Dockerfile").read_text()
     assert "--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu" in text
@@ -223,9 +223,15 @@ def service_argv(service: dict[str, Any]) -> list[str]:
     return command if isinstance(command, list) else shlex.split(command)
 
 
-def store_flag(argv: list[str]) -> str:
-    assert "--store" in argv, argv
-    return argv[argv.index("--store") + 1]
+STORE_ENV = "E5STUDIO_STORE"
+
+
+def store_of(argv: list[str], env: dict[str, str]) -> str:
+    """The control store a command uses: ``--store URL``, else ``$E5STUDIO_STORE`` (what ``--help`` says)."""
+    if "--store" in argv:
+        return argv[argv.index("--store") + 1]
+    assert STORE_ENV in env, f"neither --store nor {STORE_ENV}: {argv} {sorted(env)}"
+    return env[STORE_ENV]
 
 
 def test_compose_runs_postgres_then_migrate_then_two_replicas_behind_nginx() -> None:
@@ -238,7 +244,7 @@ def test_compose_runs_postgres_then_migrate_then_two_replicas_behind_nginx() -> 
     migrate = services["migrate"]
     assert migrate["entrypoint"] == ["e5studio", "store", "migrate"]
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    url = store_flag(service_argv(migrate))
+    url = store_of(service_argv(migrate), migrate.get("environment", {}))
     assert url.startswith("postgres://") and "@postgres:5432/" in url
     assert url.startswith(f"postgres://{env['POSTGRES_USER']}:") and url.endswith(f"/{env['POSTGRES_DB']}")
     assert_known(service_argv(migrate), set(migrate.get("environment", {})), "store", "migrate")
@@ -247,7 +253,8 @@ def test_compose_runs_postgres_then_migrate_then_two_replicas_behind_nginx() -> 
     assert len(replicas) == REPLICAS, sorted(replicas)
     for name, replica in replicas.items():
         argv = service_argv(replica)
-        assert store_flag(argv) == url, name  # the database migrate prepared
+        assert store_of(argv, replica["environment"]) == url, name  # the database migrate prepared
+        assert "--store" not in argv  # the password stays out of the process list
         assert_known(argv, set(replica["environment"]), "serve")
         assert "healthcheck" not in replica or "/ready" in json.dumps(replica["healthcheck"])  # else the image's
         assert {v.split(":")[1] for v in replica["volumes"]} == {"/data", "/models"}
@@ -278,20 +285,21 @@ def test_compose_runs_postgres_then_migrate_then_two_replicas_behind_nginx() -> 
 # ---------------------------------------------------------------------------------------------- kubernetes
 
 
-def container_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
-def expand(argv: list[str], env: dict[str, dict[str, Any]], secrets: dict[str, dict[str, str]]) -> list[str]:
-    """Kubernetes' ``$(VAR)`` in args, from the container's env (values or the Secret's keys)."""
-    def value(match: re.Match[str]) -> str:
-        entry = env[match.group(1)]
+def container_env(container: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A container's environment: values, and the keys of the Secrets (defined here) they refer to."""
+    env = {}
+    for entry in container.get("env", []):
         if "value" in entry:
-            return str(entry["value"])
-        ref = entry["valueFrom"]["secretKeyRef"]
-        return secrets[ref["name"]][ref["key"]]
+            env[entry["name"]] = str(entry["value"])
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = secrets[ref["name"]][ref["key"]]
+    return env
 
-    return [re.sub(r"\$\((\w+)\)", value, a) for a in argv]
+
+def expand(argv: list[str], env: dict[str, str]) -> list[str]:
+    """Kubernetes' ``$(VAR)`` in args, from the container's environment."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in argv]
 
 
 def test_k8s_deployment_probes_service_secret_and_migrate_job_fit_together() -> None:
@@ -310,9 +318,11 @@ def test_k8s_deployment_probes_service_secret_and_migrate_job_fit_together() -> 
     ready, alive = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
     assert ready["path"] == "/ready" and ready["port"] in ("http", PORT)
     assert alive["path"] in routes() and alive["path"] != "/ready" and alive["port"] in ("http", PORT)
-    env = container_env(container)
-    argv = expand(container["args"], env, secrets)
-    assert store_flag(argv).startswith("postgres://")
+    env = container_env(container, secrets)
+    argv = expand(container.get("args", []), env)
+    store = store_of(argv, env)
+    assert store.startswith("postgres://")
+    assert "--store" not in argv  # the password stays out of the process list
     assert_known(argv, set(env), "serve")
     user = next(rest for word, rest in final_stage(dockerfile()) if word == "USER").split(":")[0]
     assert pod["securityContext"]["runAsNonRoot"] is True and str(pod["securityContext"]["runAsUser"]) == user
@@ -328,9 +338,10 @@ def test_k8s_deployment_probes_service_secret_and_migrate_job_fit_together() -> 
     (job,) = kinds["Job"]
     (migrate,) = job["spec"]["template"]["spec"]["containers"]
     assert migrate["command"] == ["e5studio", "store", "migrate"] and migrate["image"] == container["image"]
-    job_argv = expand(migrate["args"], container_env(migrate), secrets)
-    assert store_flag(job_argv) == store_flag(argv)  # the database the replicas use
-    assert_known(job_argv, set(container_env(migrate)), "store", "migrate")
+    job_env = container_env(migrate, secrets)
+    job_argv = expand(migrate.get("args", []), job_env)
+    assert store_of(job_argv, job_env) == store  # the database the replicas use
+    assert_known(job_argv, set(job_env), "store", "migrate")
     assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
 
 
@@ -338,7 +349,7 @@ def test_k8s_deployment_probes_service_secret_and_migrate_job_fit_together() -> 
 def test_the_readmes_point_at_the_examples(readme: Path) -> None:
     text = readme.read_text()
     if readme.parent == REPO:
-        assert "## Several replicas" in text and "deploy/README.md" in text
+        assert "## Container image and deployment examples" in text and "(deploy/README.md)" in text
     else:
         assert "not tested in containers" in text
         for name in ("compose.yaml", "nginx.conf", "k8s/", "store migrate", "TORCH_INDEX", "/ready", "/health"):
