@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[serve,onnx,train,batch,pgvector,ray,test,dev]'
+	$(PY) -m pip install -q -e '.[serve,onnx,train,batch,pgvector,postgres,ray,test,dev]'
 	touch $@
 
 install: $(VENV)/.installed

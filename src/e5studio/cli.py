@@ -138,8 +138,10 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         query = f"?project={urllib.parse.quote(args.project)}" if args.project else ""
         for e in _admin(args, "GET", f"/api/admin/endpoints{query}")["endpoints"]:  # type: ignore[index]
             below = "  (reason below)" if e["status_reason"] else ""
+            replicas = e.get("replicas")  # servers before replicas do not say
+            ready = f"  ready on {replicas['ready']}/{replicas['total']} replicas" if replicas else ""
             print(f"{e['project_name']}/{e['name']}  {e['status']}{below}  model={e['model']}  "
-                  f"batch_size={e['batch_size']}  precision={e['precision']}  {e['urls']['nlp']}")
+                  f"batch_size={e['batch_size']}  precision={e['precision']}{ready}  {e['urls']['nlp']}")
             for line in _reason_lines(e["status_reason"], e["project_name"], e["name"]):
                 print(line)
     elif args.action == "show":

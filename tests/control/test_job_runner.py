@@ -98,9 +98,16 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+# the store of a test: the SQLite file of the data dir, or a PostgreSQL database (the job processes get its URL);
+# the runner's bookkeeping runs on both, real training on PostgreSQL only with the slow tests
+BOTH = pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
+REAL = pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)], indirect=True)
+
+
 @pytest.fixture
-def store(data_dir: Path, toy: Path) -> Iterator[Store]:
-    opened = Store(data_dir / "e5studio.db")
+def store(request: pytest.FixtureRequest, data_dir: Path, toy: Path) -> Iterator[Store]:
+    kind = getattr(request, "param", "sqlite")
+    opened = Store(data_dir / "e5studio.db" if kind == "sqlite" else request.getfixturevalue("pg_store_url"))
     register(opened, toy)
     yield opened
     opened.close()
@@ -138,6 +145,7 @@ def loss_steps(runner: JobRunner, job_id: str) -> list[float]:
 # ------------------------------------------------------------------------------------------------ parameters
 
 
+@BOTH
 def test_params_are_checked_and_a_bad_one_is_named(store: Store, data_dir: Path, toy: Path) -> None:
     runner = JobRunner(store, data_dir)
     bad = [({"epochs": 0}, "epochs"), ({"lr": "fast"}, "lr"), ({"batch_size": True}, "batch_size"),
@@ -176,6 +184,7 @@ def test_the_runner_needs_the_data_dirs_store(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ real jobs
 
 
+@REAL
 def test_a_train_job_succeeds_with_its_history_log_and_model(store: Store, data_dir: Path, toy: Path, tiny: Path,
                                                             runners: list[JobRunner]) -> None:
     runner = new_runner(runners, store, data_dir)
@@ -204,6 +213,7 @@ def test_a_train_job_succeeds_with_its_history_log_and_model(store: Store, data_
     assert runner.poll() == [] and len(store.list_jobs()) == 1  # the process used the job, recorded no other
 
 
+@REAL
 def test_cancel_is_recorded_as_cancelled_shutdown_as_interrupted_and_resume_finishes(
         store: Store, data_dir: Path, tiny: Path, runners: list[JobRunner]) -> None:
     slow = new_runner(runners, store, data_dir, SLOW)
@@ -239,6 +249,7 @@ def test_cancel_is_recorded_as_cancelled_shutdown_as_interrupted_and_resume_fini
     assert loss_steps(fast, job.id) == list(range(1, STEPS + 1))  # one record per step, none twice
 
 
+@REAL
 def test_a_restart_after_a_sigkill_interrupts_the_job_and_resume_finishes_it(
         store: Store, data_dir: Path, tiny: Path, runners: list[JobRunner]) -> None:
     old = new_runner(runners, store, data_dir, SLOW)
@@ -262,6 +273,7 @@ def test_a_restart_after_a_sigkill_interrupts_the_job_and_resume_finishes_it(
     assert new.final_model_dir(done) is not None
 
 
+@REAL
 def test_a_job_whose_dataset_changed_fails_with_the_reason(tmp_path: Path, store: Store, data_dir: Path, toy: Path,
                                                            tiny: Path, runners: list[JobRunner]) -> None:
     copy = shutil.copytree(toy, tmp_path / "copy")
@@ -278,6 +290,7 @@ def test_a_job_whose_dataset_changed_fails_with_the_reason(tmp_path: Path, store
     assert runner.history(job.id) == {"loss": [], "eval": []}
 
 
+@REAL
 def test_a_batch_embedding_job_writes_vectors(store: Store, data_dir: Path, tiny: Path,
                                               runners: list[JobRunner]) -> None:
     runner = new_runner(runners, store, data_dir)
@@ -297,6 +310,7 @@ def test_a_batch_embedding_job_writes_vectors(store: Store, data_dir: Path, tiny
 # ------------------------------------------------------------------------------------------------ bookkeeping
 
 
+@BOTH
 def test_a_process_that_ends_without_a_result_is_failed_with_its_exit_status_and_last_line(
         store: Store, data_dir: Path, runners: list[JobRunner]) -> None:
     exits = new_runner(runners, store, data_dir, stand_in("import sys; print('loading'); print('no such model: m');"
@@ -312,6 +326,7 @@ def test_a_process_that_ends_without_a_result_is_failed_with_its_exit_status_and
     assert [j.id for j in killed.poll()] == []
 
 
+@BOTH
 def test_cancel_resume_and_close_of_any_job_process(store: Store, data_dir: Path, runners: list[JobRunner]) -> None:
     runner = new_runner(runners, store, data_dir, SLEEPER)
     job = runner.start_batch_embed("toy", "m")
@@ -332,6 +347,7 @@ def test_cancel_resume_and_close_of_any_job_process(store: Store, data_dir: Path
         runner.resume(job.id)
 
 
+@BOTH
 def test_recover_stops_a_job_process_that_outlived_its_server(store: Store, data_dir: Path,
                                                               runners: list[JobRunner]) -> None:
     old = new_runner(runners, store, data_dir, SLEEPER)
@@ -350,6 +366,7 @@ def test_recover_stops_a_job_process_that_outlived_its_server(store: Store, data
         os.kill(job.pid, 0)
 
 
+@BOTH
 def test_recover_leaves_live_servers_and_live_commands_alone(store: Store, data_dir: Path) -> None:
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "e5studio", "train"]) as live:
         try:
@@ -370,6 +387,7 @@ def test_recover_leaves_live_servers_and_live_commands_alone(store: Store, data_
             live.kill()
 
 
+@BOTH
 def test_store_transitions_are_compare_and_set(store: Store) -> None:
     job = store.create_job("train", "m", "/o", {})
     assert store.transition_job(job.id, (JOB_RUNNING,), JOB_CANCELLED, "cancelled")

@@ -163,8 +163,17 @@ def _stamp_future(url: sa.URL | str) -> None:
     engine.dispose()
 
 
-def test_a_store_migrated_by_a_newer_e5studio_is_refused(store_target: str, tmp_path: Path,
+@pytest.fixture(params=["sqlite", "postgres"])
+def own_store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated store that the test may change the schema of."""
+    if request.param == "sqlite":
+        return str(tmp_path / "data" / "e5studio.db")
+    return str(request.getfixturevalue("pg_own_store_url"))
+
+
+def test_a_store_migrated_by_a_newer_e5studio_is_refused(own_store_target: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    store_target = own_store_target
     with Store(store_target) as store:
         url = store.url
     _stamp_future(url)

@@ -279,9 +279,8 @@ class JobRunner:
         interval = min(self.lease_s / 3, _RENEW_AT_MOST_S)
         while not self._stop_renewing.is_set():
             with self._lock:
-                ids = list(self._children)
-                if not ids:
-                    self._renewer = None
+                if not any(child.poll() is None for child in self._children.values()):
+                    self._renewer = None  # no process left to hold a lease for (poll reaps the ended ones)
                     return
             try:
                 self.renew()
@@ -293,7 +292,7 @@ class JobRunner:
         """Renew the leases of this runner's running children (the renewal thread calls this); a child whose
         job was cancelled or taken away meanwhile by another replica is stopped (SIGTERM). Returns the ids
         renewed."""
-        ids = list(self._children)
+        ids = [job_id for job_id, child in list(self._children.items()) if child.poll() is None]
         renewed = set(self.store.renew_job_leases(self.id, ids, self.lease_s))
         for job_id in ids:
             if job_id in renewed or job_id in self._signalled:

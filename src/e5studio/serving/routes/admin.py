@@ -35,7 +35,11 @@ router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)], r
 
 
 def endpoint_view(state: ServingState, endpoint: Endpoint) -> dict[str, Any]:
-    return {**asdict(endpoint), "urls": endpoint_urls(state.settings.base_url, endpoint)}
+    """An endpoint as the admin API shows it: its record, its URLs, and on how many of the replicas sharing the
+    store (those with a recent heartbeat) its model is ready."""
+    readiness = state.store.endpoint_readiness(endpoint.id)
+    return {**asdict(endpoint), "urls": endpoint_urls(state.settings.base_url, endpoint),
+            "replicas": {"ready": readiness.ready, "total": readiness.replicas, "summary": str(readiness)}}
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
