@@ -23,6 +23,7 @@ TEXTS = ["query: how much protein should a female eat",
 DEPLOY_TIMEOUT_S = 60.0  # a new endpoint's model loads on every replica (tiny model: well under a second)
 PROPAGATION_S = 2.0  # a key rotated or a session ended on one replica holds on every other one within this
 LOGIN_LIMIT = 10  # failed admin-token attempts per address and minute (README: "Ten failed ... get 429")
+HEARTBEAT_WAIT_S = 10.0  # replicas write their heartbeat every 2 s
 SAME = 1e-6  # two replicas, same model, same texts, one thread each: the same vectors
 
 
@@ -78,6 +79,15 @@ def test_an_endpoint_created_through_a_answers_on_b_with_identical_vectors(
     np.testing.assert_allclose(answer.json()["data"][0]["embedding"], on_a[0], rtol=0, atol=SAME)
     listed = b.cli("endpoints", "list", "--project", "shared")
     assert listed.returncode == 0 and "shared/made-on-a  Live" in listed.stdout, listed.stdout + listed.stderr
+
+    def shown() -> dict[str, Any]:  # each replica writes its heartbeat (with its models' states) every 2 s
+        result = a.cli("endpoints", "show", "shared", "made-on-a")
+        assert result.returncode == 0, result.stderr
+        return dict(json_prefix(result.stdout)["replicas"])
+
+    replicas, _ = wait_until(lambda: (r := shown())["ready"] == 2 and r, HEARTBEAT_WAIT_S,
+                             "endpoints show: ready on both replicas", interval=0.5)
+    assert (replicas["ready"], replicas["total"]) == (2, 2), replicas
 
 
 def test_a_key_rotated_through_b_is_refused_on_a_within_2_s(pair: Group, other_model: Any) -> None:
