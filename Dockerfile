@@ -3,7 +3,7 @@
 #
 #   docker build -t e5studio:cpu .
 #   docker run -p 8000:8000 -v e5studio-data:/data e5studio:cpu                  # SQLite store in /data
-#   docker run -p 8000:8000 e5studio:cpu --store postgres://user:pass@db/e5studio  # several replicas: deploy/
+#   docker run -p 8000:8000 -e E5STUDIO_STORE=postgres://user:pass@db/e5studio e5studio:cpu  # replicas: deploy/
 #
 # CPU by default: torch comes from PyTorch's CPU index (an unpinned `pip install torch` pulls a multi-GB CUDA
 # build). CUDA variant: the same file with another torch index; the CUDA wheels bring their own CUDA runtime
@@ -43,8 +43,8 @@ COPY --from=build /opt/e5studio /opt/e5studio
 USER 10001:10001
 WORKDIR /data
 EXPOSE 8000
-# ready = every endpoint's model loaded (503 while one deploys; a first start may download the model first)
+# ready = the models of the endpoints found at start are loaded here (a first start may download one first)
 HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"]
-# later arguments win: `docker run IMAGE --data-dir /elsewhere --store postgres://...`
+# later arguments win: `docker run IMAGE --data-dir /elsewhere --model e5-base-v2`
 ENTRYPOINT ["e5studio", "serve", "--host", "0.0.0.0", "--port", "8000", "--data-dir", "/data"]
