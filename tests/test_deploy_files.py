@@ -267,6 +267,8 @@ def test_compose_runs_postgres_then_migrate_then_two_replicas_behind_nginx() -> 
     assert all(waits_for_migrate(name) for name in replicas)
     data_volumes = {v.split(":")[0] for r in replicas.values() for v in r["volumes"] if v.endswith(":/data")}
     assert len(data_volumes) == 1 and data_volumes <= set(compose()["volumes"])  # job outputs shared
+    named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(".")}
+    assert named <= set(compose()["volumes"]), named - set(compose()["volumes"])
 
     lb = services["lb"]
     assert lb["image"].startswith("nginx:")
