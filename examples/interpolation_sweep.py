@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +28,19 @@ from e5studio.engine.runtimes import RuntimePlan, TorchRuntime
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.jobs.train.selection import interpolate
 from e5studio.retrieval.evaluate import evaluate_embedder, load_eval_set
+
+
+def _progress(title: str, every_s: float = 5.0) -> Callable[[str, int, int], None]:
+    """A progress line on stderr at most every ``every_s`` seconds (also when stderr is not a terminal)."""
+    last = [0.0]
+
+    def shown(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or done >= total:
+            last[0] = now
+            print(f"{title}: {phase} {done:,}/{total:,}", file=sys.stderr, flush=True)
+
+    return shown
 
 
 def main() -> int:
@@ -56,7 +70,8 @@ def main() -> int:
         for evalset in sets:
             t0 = time.perf_counter()
             with torch.inference_mode():
-                results[alpha][evalset.name] = evaluate_embedder(embedder, evalset)["ndcg@10"]
+                results[alpha][evalset.name] = evaluate_embedder(
+                    embedder, evalset, progress=_progress(f"a = {alpha:g} {evalset.name}"))["ndcg@10"]
             print(f"a = {alpha:g}  {evalset.name}: nDCG@10 {results[alpha][evalset.name]:.4f} "
                   f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
 

@@ -81,6 +81,12 @@ def test_a_damaged_record_is_named(tmp_path: Path) -> None:
     (tmp_path / EVALUATION_FILE).write_text(json.dumps({"base_model": "m", "sets": [{"name": "x"}]}))
     with pytest.raises(InputError, match="not a valid e5studio evaluation record"):
         check(str(tmp_path))
+    (tmp_path / EVALUATION_FILE).write_bytes(b" " * (2 << 20))  # read no further than the bound
+    with pytest.raises(InputError, match="larger than 1048576 bytes"):
+        check(str(tmp_path))
+    (tmp_path / EVALUATION_FILE).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        check(str(tmp_path))
     assert deploy_gate.summary("") is None and deploy_gate.summary("{bad")["passed"] is False  # type: ignore[index]
 
 

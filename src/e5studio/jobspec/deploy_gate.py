@@ -27,6 +27,7 @@ GATE_METRIC = "ndcg@10"
 IN_DOMAIN = "in-domain"
 OUT_OF_DOMAIN = "out-of-domain"
 _FORMAT = 1
+_MAX_RECORD_BYTES = 1 << 20  # a real record is a few kB
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,16 @@ def read_evaluation(model: str) -> ModelEvaluation | None:
         path = Path(model).expanduser() / EVALUATION_FILE
         if not path.is_file():
             return None
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(_MAX_RECORD_BYTES + 1)
     except (OSError, ValueError):  # a name that is no usable path (too long, NUL): not a gated folder
         return None
+    if len(data) > _MAX_RECORD_BYTES:
+        raise InputError(f"{path}: larger than {_MAX_RECORD_BYTES} bytes: not an e5studio evaluation record")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
     try:
         obj = json.loads(text)
     except ValueError as exc:

@@ -298,6 +298,7 @@ class Trainer:
         self.output = job.output
         self.checkpoints_dir = job.output / CHECKPOINTS_DIR
         self.log = MetricsLog(job.output / METRICS_FILE)
+        self._base: dict[str, Any] | None = None  # the evaluation before training (_base_record)
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -551,9 +552,12 @@ class Trainer:
         return record
 
     def _base_record(self) -> dict[str, Any]:
-        """The evaluation before training (step 0), from the metrics log (a resumed run reads it back)."""
+        """The evaluation before training (step 0), read once from the metrics log (a resumed run reads it back)."""
+        if self._base is not None:
+            return self._base
         for r in self.log.records():
             if r.get("event") == "eval" and r.get("step") == 0:
+                self._base = r
                 return r
         raise InputError(f"{self.log.path}: the evaluation before training is missing; train into a new --output")
 
