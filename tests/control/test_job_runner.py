@@ -23,6 +23,7 @@ import pytest
 from e5studio.cli import build_parser
 from e5studio.control.job_records import CANCEL_REASON, restart_reason, shutdown_reason
 from e5studio.control.job_runner import JobRunner
+from e5studio.control.priority import COMPUTE_NICE
 from e5studio.control.store import (
     JOB_CANCELLED,
     JOB_FAILED,
@@ -409,3 +410,21 @@ def test_store_transitions_are_compare_and_set(store: Store) -> None:
     assert store.set_job_process(job.id, None).owner == JOB_OWNER_SERVER
     with pytest.raises(ConflictError):
         store.create_job("train", "m", "/o", {}, job_id=job.id)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread and process priorities are set on Linux")
+def test_a_job_process_runs_below_the_server(store: Store, data_dir: Path, runners: list[JobRunner]) -> None:
+    """Jobs are lowered as far as the server's inference compute (control.priority), and so are the threads
+    they start."""
+    report = data_dir / "nice.txt"
+    runner = new_runner(runners, store, data_dir, stand_in(
+        "import os, threading, time\n"
+        "time.sleep(0.5)\n"  # the runner lowers the process right after starting it
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))\n"
+        "t.start(); t.join()\n"
+        f"open({str(report)!r}, 'w').write(f'{{os.getpriority(os.PRIO_PROCESS, 0)}} {{seen[0]}}')\n"))
+    job = runner.start_batch_embed("toy", "m")
+    runner.wait(job.id, timeout=30)
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + COMPUTE_NICE)
+    assert report.read_text().split() == [str(expected), str(expected)]

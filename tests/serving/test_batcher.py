@@ -8,6 +8,8 @@ has a timeout: a request left hanging is exactly the failure these tests look fo
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
+from e5studio.control.priority import COMPUTE_NICE
 from e5studio.errors import CapacityError, ClientGone, InputError, ModelError, UnavailableError
 from e5studio.serving.batcher import Batcher, QueueLimits
 
@@ -345,3 +348,29 @@ def test_a_caller_whose_event_loop_closed_does_not_kill_the_worker() -> None:
 
     run(patient)
     batcher.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are set on Linux")
+def test_the_engine_computes_below_the_event_loop() -> None:
+    """Under overload the event loop (which answers 429s) gets the CPU before the compute: the batcher thread,
+    and the threads the engine starts from it (its compute workers), run COMPUTE_NICE levels lower; the
+    caller's thread is left as it was."""
+    seen: list[int] = []
+
+    def embed_ids(sequences: Sequence[np.ndarray]) -> np.ndarray:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        worker = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS,
+                                                                            threading.get_native_id())))
+        worker.start()
+        worker.join()
+        return expected_rows(sequences)
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    batcher = Batcher(embed_ids)
+    try:
+        rows = run(lambda: batcher.submit([seq(7)]))
+    finally:
+        batcher.close()
+    np.testing.assert_array_equal(rows, expected_rows([seq(7)]))
+    assert seen == [min(19, own + COMPUTE_NICE)] * 2
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own

@@ -53,6 +53,24 @@ _ENDPOINT_SELECT = sa.select(
 ).select_from(endpoints.join(projects, _P.id == _E.project_id))
 _ENDPOINT_ORDER = (_P.name, _E.name)
 
+# The request path's one query (built once: no statement building or compiling per call): the endpoint named by
+# project and endpoint refs (ids before names), with its key hash for the key check.
+_CALL_P, _CALL_E = sa.bindparam("project_ref", type_=sa.String), sa.bindparam("endpoint_ref", type_=sa.String)
+_PROJECT_OF_CALL = (  # the project as ProjectTable._get_project picks it (id before name)
+    sa.select(_P.id).where(sa.or_(_P.id == _CALL_P, _P.name == _CALL_P))
+    .order_by(sa.case((_P.id == _CALL_P, 0), else_=1)).limit(1).scalar_subquery()
+)
+_ENDPOINT_FOR_CALL = (
+    _ENDPOINT_SELECT.add_columns(_E.key_hash)
+    .where(_E.project_id == _PROJECT_OF_CALL, sa.or_(_E.id == _CALL_E, _E.name == _CALL_E))
+    .order_by(sa.case((_E.id == _CALL_E, 0), else_=1)).limit(1)
+)
+# without a project: the endpoint with that id, else every endpoint with that name (more than one is an error)
+_ENDPOINT_FOR_BARE_CALL = (
+    _ENDPOINT_SELECT.add_columns(_E.key_hash).where(sa.or_(_E.id == _CALL_E, _E.name == _CALL_E))
+    .order_by(sa.case((_E.id == _CALL_E, 0), else_=1)).limit(2)
+)
+
 
 def _check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or batch_size not in BATCH_SIZES:
@@ -201,6 +219,29 @@ class EndpointTable(ProjectTable):
             if updated.rowcount == 0:
                 raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
         return key
+
+    def endpoint_for_call(self, project_ref: str | None, endpoint_ref: str) -> tuple[Endpoint, str]:
+        """What an inference request needs, read fresh (never cached: a rotated key or a deleted endpoint is
+        refused at the next request, on every server sharing the store) in one prepared query: the endpoint
+        ``endpoint_ref`` of project ``project_ref`` (None: any project, as :meth:`find_endpoint`) and its key
+        hash (:func:`.keys.verify_key`). Not found or ambiguous: the errors of :meth:`get_endpoint` /
+        :meth:`find_endpoint`."""
+        with self._read() as conn:
+            if project_ref is None:
+                rows = conn.execute(_ENDPOINT_FOR_BARE_CALL, {"endpoint_ref": endpoint_ref}).mappings().all()
+                found = rows[0] if rows and (len(rows) == 1 or rows[0]["id"] == endpoint_ref) else None
+            else:
+                found = conn.execute(_ENDPOINT_FOR_CALL, {"project_ref": project_ref,
+                                                          "endpoint_ref": endpoint_ref}).mappings().first()
+        if found is None:  # the slow paths say exactly what is missing or ambiguous
+            endpoint = (self.find_endpoint(endpoint_ref) if project_ref is None
+                        else self.get_endpoint(project_ref, endpoint_ref))
+            return endpoint, self._key_hash(endpoint.id)
+        return _endpoint(found), found["key_hash"]
+
+    def _key_hash(self, endpoint_id: str) -> str:
+        row = self._read_one(sa.select(_E.key_hash).where(_E.id == endpoint_id))
+        return row["key_hash"] if row is not None else _NO_HASH
 
     def check_endpoint_key(self, endpoint_id: str, key: str) -> bool:
         """Whether ``key`` is the current key of the endpoint (False for an unknown endpoint)."""

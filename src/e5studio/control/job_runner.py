@@ -71,6 +71,7 @@ from e5studio.control.job_records import (
     restart_reason,
     shutdown_reason,
 )
+from e5studio.control.priority import lower_priority
 from e5studio.control.processes import is_job_process, pid_alive, runner_alive, signal_group
 from e5studio.control.store import Store
 from e5studio.errors import ConflictError, E5StudioError, InputError, ParamError, UnavailableError
@@ -272,6 +273,7 @@ class JobRunner:
                 reason = f"could not start the job process: {exc}"
                 self.store.transition_job(job.id, (JOB_RUNNING,), JOB_FAILED, reason)
                 raise E5StudioError(f"job {job.id}: {reason}") from exc
+        lower_priority(child.pid)  # below the server's event loop, level with its inference compute
         self._children[job.id] = child
         self._signalled.discard(job.id)
         self._start_renewing()

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from e5studio.control.priority import COMPUTE_NICE, lower_priority
 from e5studio.errors import CapacityError, ClientGone, E5StudioError, ModelError, UnavailableError
 
 
@@ -97,7 +98,7 @@ class Batcher:
 
     def __init__(self, embed_ids: Callable[[Sequence[np.ndarray]], np.ndarray], *, max_batch_tokens: int = 8192,
                  limits: QueueLimits = QueueLimits(), observer: BatchObserver | None = None,
-                 name: str = "engine") -> None:
+                 name: str = "engine", compute_nice: int = COMPUTE_NICE) -> None:
         self._embed_ids = embed_ids
         self.max_batch_tokens = max_batch_tokens
         self.limits = limits
@@ -108,6 +109,7 @@ class Batcher:
         self._tokens_per_s: float | None = None  # measured on the batches computed so far
         self._cond = threading.Condition()
         self._stopping = False
+        self._compute_nice = compute_nice
         self._thread = threading.Thread(target=self._run, name=f"e5studio-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -229,6 +231,8 @@ class Batcher:
             return batch
 
     def _run(self) -> None:
+        # the engine computes here and on the worker threads it starts from here: below the event loop
+        lower_priority(threading.get_native_id(), self._compute_nice)
         while True:
             batch = self._take_batch()
             if batch is None:
