@@ -9,7 +9,7 @@ MODEL ?= all-minilm-l6-v2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: browser install serve run test test-fast test-slow lint bench bench-serve e5-large-shape clean
+.PHONY: browser install serve run test test-postgres test-fast test-slow lint bench bench-serve e5-large-shape clean
 
 # torch first, from the CPU build on this disk, where no torch is present; then the project with its extras.
 $(VENV)/.installed: pyproject.toml
@@ -43,6 +43,9 @@ lint: install
 
 test: install browser lint  ## what CI runs: lint, types, the default test suite
 	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-postgres: install browser  ## the same suite with every control store on PostgreSQL (CI runs it after test)
+	E5STUDIO_TEST_STORE=postgres $(PY) -m pytest -q -m "not slow and not gpu"
 
 test-fast: install browser
 	$(PY) -m pytest -q -m "not slow and not gpu" -x

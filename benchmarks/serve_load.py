@@ -214,55 +214,119 @@ def _summary(by_status: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {k: {"count": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99)} for k, v in sorted(by_status.items())}
 
 
+class _Load:
+    """``clients`` threads posting ``batches`` to ``url`` until ``stop``; latency per outcome."""
+
+    def __init__(self, url: str, key: str, batches: list[list[str]], clients: int, stop: float,
+                 backoff: bool) -> None:
+        self.by_status: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+        self._args = (url, key, batches, clients, stop, backoff)
+        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
+
+    def _client(self, i: int) -> None:
+        url, key, batches, clients, stop, backoff = self._args
+        session = requests.Session()
+        j = i
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            wait = 0.0
+            try:
+                r = session.post(url, json={"inputs": batches[j % len(batches)]}, headers={"key": key},
+                                 timeout=CLIENT_TIMEOUT_S)
+                outcome = str(r.status_code)
+                if r.status_code == 429 and backoff:
+                    wait = float(r.headers.get("Retry-After", "1")) * random.uniform(1.0, 1.1)
+            except requests.Timeout:
+                outcome = "timeout"
+            except requests.ConnectionError:
+                outcome = "connection error"
+            with self._lock:
+                self.by_status.setdefault(outcome, []).append((time.perf_counter() - t) * 1000)
+            j += clients
+            time.sleep(min(wait, max(0.0, stop - time.perf_counter())))
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join()
+
+
+# A stand-in server that answers every request with a 429 at once, from the bytes it has read so far (uvloop-free
+# asyncio, no framework): what the load clients alone can reach on this machine.
+_STUB = """
+import asyncio, sys
+ANSWER = (b"HTTP/1.1 429 Too Many Requests\\r\\ncontent-type: application/json\\r\\nretry-after: 1\\r\\n"
+          b"content-length: 2\\r\\n\\r\\n{}")
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\\r\\n\\r\\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\\r\\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            writer.write(ANSWER)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def generator_ceiling(batches: list[list[str]], clients: int, seconds: float) -> dict[str, dict[str, float]]:
+    """The same load clients (no backoff) against ``_STUB``: the 429 rate and latency the load generator itself
+    reaches on this machine, whatever the server."""
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, "-c", _STUB, str(port)])
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        load = _Load(f"http://127.0.0.1:{port}/x", "", batches, clients, time.perf_counter() + seconds, False)
+        started = time.perf_counter()
+        load.start()
+        load.join()
+        elapsed = time.perf_counter() - started
+    finally:
+        stub.terminate()
+        stub.wait(timeout=30)
+    summary = _summary(load.by_status)
+    for row in summary.values():
+        row["per_s"] = row["count"] / elapsed
+    return summary
+
+
 def overload(model: str, args: argparse.Namespace) -> dict:
     """``--overload-clients`` clients sending 32 passages per request (see the module's docstring)."""
     passages = [json.loads(line)["contents"] for line in (DATA / "scifact" / "passages.jsonl").open()][:2000]
     batches = [["passage: " + p for p in passages[i:i + 32]] for i in range(0, len(passages), 32)]
-    by_status: dict[str, list[float]] = {}
-    lock = threading.Lock()
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         with log.open("w") as server_err:
             proc, url, key = start_server(model, args.threads, Path(tmp) / "data", args.server_args.split(),
                                           stderr=server_err)
-        stop = time.perf_counter() + args.seconds
+        load = _Load(url, key, batches, args.overload_clients, time.perf_counter() + args.seconds, args.backoff)
         probe_out: Any = multiprocessing.get_context("spawn").Queue()
         # the probe starts once the load has filled the queue (the first quarter of the run)
         probe = multiprocessing.get_context("spawn").Process(
             target=_probe, args=(url, key, batches[-1], args.seconds * 0.7, probe_out), daemon=True)
-
-        def client(i: int) -> None:
-            session = requests.Session()
-            j = i
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                wait = 0.0
-                try:
-                    r = session.post(url, json={"inputs": batches[j % len(batches)]}, headers={"key": key},
-                                     timeout=CLIENT_TIMEOUT_S)
-                    outcome = str(r.status_code)
-                    if r.status_code == 429 and args.backoff:
-                        wait = float(r.headers.get("Retry-After", "1")) * random.uniform(1.0, 1.1)
-                except requests.Timeout:
-                    outcome = "timeout"
-                except requests.ConnectionError:
-                    outcome = "connection error"
-                with lock:
-                    by_status.setdefault(outcome, []).append((time.perf_counter() - t) * 1000)
-                j += args.overload_clients
-                time.sleep(min(wait, max(0.0, stop - time.perf_counter())))
-
         try:
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(args.overload_clients)]
             started = time.perf_counter()
-            for t in threads:
-                t.start()
+            load.start()
             time.sleep(args.seconds * 0.25)
             probe.start()
             probe_rows = probe_out.get(timeout=args.seconds + CLIENT_TIMEOUT_S + 60)
             probe.join()
-            for t in threads:
-                t.join()
+            load.join()
             elapsed = time.perf_counter() - started
         finally:
             proc.terminate()
@@ -271,9 +335,10 @@ def overload(model: str, args: argparse.Namespace) -> dict:
         for status, ms in probe_rows:
             probe_by_status.setdefault(status, []).append(ms)
         server = _server_times(log)
+    ceiling = {} if args.backoff else generator_ceiling(batches, args.overload_clients, min(args.seconds, 15.0))
     return {"model": model, "clients": args.overload_clients, "seconds": elapsed, "server_args": args.server_args,
             "backoff": args.backoff, "probe": _summary(probe_by_status), "server": _summary(server),
-            "outcomes": _summary(by_status)}
+            "outcomes": _summary(load.by_status), "generator_ceiling": ceiling}
 
 
 def report_overload(r: dict) -> None:
@@ -286,6 +351,11 @@ def report_overload(r: dict) -> None:
         for outcome, row in r[key].items():
             print(f"    {outcome:>16}: {row['count']:6d} answers  p50 {row['p50_ms']:9.1f} ms  "
                   f"p99 {row['p99_ms']:9.1f} ms")
+    stub = r.get("generator_ceiling", {}).get("429")
+    if stub:
+        print(f"  the same load clients against a stub that answers 429 at once: {stub['per_s']:.0f} answers/s, "
+              f"p50 {stub['p50_ms']:.1f} ms, p99 {stub['p99_ms']:.1f} ms (what the load generator itself reaches "
+              "here: without backoff, N clients wait about N / rate each)")
     probe_429 = r["probe"].get("429")
     if probe_429:
         verdict = "met" if probe_429["p50_ms"] <= 20 else "NOT met"

@@ -94,6 +94,15 @@ def main() -> None:
     last = samples[-1]
     print(f"\nRSS at {first_minute[0]:.0f} s: {first_minute[1]:.1f} MB; at {last[0]:.0f} s: {last[1]:.1f} MB "
           f"({last[1] / first_minute[1] - 1:+.1%}); from {middle[0]:.0f} s to the end: {last[1] - middle[1]:+.1f} MB")
+    second_half = [(t, rss) for t, rss in samples if t >= middle[0]]
+    if len(second_half) >= 3:  # a trend, not two noisy points: least-squares slope and the spread around it
+        ts = [t / 60 for t, _ in second_half]
+        ys = [rss for _, rss in second_half]
+        mean_t, mean_y = sum(ts) / len(ts), sum(ys) / len(ys)
+        covariance = sum((t - mean_t) * (y - mean_y) for t, y in zip(ts, ys, strict=True))
+        slope = covariance / sum((t - mean_t) ** 2 for t in ts)
+        print(f"second half: {len(ys)} samples {min(ys):.1f}-{max(ys):.1f} MB, least-squares slope "
+              f"{slope:+.1f} MB/min")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from e5studio.engine.embedder import Embedder
 from e5studio.engine.synthetic import write_random_checkpoint
 from e5studio.errors import ModelError
 from e5studio.settings import EngineSettings
+from tests import stores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MINILM = "all-minilm-l6-v2"
@@ -199,7 +200,16 @@ def pg_own_store_url(pg_databases: PostgresDatabases) -> Iterator[str]:
     pg_databases.drop(url)
 
 
-STORE_KINDS = ["sqlite", "postgres"]
+@pytest.fixture(scope="session", autouse=True)
+def _stores_on_postgres(request: pytest.FixtureRequest) -> None:
+    """On PostgreSQL runs (``make test-postgres``), the stores of tests.stores.store_for are databases of the
+    session's PostgreSQL (empty; the servers and CLIs migrate them as on a first start)."""
+    if stores.on_postgres():
+        stores.use_postgres(request.getfixturevalue("pg_databases").fresh)
+
+
+# store-level tests run on both databases; a PostgreSQL run runs them on PostgreSQL only (SQLite: `make test`)
+STORE_KINDS = ["postgres"] if stores.on_postgres() else ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=STORE_KINDS)

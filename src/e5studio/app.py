@@ -53,10 +53,12 @@ DEFAULT_PROJECT = "default"
 
 def open_store(settings: ServeSettings) -> Store:
     """The control store: ``settings.store`` (a PostgreSQL URL that replicas share), else the SQLite file of the
-    data directory (created on first use, by the store: the directory ``0700``, the database ``0600``; sessions
+    data directory (the directory is created ``0700`` whatever the store; the database ``0600``; sessions
     and job records are in there; store files of an older version are narrowed to ``0600`` here, a directory
     that already exists is left as its owner made it). Migrations this code knows are applied; a store whose
     schema is newer than this code is refused (SchemaError)."""
+    # job folders, uploads and logs live here whatever the store: readable by its owner only
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.store:
         return Store.open(settings.store)
     for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):

@@ -40,6 +40,7 @@ from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
 from e5studio.jobspec.dataset_format import validate_dataset
 from e5studio.jobspec.params import validate_params
 from e5studio.jobspec.train_params import TRAIN_PARAMS, train_param_defaults
+from tests import stores
 from tests.jobs.toy import tiny_checkpoint, toy_dataset
 
 # 24 queries / batch 4 = 6 steps per epoch, 2 epochs = 12 steps; checkpoints every 2 steps
@@ -107,7 +108,7 @@ REAL = pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", mark
 
 @pytest.fixture
 def store(request: pytest.FixtureRequest, data_dir: Path, toy: Path) -> Iterator[Store]:
-    kind = getattr(request, "param", "sqlite")
+    kind = getattr(request, "param", "postgres" if stores.on_postgres() else "sqlite")
     opened = Store(data_dir / "e5studio.db" if kind == "sqlite" else request.getfixturevalue("pg_store_url"))
     register(opened, toy)
     yield opened

@@ -9,10 +9,11 @@ from e5studio.serving.batcher import QueueLimits
 from e5studio.serving.metrics import Metrics
 from e5studio.serving.models import ModelPool, endpoint_model_key
 from e5studio.settings import EngineSettings
+from tests import stores
 
 
 def test_the_download_shows_in_the_deploying_reason(tmp_path: Path) -> None:
-    with Store(tmp_path / "e5studio.db") as store:
+    with Store(stores.store_for(tmp_path)) as store:
         store.create_project("p")
         endpoint, _ = store.create_endpoint("p", "e", "e5-large-v2", 32)
         other, _ = store.create_endpoint("p", "other", "e5-base-v2", 32)
@@ -35,7 +36,7 @@ def test_ready_names_what_each_deploying_endpoint_is_doing(tmp_path: Path) -> No
     from e5studio.app import create_app
     from e5studio.settings import ServeSettings
 
-    with Store(tmp_path / "e5studio.db") as store:
+    with Store(stores.store_for(tmp_path)) as store:
         store.create_project("p")
         endpoint, _ = store.create_endpoint("p", "e", "e5-large-v2", 32)
         app = create_app(ServeSettings(data_dir=tmp_path), store)

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from tests import stores
+
 MINILM = "all-minilm-l6-v2"
 ATOL = 1e-5  # HTTP answers vs Embedder.embed in-process
 SECRET_RE = re.compile(r"e5s(?:adm)?_[A-Za-z0-9_-]{20,}")
@@ -76,8 +78,13 @@ class Banner:
 class ServerProcess:
     """``python -m e5studio serve`` on 127.0.0.1; start/stop may be repeated on the same data directory."""
 
-    def __init__(self, data_dir: Path, log_dir: Path, *extra_args: str, model: str = MINILM) -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, *extra_args: str, model: str = MINILM,
+                 sqlite: bool = False) -> None:
+        """``sqlite``: the store is the data directory's SQLite file also on PostgreSQL runs (tests of the file
+        itself); else the test run's store (:mod:`tests.stores`)."""
         self.data_dir = data_dir
+        # None: the data directory's SQLite file (serve's default); else a PostgreSQL URL passed with --store
+        self.store_url = None if sqlite or not stores.on_postgres() else stores.store_for(data_dir)
         self.log_dir = log_dir
         self.extra_args = extra_args
         self.model = model
@@ -108,7 +115,8 @@ class ServerProcess:
         self.runs += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "e5studio", "serve", "--model", self.model, "--data-dir", str(self.data_dir),
-               "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
+               "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args,
+               *(["--store", self.store_url] if self.store_url else [])]
         with self.stdout_path().open("wb") as out, self.stderr_path().open("wb") as err:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=cli_env())
         self._wait_ready()
@@ -173,9 +181,13 @@ class ServerProcess:
         return rest.partition("\n")[2]
 
     def data_bytes(self) -> dict[str, bytes]:
-        """Every file under the data directory (the SQLite database, its WAL and shm files)."""
-        return {str(p.relative_to(self.data_dir)): p.read_bytes() for p in sorted(self.data_dir.rglob("*"))
-                if p.is_file()}
+        """Every file under the data directory (the SQLite database, its WAL and shm files); on a PostgreSQL
+        store, also every row of the store as text, under the name ``e5studio.db (PostgreSQL: every row)``."""
+        files = {str(p.relative_to(self.data_dir)): p.read_bytes() for p in sorted(self.data_dir.rglob("*"))
+                 if p.is_file()}
+        if self.store_url:
+            files["e5studio.db (PostgreSQL: every row)"] = stores.dump(self.store_url)
+        return files
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -191,8 +203,9 @@ class ServerProcess:
 
     def cli(self, *args: str, token: str | None = "default") -> subprocess.CompletedProcess[str]:
         """The real CLI (``python -m e5studio ...``) against this server, with E5STUDIO_ADMIN_TOKEN set."""
-        env = cli_env() if token is None else cli_env(
-            E5STUDIO_ADMIN_TOKEN=self.admin_token if token == "default" else token)
+        store = {"E5STUDIO_STORE": self.store_url} if self.store_url else {}
+        env = cli_env(**store) if token is None else cli_env(
+            E5STUDIO_ADMIN_TOKEN=self.admin_token if token == "default" else token, **store)
         argv = [*args, "--server", self.base_url]
         result = subprocess.run([sys.executable, "-m", "e5studio", *argv], capture_output=True, text=True, env=env,
                                 timeout=120, stdin=subprocess.DEVNULL)

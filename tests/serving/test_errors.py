@@ -17,6 +17,7 @@ from e5studio.app import create_app
 from e5studio.control.store import Store
 from e5studio.serving.state import state_of
 from e5studio.settings import EngineSettings, ServeSettings
+from tests import stores
 from tests.serving.server import MINILM, Banner, ServerProcess, assert_error, assert_vectors
 
 Embed = Callable[..., np.ndarray]
@@ -260,7 +261,7 @@ def test_streamed_body_over_the_default_limit_is_413(http: httpx.Client, nlp_pat
 def small_app(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[tuple[TestClient, str, str]]:
     """The app in-process (tiny random checkpoint) with a 2000-byte body limit: (client, nlp path, key)."""
     data_dir = tmp_path_factory.mktemp("small")
-    store = Store(data_dir / "e5studio.db")
+    store = Store(stores.store_for(data_dir))
     store.create_project("p")
     endpoint, key = store.create_endpoint("p", "tiny", str(tiny_dir), 32)
     settings = ServeSettings(data_dir=data_dir, max_body_bytes=2000, default_model=str(tiny_dir),

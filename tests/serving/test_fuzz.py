@@ -20,6 +20,7 @@ from e5studio.app import create_app
 from e5studio.control.store import Store
 from e5studio.serving.state import state_of
 from e5studio.settings import EngineSettings, ServeSettings
+from tests import stores
 
 CREDENTIALS: dict[str, str] = {}
 CHECKS = [schemathesis.checks.not_a_server_error, openapi_checks.status_code_conformance,
@@ -48,7 +49,7 @@ class _NoLifespan:
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Iterator[Any]:
     data_dir = tmp_path_factory.mktemp("fuzz")
-    store = Store(data_dir / "e5studio.db")
+    store = Store(stores.store_for(data_dir))
     store.create_project("p")
     _, key = store.create_endpoint("p", "mini", "all-minilm-l6-v2", 32)
     token = store.ensure_admin_token()
