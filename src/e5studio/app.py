@@ -123,7 +123,8 @@ async def _watch(jobs: JobRunner, pool: ModelPool, replica: ReplicaHeartbeat) ->
     last_beat = 0.0
     while True:
         await asyncio.sleep(JOB_POLL_S)
-        for what, step in (("polling the background jobs", jobs.poll), ("deploying new endpoints", pool.sync)):
+        for what, step in (("polling the background jobs", jobs.poll),
+                           ("deploying new endpoints, unloading unused models", pool.sync)):
             try:
                 await asyncio.to_thread(step)
             except Exception:  # a failed round must not end the watching

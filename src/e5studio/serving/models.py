@@ -93,13 +93,26 @@ class ModelPool:
 
     def sync(self) -> list[Endpoint]:
         """Deploy the endpoints of the store whose model this server has not started loading (created through
-        another replica); returns them."""
+        another replica), and unload the loaded models no endpoint uses any more (their endpoints deleted here
+        or on another replica: requests already queued finish first); returns the endpoints started."""
+        endpoints = self._store.list_endpoints()
+        used = {endpoint_model_key(e) for e in endpoints}
         with self._lock:
             known = set(self._models)
-        started = [e for e in self._store.list_endpoints() if endpoint_model_key(e) not in known]
+            unused = [self._models.pop(key) for key in known - used if self._models[key].done.is_set()]
+        for loaded in unused:
+            if loaded.batcher is not None:
+                threading.Thread(target=loaded.batcher.close, daemon=True,
+                                 name=f"e5studio-unload-{loaded.key}").start()
+        started = [e for e in endpoints if endpoint_model_key(e) not in known]
         for endpoint in started:
             self.deploy(endpoint)
         return started
+
+    def loaded_models(self) -> list[str]:
+        """The model keys this server holds (loading, ready or failed)."""
+        with self._lock:
+            return sorted(self._models)
 
     def started_up(self) -> bool:
         """Whether every model found at start (:meth:`restore`) finished loading (or failed)."""
