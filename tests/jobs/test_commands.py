@@ -15,6 +15,7 @@ from e5studio.jobs.train.mining import mine_negatives
 from e5studio.jobspec.dataset_format import validate_dataset
 from e5studio.retrieval.search import exact_search
 from e5studio.settings import EngineSettings
+from tests import stores
 
 EXAMPLE = Path(__file__).parent / "platform_example"
 
@@ -57,13 +58,16 @@ def test_add_list_and_versions(store_target: str, tmp_path: Path, toy_dir: Path,
 
 
 def test_mine_negatives_records_a_new_version(tmp_path: Path, toy_dir: Path, tiny_nodropout_dir: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = tmp_path / "store"
+    for name, value in stores.store_env(data_dir).items():
+        monkeypatch.setenv(name, value)
     assert main(["datasets", "add", "toy", str(toy_dir), "--data-dir", str(data_dir)]) == 0
     assert main(["datasets", "mine-negatives", "toy", "--model", str(tiny_nodropout_dir), "--top-k", "4",
                  "--skip-top", "2", "--device", "cpu", "--data-dir", str(data_dir)]) == 0
     assert "recorded dataset toy@2" in capsys.readouterr().out
-    with Store(data_dir / "e5studio.db") as store:
+    with Store(stores.store_for(data_dir)) as store:
         first, second = store.get_dataset("toy@1"), store.get_dataset("toy")
     assert second.version == 2 and second.parent_id == first.id and second.passages_sha256 == first.passages_sha256
     folder = Path(second.path)

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from e5studio.jobs.train.trainer import DistContext
+from tests import stores
 from tests.jobs.ddp_worker import first_step, worker
 
 
@@ -41,17 +42,18 @@ def _env(**extra: str) -> dict[str, str]:
 def test_torchrun_two_processes_train_like_one(tmp_path: Path, toy_dir: Path, tiny_nodropout_dir: Path) -> None:
     """The same command under torchrun: rank 0 alone logs and saves; the weights match a 1-process run."""
     data_dir = str(tmp_path / "store")
+    store = stores.store_env(Path(data_dir))  # the data directory's store (PostgreSQL runs: $E5STUDIO_STORE)
     subprocess.run([sys.executable, "-m", "e5studio", "datasets", "add", "toy", str(toy_dir), "--data-dir", data_dir],
-                   check=True, capture_output=True, env=_env())
+                   check=True, capture_output=True, env=_env(**store))
     flags = ["train", "--dataset", "toy", "--model", str(tiny_nodropout_dir), "--data-dir", data_dir, "--epochs", "1",
              "--batch-size", "8", "--train-n-passages", "3", "--query-max-length", "16", "--passage-max-length", "32",
              "--lr", "1e-3", "--device", "cpu", "--no-progress"]
     single = subprocess.run([sys.executable, "-m", "e5studio", *flags, "--output", str(tmp_path / "one"),
-                             "--threads", "1"], capture_output=True, text=True, env=_env(), timeout=300)
+                             "--threads", "1"], capture_output=True, text=True, env=_env(**store), timeout=300)
     assert single.returncode == 0, single.stderr
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "-m", "e5studio", *flags, "--output", str(tmp_path / "two")],
-                            capture_output=True, text=True, env=_env(), timeout=300)
+                            capture_output=True, text=True, env=_env(**store), timeout=300)
     assert double.returncode == 0, double.stderr
     assert "2 process(es)" in double.stderr
     one_log = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]

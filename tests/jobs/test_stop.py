@@ -12,6 +12,7 @@ from pathlib import Path
 
 from e5studio.control.store import Store
 from e5studio.jobs.train.commands import stop_message
+from tests import stores
 from tests.jobs.test_train_job_id import FLAGS, data_dir  # noqa: F401 - data_dir is a fixture
 
 STUCK = """
@@ -71,6 +72,6 @@ def test_ctrl_c_during_the_evaluation_before_training(data_dir: Path, tiny_nodro
     assert code == 130, rest
     assert took < 2.0, took
     assert "interrupted (Ctrl-C); no checkpoint yet" in rest and "starts again from step 0" in rest, rest
-    with Store(data_dir / "e5studio.db") as store:
+    with Store(stores.store_for(data_dir)) as store:
         (job,) = store.list_jobs()
     assert job.status == "Interrupted" and "no checkpoint yet" in job.status_reason

@@ -23,6 +23,7 @@ from e5studio.control.store import (
 )
 from e5studio.jobs.train import commands
 from e5studio.jobspec.dataset_format import validate_dataset
+from tests import stores
 
 # 24 queries / batch 4 = 6 steps, one epoch, a checkpoint every 2 steps
 FLAGS = ["--epochs", "1", "--batch-size", "4", "--train-n-passages", "3", "--lr", "1e-3", "--save-every", "2",
@@ -32,17 +33,23 @@ STEPS = 6
 
 @pytest.fixture
 def data_dir(tmp_path: Path, toy_dir: Path) -> Iterator[Path]:
+    """A data directory with the toy dataset recorded in its store; the CLI (in this process, or a child that
+    inherits the environment) finds that store (on PostgreSQL runs through $E5STUDIO_STORE, set apart from the
+    test's own monkeypatch, which tests undo midway)."""
     folder = tmp_path / "data"
     report = validate_dataset(toy_dir, 3)
-    with Store(folder / "e5studio.db") as store:
+    with Store(stores.store_for(folder)) as store:
         store.add_dataset("toy", str(toy_dir), passages=report.passages, queries=report.queries,
                           positives=report.positives, negatives=report.negatives,
                           passages_sha256=report.passages_sha256, train_sha256=report.train_sha256)
-    yield folder
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in stores.store_env(folder).items():
+            patch.setenv(name, value)
+        yield folder
 
 
 def _store(data_dir: Path) -> Store:
-    return Store(data_dir / "e5studio.db")
+    return Store(stores.store_for(data_dir))
 
 
 def _server_job(data_dir: Path, model: Path, output: Path) -> JobRecord:

@@ -26,6 +26,7 @@ from e5studio.jobs.train.settings import RunOptions, TrainSettings
 from e5studio.jobs.train.trainer import Trainer, TrainRun
 from e5studio.retrieval.evaluate import load_eval_set
 from e5studio.settings import EngineSettings
+from tests import stores
 from tests.reference import sentence_transformers_embeddings
 
 # 24 queries / batch 4 = 6 steps per epoch, 2 epochs; checkpoints every 2 steps and at epoch ends
@@ -54,9 +55,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def e5studio(*args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
+def e5studio(*args: str, script: str | None = None, data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process; ``data_dir``: the store it records in is that data directory's."""
     head = ["-c", script] if script else ["-m", "e5studio"]
-    return subprocess.run([sys.executable, *head, *args], capture_output=True, text=True, env=_env(), timeout=600)
+    env = {**_env(), **(stores.store_env(data_dir) if data_dir is not None else {})}
+    return subprocess.run([sys.executable, *head, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +67,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory, toy_dir: Path, tiny_dropout_d
     """Run A uninterrupted; run B killed with SIGKILL at step 9, then resumed with --resume."""
     root = tmp_path_factory.mktemp("runs")
     data_dir = str(root / "store")
-    added = e5studio("datasets", "add", "toy", str(toy_dir), "--train-n-passages", "3", "--data-dir", data_dir)
+    added = e5studio("datasets", "add", "toy", str(toy_dir), "--train-n-passages", "3", "--data-dir", data_dir,
+                     data_dir=Path(data_dir))
     assert added.returncode == 0, added.stderr
     common = ["--dataset", "toy", "--model", str(tiny_dropout_dir), "--eval-dir", str(toy_dir), "--data-dir",
               data_dir, *TRAIN_FLAGS]
-    a = e5studio("train", *common, "--output", str(root / "a"))
+    a = e5studio("train", *common, "--output", str(root / "a"), data_dir=Path(data_dir))
     assert a.returncode == 0, a.stderr
-    killed = e5studio("train", *common, "--output", str(root / "b"), script=KILLER.format(kill_at=KILL_AT))
+    killed = e5studio("train", *common, "--output", str(root / "b"), script=KILLER.format(kill_at=KILL_AT),
+                      data_dir=Path(data_dir))
     assert killed.returncode == -9, killed.stderr
-    resumed = e5studio("train", *common, "--output", str(root / "b"), "--resume")
+    resumed = e5studio("train", *common, "--output", str(root / "b"), "--resume", data_dir=Path(data_dir))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from step-00000008 (step 8)" in resumed.stderr
     return {"a": root / "a", "b": root / "b", "store": root / "store", "killed_stdout": root}
@@ -116,7 +121,7 @@ def test_checkpoints_are_complete_and_retained(runs: dict[str, Path]) -> None:
 def test_jobs_are_recorded_in_the_store(runs: dict[str, Path]) -> None:
     from e5studio.control.store import JOB_SUCCEEDED, Store
 
-    with Store(runs["store"] / "e5studio.db") as store:
+    with Store(stores.store_for(runs["store"])) as store:
         jobs = store.list_jobs("train")
     assert len(jobs) == 2  # the resumed run continued the killed run's job
     for job in jobs:
