@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from e5studio.jobs.train.loss import E5_TEMPERATURE, false_negative_mask, info_nce
+from e5studio.jobs.train.loss import E5_TEMPERATURE, false_negative_mask, info_nce, score_distillation
 
 
 def t(rows: list[list[float]]) -> torch.Tensor:
@@ -96,3 +96,54 @@ def test_false_negative_mask_by_doc_id() -> None:
         [False, False, False, False, False, False],  # doc 7 only in its own positive slot
     ]
     assert mask.dtype == torch.bool
+
+
+# -- score distillation from the frozen base model (--distill-weight) ---------------------------------
+
+
+def _kl_by_hand(student: list[list[float]], teacher: list[list[float]], keep: list[list[bool]]) -> float:
+    """Mean over rows of sum_j P_t(j) * (log P_t(j) - log P_s(j)), softmax over the kept columns only."""
+    total = 0.0
+    for s_row, t_row, k_row in zip(student, teacher, keep, strict=True):
+        s_kept = [v for v, k in zip(s_row, k_row, strict=True) if k]
+        t_kept = [v for v, k in zip(t_row, k_row, strict=True) if k]
+        s_norm = math.log(sum(math.exp(v) for v in s_kept))
+        t_norm = math.log(sum(math.exp(v) for v in t_kept))
+        total += sum(math.exp(tv - t_norm) * ((tv - t_norm) - (sv - s_norm)) for sv, tv in zip(s_kept, t_kept,
+                                                                                             strict=True))
+    return total / len(student)
+
+
+def test_score_distillation_is_zero_when_the_model_scores_like_the_base() -> None:
+    q, p = t([[0.6, 0.8], [1, 0]]), t([[0.8, 0.6], [1, 0], [0, 1]])
+    assert score_distillation(q, p, q.clone(), p.clone(), temperature=0.05).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_score_distillation_by_hand_with_excluded_columns() -> None:
+    q, p = t([[0.6, 0.8], [1, 0]]), t([[0.8, 0.6], [1, 0], [0, 1]])
+    tq, tp = t([[0.8, 0.6], [0.6, 0.8]]), t([[1, 0], [0.6, 0.8], [0, 1]])
+    exclude = torch.tensor([[False, False, True], [False, False, False]])
+    temperature = 0.5
+    student = (q @ p.T / temperature).tolist()
+    teacher = (tq @ tp.T / temperature).tolist()
+    expected = _kl_by_hand(student, teacher, (~exclude).tolist())
+    got = score_distillation(q, p, tq, tp, exclude, temperature).item()
+    assert expected > 0.01 and got == pytest.approx(expected, abs=1e-6)
+    # an excluded column's scores do not matter
+    moved = p.clone()
+    moved[2] = torch.tensor([0.6, -0.8])
+    exclude_both = torch.tensor([[False, False, True], [False, False, True]])
+    assert score_distillation(q, p, tq, tp, exclude_both, temperature).item() == pytest.approx(
+        score_distillation(q, moved, tq, tp, exclude_both, temperature).item(), abs=1e-7)
+
+
+def test_score_distillation_pulls_the_model_towards_the_base() -> None:
+    q = t([[0.6, 0.8]]).requires_grad_(True)
+    p, tq, tp = t([[0.8, 0.6], [1, 0]]), t([[1, 0]]), t([[0.8, 0.6], [1, 0]])
+    loss = score_distillation(q, p, tq, tp, temperature=0.1)
+    loss.backward()
+    assert q.grad is not None
+    step = q.detach() - 0.01 * q.grad
+    assert score_distillation(step, p, tq, tp, temperature=0.1).item() < loss.item()
+    with pytest.raises(ValueError):
+        score_distillation(q, p, tq, tp, temperature=0.0)

@@ -43,6 +43,27 @@ def info_nce(queries: torch.Tensor, passages: torch.Tensor, positive_index: torc
     return F.cross_entropy(logits, positive_index)
 
 
+def score_distillation(queries: torch.Tensor, passages: torch.Tensor, teacher_queries: torch.Tensor,
+                       teacher_passages: torch.Tensor, exclude: torch.Tensor | None = None,
+                       temperature: float = 0.05) -> torch.Tensor:
+    """Mean KL(teacher || model) of each query's distribution over the in-batch passages (fp32 scalar).
+
+    Learning without Forgetting (Li & Hoiem, 2016) for embeddings: the frozen base model's scores
+    t_ij = q'_i . p'_j and the model's s_ij = q_i . p_j, both at ``temperature``, over the same columns as the
+    InfoNCE term (``exclude`` True = left out: false negatives). Zero while the model scores like the base; its
+    gradient pulls the model's similarity structure back towards the base's while InfoNCE moves the positives up.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    student = queries.float() @ passages.float().T / temperature  # [B, N]
+    teacher = teacher_queries.float() @ teacher_passages.float().T / temperature  # [B, N]
+    if exclude is not None:  # a large finite value, not -inf: both sides' excluded terms are exactly 0, not NaN
+        student = student.masked_fill(exclude, -1e4)
+        teacher = teacher.masked_fill(exclude, -1e4)
+    return F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), log_target=True,
+                    reduction="batchmean")
+
+
 def false_negative_mask(query_positives: Sequence[frozenset[int]], passage_doc_ids: Sequence[int],
                         positive_index: Sequence[int]) -> torch.Tensor:
     """[B, N] bool: True where passage j's doc id is a positive of query i and j is not i's own positive."""

@@ -45,6 +45,8 @@ class TrainSettings:
     weight_decay: float = _float("weight_decay")
     max_grad_norm: float = _float("max_grad_norm")
     temperature: float = _float("temperature")
+    distill_weight: float = _float("distill_weight")
+    distill_temperature: float = _float("distill_temperature")
     seed: int = _int("seed")
     query_max_length: int = _int("query_max_length")
     passage_max_length: int | None = _int("passage_max_length")

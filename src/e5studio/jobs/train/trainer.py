@@ -42,7 +42,7 @@ from e5studio.jobs.train.checkpoints import (
     write_atomically,
 )
 from e5studio.jobs.train.evaluate import evaluate_module
-from e5studio.jobs.train.loss import false_negative_mask, info_nce
+from e5studio.jobs.train.loss import false_negative_mask, info_nce, score_distillation
 from e5studio.jobs.train.passages import PassageStore, TrainData
 from e5studio.jobs.train.report import MetricsLog, Progress, plot_metrics
 from e5studio.jobs.train.sampling import Group, GroupSampler
@@ -172,14 +172,34 @@ def gather_with_local_grad(x: torch.Tensor, dist: DistContext) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """The frozen base model whose in-batch scores the loss keeps the model near (``--distill-weight``)."""
+
+    teacher: torch.nn.Module
+    weight: float
+    temperature: float
+
+
 def step_loss(model: torch.nn.Module, inputs: StepInputs, dist: DistContext, device: torch.device,
-              temperature: float, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The global InfoNCE loss of one step (fp32 scalar; identical on every rank)."""
+              temperature: float, autocast_dtype: torch.dtype | None = None,
+              distillation: Distillation | None = None) -> torch.Tensor:
+    """The global loss of one step (fp32 scalar; identical on every rank): InfoNCE, plus ``distillation.weight``
+    times the score distillation from the frozen base model when given."""
     batch = inputs.batch.to(device)
     embeddings = encode(model, batch, autocast_dtype)  # [Bl + Pl, d] fp32 unit rows
     queries = gather_with_local_grad(embeddings[:inputs.n_queries], dist)  # [B, d]
     passages = gather_with_local_grad(embeddings[inputs.n_queries:], dist)  # [N, d]
-    return info_nce(queries, passages, inputs.positive_index.to(device), inputs.exclude.to(device), temperature)
+    exclude = inputs.exclude.to(device)
+    loss = info_nce(queries, passages, inputs.positive_index.to(device), exclude, temperature)
+    if distillation is None or distillation.weight == 0:
+        return loss
+    with torch.no_grad():
+        base = encode(distillation.teacher, batch, autocast_dtype)  # [Bl + Pl, d]
+        base_queries = gather_with_local_grad(base[:inputs.n_queries], dist)  # [B, d]
+        base_passages = gather_with_local_grad(base[inputs.n_queries:], dist)  # [N, d]
+    return loss + distillation.weight * score_distillation(queries, passages, base_queries, base_passages, exclude,
+                                                           distillation.temperature)
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -254,6 +274,7 @@ class _Optimisation:
     optimizer: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
+    distillation: Distillation | None = None  # --distill-weight > 0: the frozen base model
 
 
 @dataclass
@@ -309,6 +330,8 @@ class Trainer:
 
     def _check_resumable(self, saved: Mapping[str, Any]) -> None:
         mine = self.fingerprint()
+        if isinstance(saved.get("settings"), dict):  # hyperparameters added since the checkpoint: their defaults
+            saved = {**saved, "settings": {**asdict(TrainSettings()), **saved["settings"]}}
         changed = [key for key in mine if saved.get(key) != mine[key]]
         if "settings" in changed:
             old = saved.get("settings") or {}
@@ -355,7 +378,12 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(self.warmup_steps,
                                                                                   self.total_steps))
         scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
-        return _Optimisation(encoder, model, optimizer, scheduler, scaler)
+        distillation = None
+        if self.job.settings.distill_weight > 0:  # the base model as it was read (also when resuming), frozen
+            teacher = load_encoder(self.checkpoint).to(self.device).eval().requires_grad_(False)
+            distillation = Distillation(teacher, self.job.settings.distill_weight,
+                                        self.job.settings.distill_temperature)
+        return _Optimisation(encoder, model, optimizer, scheduler, scaler, distillation)
 
     def _restore(self, opt: _Optimisation, resume: bool) -> _Position:
         """The newest checkpoint's state (``resume``), else a fresh start; refuses to overwrite a run."""
@@ -391,7 +419,7 @@ class Trainer:
         t0 = time.perf_counter()
         inputs = prepare_step(self.sampler.batch(epoch, in_epoch), self.data.passages, self.query_tokenizer,
                               self.passage_tokenizer, dist.rank, dist.world_size)
-        loss = step_loss(opt.model, inputs, dist, self.device, s.temperature, self.autocast)
+        loss = step_loss(opt.model, inputs, dist, self.device, s.temperature, self.autocast, opt.distillation)
         opt.scaler.scale(loss * dist.world_size).backward()
         opt.scaler.unscale_(opt.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(opt.encoder.parameters(),
