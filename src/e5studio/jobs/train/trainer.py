@@ -365,6 +365,12 @@ class Trainer:
         return result
 
     def _build(self) -> _Optimisation:
+        distillation = None
+        if self.job.settings.distill_weight > 0:  # the base model as it was read (also when resuming), frozen;
+            # built before the seed is set, so the run's random stream (dropout masks) is the plain recipe's
+            teacher = load_encoder(self.checkpoint).to(self.device).eval().requires_grad_(False)
+            distillation = Distillation(teacher, self.job.settings.distill_weight,
+                                        self.job.settings.distill_temperature)
         torch.manual_seed(self.job.settings.seed + self.dist.rank)  # dropout masks; restored exactly on resume
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -378,11 +384,6 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(self.warmup_steps,
                                                                                   self.total_steps))
         scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
-        distillation = None
-        if self.job.settings.distill_weight > 0:  # the base model as it was read (also when resuming), frozen
-            teacher = load_encoder(self.checkpoint).to(self.device).eval().requires_grad_(False)
-            distillation = Distillation(teacher, self.job.settings.distill_weight,
-                                        self.job.settings.distill_temperature)
         return _Optimisation(encoder, model, optimizer, scheduler, scaler, distillation)
 
     def _restore(self, opt: _Optimisation, resume: bool) -> _Position:
