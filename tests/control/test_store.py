@@ -160,6 +160,43 @@ def test_find_endpoint_by_id_or_unique_name(store: Store) -> None:
         store.find_endpoint("ghost")
 
 
+def test_endpoint_for_call_reads_what_get_and_find_read(store: Store) -> None:
+    """The inference path's one read (straight through the driver) gives the endpoint the SQLAlchemy reads
+    give, with its current key hash, for every way a request names it; misses raise the same errors."""
+    from e5studio.control.keys import verify_key
+
+    a = store.create_project("a")
+    store.create_project("b")
+    alpha, key_alpha = store.create_endpoint("a", "alpha", MODEL, 32, precision="int8")
+    twin_a, key_twin_a = store.create_endpoint("a", "twin", MODEL, 1)
+    twin_b, _ = store.create_endpoint("b", "twin", MODEL, 32)
+    store.set_status(alpha.id, LIVE)
+    alpha = store.get_endpoint_by_id(alpha.id)
+    for project_ref in ("a", a.id):
+        for endpoint_ref in ("alpha", alpha.id):
+            endpoint, key_hash = store.endpoint_for_call(project_ref, endpoint_ref)
+            assert endpoint == alpha and verify_key(key_alpha, key_hash)
+    assert store.endpoint_for_call("a", "twin")[0] == twin_a
+    assert store.endpoint_for_call(None, alpha.id)[0] == alpha  # bare: id or a unique name
+    assert store.endpoint_for_call(None, "alpha")[0] == alpha
+    assert store.endpoint_for_call(None, twin_b.id)[0] == twin_b
+    with pytest.raises(InputError, match="use the endpoint id"):
+        store.endpoint_for_call(None, "twin")
+    with pytest.raises(NotFoundError, match="'mid' not found in project 'a'"):
+        store.endpoint_for_call("a", "mid")
+    with pytest.raises(NotFoundError):
+        store.endpoint_for_call("nope", "alpha")
+    new_key = store.rotate_key(twin_a.id)  # read fresh: the rotated key at once, never a cached one
+    _, key_hash = store.endpoint_for_call("a", "twin")
+    assert verify_key(new_key, key_hash) and not verify_key(key_twin_a, key_hash)
+    store.delete_endpoint(twin_a.id)
+    with pytest.raises(NotFoundError):
+        store.endpoint_for_call("a", "twin")
+    hostile = "x' OR '1'='1"  # values are bound parameters, never SQL
+    with pytest.raises(NotFoundError):
+        store.endpoint_for_call("a", hostile)
+
+
 def test_set_status_and_delete(store: Store) -> None:
     store.create_project("p")
     endpoint, key = store.create_endpoint("p", "ep", MODEL, 1)

@@ -106,6 +106,7 @@ class Database:
         self.path: str | None = (":memory:" if self.in_memory else database) if self.is_sqlite else None
         self._lock = threading.RLock()  # SQLite: writes (and, in memory, everything) one at a time
         self._engine = self._create_engine()
+        self._driver_sql: dict[int, tuple[str, sa.sql.compiler.SQLCompiler]] = {}  # id(statement) -> compiled
         try:
             self.applied_migrations = upgrade(self._engine, apply=migrate)
         except BaseException:
@@ -187,6 +188,37 @@ class Database:
         """A connection for reads (a pooled one; in memory, the one connection under the lock)."""
         with self._lock if self.in_memory else nullcontext(), self._engine.connect() as conn:
             yield conn
+
+    def _driver_read(self, statement: sa.Select[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+        """One SELECT straight through the pooled DB-API connection: the statement compiled once for this store's
+        database, executed and read without SQLAlchemy's per-execution machinery. For the one read every
+        inference request makes (``statement`` must be a module-level constant: compiled forms are kept by its
+        id). Values come back as the driver returns them, so only for plain text and integer columns.
+
+        Consistency: SQLite runs it in autocommit mode (the ``connect`` hook), where one statement is its own
+        snapshot; on PostgreSQL the driver's implicit transaction is rolled back when the connection returns
+        to the pool. Measured in the server on SQLite (2 cores, MiniLM single queries): 0.70 ms per request
+        instead of 1.25 ms through ``Connection.execute`` (147 us instead of 383 us in a warm loop: between
+        two requests the engine's compute leaves the CPU caches cold for the next request's Python)."""
+        found = self._driver_sql.get(id(statement))
+        if found is None:
+            compiled = statement.compile(dialect=self._engine.dialect)
+            found = self._driver_sql[id(statement)] = (str(compiled), compiled)
+        sql, compiled = found
+        values = compiled.construct_params(params)
+        args: Any = [values[name] for name in compiled.positiontup or ()] if compiled.positional else values
+        with self._lock if self.in_memory else nullcontext():
+            raw = self._engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                try:
+                    cursor.execute(sql, args)
+                    names = [column[0] for column in cursor.description]
+                    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                finally:
+                    cursor.close()
+            finally:
+                raw.close()  # back to the pool, which rolls back whatever the driver began
 
     def _read_all(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[sa.RowMapping]:
         with self._read() as conn:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -80,7 +82,7 @@ def _check_batch_size(batch_size: int) -> None:
         )
 
 
-def _endpoint(row: sa.RowMapping) -> Endpoint:
+def _endpoint(row: sa.RowMapping | Mapping[str, Any]) -> Endpoint:
     return Endpoint(
         id=row["id"],
         project_id=row["project_id"],
@@ -226,13 +228,12 @@ class EndpointTable(ProjectTable):
         ``endpoint_ref`` of project ``project_ref`` (None: any project, as :meth:`find_endpoint`) and its key
         hash (:func:`.keys.verify_key`). Not found or ambiguous: the errors of :meth:`get_endpoint` /
         :meth:`find_endpoint`."""
-        with self._read() as conn:
-            if project_ref is None:
-                rows = conn.execute(_ENDPOINT_FOR_BARE_CALL, {"endpoint_ref": endpoint_ref}).mappings().all()
-                found = rows[0] if rows and (len(rows) == 1 or rows[0]["id"] == endpoint_ref) else None
-            else:
-                found = conn.execute(_ENDPOINT_FOR_CALL, {"project_ref": project_ref,
-                                                          "endpoint_ref": endpoint_ref}).mappings().first()
+        if project_ref is None:
+            rows = self._driver_read(_ENDPOINT_FOR_BARE_CALL, {"endpoint_ref": endpoint_ref})
+            found = rows[0] if rows and (len(rows) == 1 or rows[0]["id"] == endpoint_ref) else None
+        else:
+            rows = self._driver_read(_ENDPOINT_FOR_CALL, {"project_ref": project_ref, "endpoint_ref": endpoint_ref})
+            found = rows[0] if rows else None
         if found is None:  # the slow paths say exactly what is missing or ambiguous
             endpoint = (self.find_endpoint(endpoint_ref) if project_ref is None
                         else self.get_endpoint(project_ref, endpoint_ref))

@@ -9,8 +9,9 @@ every window is done the exact search index is built next to the shards (``index
 marked complete and the sinks (PostgreSQL) are written.
 
 A batch-embed window, top to bottom: :func:`run_job` -> :func:`local_executor` (reader thread:
-:func:`.windows.prepare_window`) -> :func:`.windows.embed_window` (engine ``Embedder.embed_ids``,
-:func:`.writer.write_shard`) -> :meth:`.manifest_state.ManifestState.commit`.
+:func:`.windows.prepare_window`) -> :func:`.windows.embed_vectors` (engine ``Embedder.embed_ids``) -> writer
+thread (:mod:`.write_behind`): :func:`.windows.write_window` (:func:`.writer.write_shard`) ->
+:meth:`.manifest_state.ManifestState.commit`. Reading, embedding and writing overlap: three windows in flight.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from e5studio.jobs.batch_embed.prefetch import prefetch
 from e5studio.jobs.batch_embed.progress import Progress
 from e5studio.jobs.batch_embed.reader import InputSpec, iter_windows
 from e5studio.jobs.batch_embed.summary import EmbedCorpusResult
-from e5studio.jobs.batch_embed.windows import PreparedWindow, bad_records_error, embed_window, prepare_window
+from e5studio.jobs.batch_embed.windows import (
+    EmbeddedWindow,
+    PreparedWindow,
+    bad_records_error,
+    embed_vectors,
+    prepare_window,
+    write_window,
+)
+from e5studio.jobs.batch_embed.write_behind import WriteBehind
 from e5studio.jobs.model_identity import model_identity
 from e5studio.jobspec.batch_params import WINDOW_SIZE
 from e5studio.jobspec.layout import INDEX_DIR
@@ -84,7 +93,8 @@ class WindowExecutor(Protocol):
 class LocalExecutor:
     """Embed every window not done, in input order, on this machine.
 
-    A background thread reads and tokenises the next window while this one is embedded and written. On CPU
+    A background thread reads and tokenises the next window while this one is embedded, and another writes the
+    previous one's shard and commits it (:mod:`.write_behind`). On CPU
     the engine embeds the micro-batches of a window ``workers`` at once (default: one per core), each with its
     share of torch's threads (:mod:`e5studio.engine.embedder`).
     """
@@ -103,7 +113,8 @@ local_executor = LocalExecutor()
 
 def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress: Progress,
                   embedder: Embedder) -> int:
-    """The local executor's loop over windows (the reader thread prepares the next one)."""
+    """The local executor's loop over windows: the reader thread prepares the next window while this thread
+    embeds one and the writer thread writes and commits the one before (:mod:`.write_behind`)."""
     done = state.done
 
     def prepared() -> Iterator[tuple[int, PreparedWindow | None]]:
@@ -111,8 +122,14 @@ def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress:
             skip = window.spec.index in done
             yield window.spec.index, None if skip else prepare_window(embedder, window, settings.input_type)
 
+    def write(embedded: EmbeddedWindow) -> None:
+        result = write_window(embedded, settings.output)
+        state.commit(result)
+        progress.update(result)
+
     total = 0
     items = prefetch(prepared())
+    writer: WriteBehind[EmbeddedWindow] = WriteBehind(write)
     try:
         for index, item in items:
             total = index + 1
@@ -121,12 +138,15 @@ def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress:
             if item.window.rejects and settings.bad_records == "fail":
                 raise bad_records_error(settings.input, item.window.rejects)
             tokens = int(sum(len(ids) for ids in item.token_ids))
-            result = embed_window(embedder, item, settings.output,
-                                  progress.rows_done(item.window.spec, len(item.window.records), tokens))
-            state.commit(result)
-            progress.update(result)
+            embedded = embed_vectors(embedder, item, progress.rows_done(item.window.spec, len(item.window.records),
+                                                                        tokens))
+            progress.embedded(item.window.spec, len(item.window.records), tokens)
+            writer.submit(embedded)
     finally:
-        items.close()  # stops the reader thread
+        try:
+            writer.close()  # windows already embedded are written, also when this loop failed
+        finally:
+            items.close()  # stops the reader thread
     return total
 
 

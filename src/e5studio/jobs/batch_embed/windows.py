@@ -61,17 +61,40 @@ def prepare_window(embedder: Embedder, window: Window, input_type: str | None,
     return PreparedWindow(window, ids)
 
 
+@dataclass
+class EmbeddedWindow:
+    """A window whose vectors are computed, waiting to be written."""
+
+    prepared: PreparedWindow
+    vectors: np.ndarray | None  # [n, dim] float32 in input order; None for a window without records
+    device: str
+    seconds: float
+
+
+def embed_vectors(embedder: Embedder, prepared: PreparedWindow,
+                  progress: Callable[[int], None] | None = None) -> EmbeddedWindow:
+    """Embed one tokenised window (length-sorted, token-budget micro-batches); ``progress(rows finished)``
+    after each micro-batch."""
+    t0 = time.perf_counter()
+    vectors = embedder.embed_ids(prepared.token_ids, progress) if prepared.window.records else None
+    return EmbeddedWindow(prepared, vectors, embedder.device, time.perf_counter() - t0)
+
+
+def write_window(embedded: EmbeddedWindow, output: Path) -> WindowResult:
+    """Write an embedded window's shard (atomically); the result the manifest records."""
+    t0 = time.perf_counter()
+    window = embedded.prepared.window
+    shard = None
+    if embedded.vectors is not None:
+        shard = write_shard(output, window.spec.index, [r.id for r in window.records],
+                            [text_sha256(r.text) for r in window.records], embedded.vectors)
+    tokens = int(sum(len(ids) for ids in embedded.prepared.token_ids))
+    return WindowResult(window.spec, shard, window.rejects, tokens, embedded.device,
+                        embedded.seconds + time.perf_counter() - t0)
+
+
 def embed_window(embedder: Embedder, prepared: PreparedWindow, output: Path,
                  progress: Callable[[int], None] | None = None) -> WindowResult:
-    """Embed one tokenised window (length-sorted, token-budget micro-batches) and write its shard;
-    ``progress(rows finished)`` after each micro-batch."""
-    t0 = time.perf_counter()
-    window = prepared.window
-    shard = None
-    if window.records:
-        vectors = embedder.embed_ids(prepared.token_ids, progress)  # [n, dim] float32, input order
-        shard = write_shard(output, window.spec.index, [r.id for r in window.records],
-                            [text_sha256(r.text) for r in window.records], vectors)
-    tokens = int(sum(len(ids) for ids in prepared.token_ids))
-    return WindowResult(window.spec, shard, window.rejects, tokens, embedder.device,
-                        time.perf_counter() - t0)
+    """Embed one tokenised window and write its shard, one after the other (the Ray executor's worker; the
+    local executor overlaps the two: :mod:`.write_behind`)."""
+    return write_window(embed_vectors(embedder, prepared, progress), output)

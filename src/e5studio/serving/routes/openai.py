@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from e5studio.errors import InputError
+from e5studio.serving.answers import float64_rows, vectors_answer
 from e5studio.serving.inference import EndpointRef, read_json, request_keys, string_list
 from e5studio.serving.schemas import INFERENCE_ERRORS, ModelList, OpenAIRequest, OpenAIResponse, body, errors
 from e5studio.serving.state import State
@@ -28,15 +30,15 @@ def _texts(value: Any) -> list[str]:
     return string_list(value, "input")
 
 
-def _encode(row: np.ndarray, encoding_format: str) -> list[float] | str:
+def _encode(row: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "base64":
         return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
-    return row.tolist()
+    return float64_rows(row)
 
 
 @router.post(OPENAI_EMBEDDINGS_PATH, response_model=None, openapi_extra=body(OpenAIRequest),
              responses=errors(*INFERENCE_ERRORS, ok=OpenAIResponse))
-async def embeddings(request: Request, state: State) -> dict[str, Any]:
+async def embeddings(request: Request, state: State) -> Response:
     body = await read_json(request, state.settings.max_body_bytes)
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -52,13 +54,13 @@ async def embeddings(request: Request, state: State) -> dict[str, Any]:
         return found
 
     result = await state.inference.embed(request, EndpointRef(model), texts, dimensions=body.get("dimensions"))
-    return {
+    return vectors_answer({
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(row, encoding_format)}
                  for i, row in enumerate(result.rows)],
         "model": result.endpoint.name,
         "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
-    }
+    })
 
 
 @router.get(OPENAI_MODELS_PATH, response_model=None, responses=errors(401, 403, 405, 500, ok=ModelList))

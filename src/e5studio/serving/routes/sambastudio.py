@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from e5studio.errors import InputError
+from e5studio.serving.answers import float64_rows, vectors_answer
 from e5studio.serving.inference import EndpointRef, TextReader, read_json, string_list
 from e5studio.serving.schemas import (
     INFERENCE_ERRORS,
@@ -50,22 +52,22 @@ def _list_of(field: str, request: Request, state: State) -> TextReader:
 
 @router.post(NLP_PATH, response_model=None, openapi_extra=body(NlpRequest),
              responses=errors(*INFERENCE_ERRORS, ok=NlpResponse))
-async def predict_nlp(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
+async def predict_nlp(request: Request, state: State, project: str, endpoint: str) -> Response:
     result = await state.inference.embed(request, EndpointRef(endpoint, project), _list_of("inputs", request, state))
-    return {"data": result.rows.tolist()}
+    return vectors_answer({"data": float64_rows(result.rows)})
 
 
 @router.post(GENERIC_PATH, response_model=None, openapi_extra=body(GenericRequest),
              responses=errors(*INFERENCE_ERRORS, ok=GenericResponse))
-async def predict_generic(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
+async def predict_generic(request: Request, state: State, project: str, endpoint: str) -> Response:
     result = await state.inference.embed(request, EndpointRef(endpoint, project),
                                          _list_of("instances", request, state))
-    return {"predictions": result.rows.tolist()}
+    return vectors_answer({"predictions": float64_rows(result.rows)})
 
 
 @router.post(GENERIC_V2_PATH, response_model=None, openapi_extra=body(V2Request),
              responses=errors(*INFERENCE_ERRORS, ok=V2Response))
-async def predict_generic_v2(request: Request, state: State, project: str, endpoint: str) -> dict[str, Any]:
+async def predict_generic_v2(request: Request, state: State, project: str, endpoint: str) -> Response:
     ids: list[Any] = []
 
     async def texts() -> list[str]:
@@ -85,4 +87,5 @@ async def predict_generic_v2(request: Request, state: State, project: str, endpo
         return values
 
     result = await state.inference.embed(request, EndpointRef(endpoint, project), texts)
-    return {"items": [{"id": i, "value": row} for i, row in zip(ids, result.rows.tolist(), strict=True)]}
+    rows = float64_rows(result.rows)
+    return vectors_answer({"items": [{"id": i, "value": row} for i, row in zip(ids, rows, strict=True)]})
