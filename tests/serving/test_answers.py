@@ -30,3 +30,11 @@ def test_nested_shapes_of_every_route() -> None:
     openai = vectors_answer({"object": "list", "data": [{"index": 0, "embedding": float64_rows(rows[0])}],
                              "usage": {"prompt_tokens": 3}})
     assert json.loads(openai.body)["data"][0]["embedding"] == rows[0].tolist()
+
+
+def test_ids_beyond_64_bits_are_written_too() -> None:
+    """v2 ids come back unchanged, whatever their size (orjson stops at 64 bits: Python's encoder takes over)."""
+    rows = float64_rows(np.array([[0.25, -0.5]], dtype=np.float32))
+    answer = vectors_answer({"items": [{"id": -(10 ** 29), "value": rows[0]}, {"id": 2 ** 64, "value": rows[0]}]})
+    assert json.loads(answer.body) == {"items": [{"id": -(10 ** 29), "value": [0.25, -0.5]},
+                                                 {"id": 2 ** 64, "value": [0.25, -0.5]}]}
