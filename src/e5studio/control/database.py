@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
@@ -89,6 +91,29 @@ def store_target(store: str | None, data_dir: str | Path) -> str:
     return store or os.environ.get(STORE_ENV) or str(store_path(Path(data_dir)))
 
 
+def _use_wal(cursor: Any) -> None:
+    """Put the SQLite file in WAL mode (persistent: a no-op once it is). Switching needs the file to itself,
+    and SQLite answers "database is locked" at once, without waiting its busy timeout, while another
+    connection (another server or CLI opening the store at the same moment) holds a lock: retried until
+    the busy timeout."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            if str(cursor.fetchone()[0]).lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("database is locked: could not switch the store to WAL mode "
+                                           f"within {_BUSY_TIMEOUT_S:.0f} s")
+        time.sleep(0.02)
+
+
 class Database:
     """The engine, its locks and its transactions; each table of the store is a subclass.
 
@@ -147,7 +172,7 @@ class Database:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys = ON")
             if not in_memory:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _use_wal(cursor)
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
