@@ -103,6 +103,7 @@ def main() -> None:
             embedder = Embedder.load(EngineSettings(model=model, threads=1, precision=precision), workers=1)
             many = args.large_passages if embedder.checkpoint.config.num_hidden_layers > 12 else args.passages
             sequences = embedder.tokenize(corpus[:many])
+            print(f"{Path(model).name} {precision}: timing every step over {many} passages ...", flush=True)
             breakdown(embedder, sequences[: max(1, many // 8)])  # warm-up
             found[precision] = breakdown(embedder, sequences)
             tokens = sum(len(s) for s in sequences)

@@ -160,7 +160,7 @@ def load_test(url: str, key: str, queries: list[str], tokens: list[int], clients
 
 
 def single_client_ms(http: RawHttp, query: str) -> tuple[float, list[float]]:
-    """One query over a fresh keep-alive connection's event loop: (ms, the answer's first row)."""
+    """One query on a new connection (opened before the clock starts): (ms, the answer's first row)."""
     async def one() -> tuple[float, bytes]:
         reader, writer = await asyncio.open_connection(http.host, http.port)
         try:
@@ -208,6 +208,7 @@ def bench(model: str, args: argparse.Namespace) -> dict:
             # alternating blocks with a pause between them: the threads of the engine that just ran (ONNX
             # Runtime's spin a while after each run) are idle before the other one starts
             http_ms, local_ms, max_diff = [], [], 0.0
+            print(f"{Path(model).name}: single-client latency, {n} queries ...", flush=True)
             for start in range(0, n, LATENCY_BLOCK):
                 block = queries[start:min(start + LATENCY_BLOCK, n)]
                 rows = []
@@ -222,9 +223,13 @@ def bench(model: str, args: argparse.Namespace) -> dict:
                     local_ms.append((time.perf_counter() - t) * 1000)
                     max_diff = max(max_diff, float(np.abs(np.asarray(row) - local[0]).max()))
                 time.sleep(PAUSE_S)
+            print(f"  the engine's tokens/s in batches of {args.clients} ...", flush=True)
             engine = {c: engine_tokens_s(embedder, queries, tokens, c, min(args.seconds, 10.0)) for c in args.clients}
             del embedder
-            loads = [load_test(url, key, queries, tokens, c, args.seconds) for c in args.clients]
+            loads = []
+            for c in args.clients:
+                print(f"  {c} concurrent clients for {args.seconds:.0f} s ...", flush=True)
+                loads.append(load_test(url, key, queries, tokens, c, args.seconds))
             for row in loads:
                 row["engine_tokens_s"] = engine[int(row["clients"])]
         finally:

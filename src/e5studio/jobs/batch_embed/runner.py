@@ -137,10 +137,9 @@ def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress:
                 continue
             if item.window.rejects and settings.bad_records == "fail":
                 raise bad_records_error(settings.input, item.window.rejects)
-            tokens = int(sum(len(ids) for ids in item.token_ids))
-            embedded = embed_vectors(embedder, item, progress.rows_done(item.window.spec, len(item.window.records),
-                                                                        tokens))
-            progress.embedded(item.window.spec, len(item.window.records), tokens)
+            rows, tokens = len(item.window.records), item.tokens
+            embedded = embed_vectors(embedder, item, progress.rows_done(item.window.spec, rows, tokens))
+            progress.embedded(item.window.spec, rows, tokens)
             writer.submit(embedded)
     finally:
         try:

@@ -49,6 +49,10 @@ class PreparedWindow:
     window: Window
     token_ids: list[np.ndarray] = field(default_factory=list)
 
+    @property
+    def tokens(self) -> int:
+        return int(sum(len(ids) for ids in self.token_ids))
+
 
 def prepare_window(embedder: Embedder, window: Window, input_type: str | None,
                    chunk: int = 1024) -> PreparedWindow:
@@ -88,8 +92,7 @@ def write_window(embedded: EmbeddedWindow, output: Path) -> WindowResult:
     if embedded.vectors is not None:
         shard = write_shard(output, window.spec.index, [r.id for r in window.records],
                             [text_sha256(r.text) for r in window.records], embedded.vectors)
-    tokens = int(sum(len(ids) for ids in embedded.prepared.token_ids))
-    return WindowResult(window.spec, shard, window.rejects, tokens, embedded.device,
+    return WindowResult(window.spec, shard, window.rejects, embedded.prepared.tokens, embedded.device,
                         embedded.seconds + time.perf_counter() - t0)
 
 

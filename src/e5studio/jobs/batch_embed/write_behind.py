@@ -34,7 +34,6 @@ class WriteBehind(Generic[T]):
         self._write = write
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self._failed = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -44,13 +43,12 @@ class WriteBehind(Generic[T]):
             item = self._queue.get()
             if item is _STOP:
                 return
-            if self._failed.is_set():
+            if self._error is not None:
                 continue  # drain what was queued behind the failed window, write none of it
             try:
                 self._write(item)  # type: ignore[arg-type]
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 self._error = exc
-                self._failed.set()
 
     def _raise(self) -> None:
         if self._error is not None:
