@@ -22,7 +22,7 @@ SRC = REPO / "src"
 ROOT = "e5studio"
 
 LEAF: frozenset[str] = frozenset()
-BASE = frozenset({"e5studio.errors", "e5studio.settings"})
+BASE = frozenset({"e5studio.errors", "e5studio.settings", "e5studio.vocabulary"})
 SERVICE_FLOORS = BASE | {"e5studio.engine", "e5studio.retrieval", "e5studio.jobspec", "e5studio.control"}
 ANYTHING = None  # the top: no limit
 
@@ -31,7 +31,8 @@ ANYTHING = None  # the top: no limit
 FLOORS: dict[str, frozenset[str] | None] = {
     "e5studio": LEAF,
     "e5studio.errors": LEAF,
-    "e5studio.settings": frozenset({"e5studio.errors"}),
+    "e5studio.settings": frozenset({"e5studio.errors", "e5studio.vocabulary"}),
+    "e5studio.vocabulary": frozenset({"e5studio.errors"}),
     "e5studio.engine": BASE,
     "e5studio.retrieval": BASE | {"e5studio.engine", "e5studio.jobspec"},
     "e5studio.jobspec": BASE,

@@ -25,6 +25,7 @@ from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import ConflictError, E5StudioError
+from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
 from e5studio.serving.access_log import AccessLog, call_record
 from e5studio.serving.allocator import tune_malloc
@@ -45,7 +46,6 @@ from e5studio.web.sessions import SessionStore
 from e5studio.web.state import WebState
 
 log = logging.getLogger("e5studio")
-STORE_FILE = "e5studio.db"
 JOB_POLL_S = 1.0
 JOB_STOP_TIMEOUT_S = 20.0
 DEFAULT_PROJECT = "default"

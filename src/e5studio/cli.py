@@ -14,6 +14,7 @@ from e5studio.errors import E5StudioError, InputError
 from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
 from e5studio.settings import DEFAULT_MODEL, ServeSettings
+from e5studio.vocabulary import PRECISIONS
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--model", default=None, help=f"hub id, alias or directory (default {DEFAULT_MODEL})")
     ec.add_argument("--batch-size", type=int, choices=[1, 32], default=32,
                     help="32 for vectorising a knowledge base, 1 for a live service; fixed at creation")
-    ec.add_argument("--precision", choices=("fp32", "int8"), default=None,
+    ec.add_argument("--precision", choices=PRECISIONS, default=None,
                     help="fp32 or int8 (CPU: dense layers in int8); fixed at creation (default: the server's "
                          "--precision)")
     ec.add_argument("--description", default="")

@@ -79,3 +79,12 @@ class ParamError(InputError):
 
 class SchemaError(E5StudioError):
     """The control store's schema cannot be used by this version: newer than it knows, or unrecognised."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: the train command stops like on Ctrl-C (checkpoints make ``--resume`` exact).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it. The job
+    becomes Interrupted, unless it is Cancelled already: the server records a cancel before it signals, and
+    sends a plain SIGTERM when it shuts down.
+    """

@@ -41,11 +41,12 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         from e5studio.errors import InputError
+        from e5studio.vocabulary import CPU_RUNTIMES, PRECISIONS
 
-        if self.cpu_runtime not in ("auto", "torch", "onnxruntime"):
-            raise InputError(f"cpu_runtime must be auto, torch or onnxruntime, got {self.cpu_runtime!r}")
-        if self.precision not in ("fp32", "int8"):
-            raise InputError(f"precision must be fp32 or int8, got {self.precision!r}")
+        if self.cpu_runtime not in CPU_RUNTIMES:
+            raise InputError(f"cpu_runtime must be {' or '.join(CPU_RUNTIMES)}, got {self.cpu_runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
 
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")

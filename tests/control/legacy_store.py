@@ -5,7 +5,7 @@ in place of such stores is tested against it)."""
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -114,7 +114,7 @@ def make_legacy_store(path: Path, upto: int = len(MIGRATIONS)) -> None:
         for statement in _statements(script):
             conn.execute(statement)
         conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
-                     (name, datetime.now(timezone.utc).isoformat()))
+                     (name, datetime.now(UTC).isoformat()))
         conn.execute("COMMIT")
     conn.close()
 

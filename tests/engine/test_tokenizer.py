@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from e5studio.engine.tokenizer import Tokenizer, add_prefix
+from e5studio.engine.tokenizer import Tokenizer
+from e5studio.vocabulary import add_prefix
 from e5studio.errors import InputError, ModelError
 from tests.reference import copy_checkpoint, words_text
 

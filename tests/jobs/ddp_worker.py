@@ -8,10 +8,11 @@ import torch
 import torch.distributed as dist
 
 from e5studio.engine.checkpoint import load_checkpoint
+from e5studio.engine.encoder import load_encoder
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.jobs.train.passages import TrainData
 from e5studio.jobs.train.sampling import GroupSampler
-from e5studio.jobs.train.trainer import DistContext, load_encoder, prepare_step, step_loss
+from e5studio.jobs.train.trainer import DistContext, prepare_step, step_loss
 
 GLOBAL_BATCH = 8
 N_PASSAGES = 3

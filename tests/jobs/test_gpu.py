@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from e5studio.engine.checkpoint import load_checkpoint
+from e5studio.engine.encoder import load_encoder
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.jobs.train.passages import TrainData
 from e5studio.jobs.train.sampling import GroupSampler
@@ -16,7 +17,6 @@ from e5studio.jobs.train.trainer import (
     DistContext,
     Trainer,
     TrainRun,
-    load_encoder,
     prepare_step,
     step_loss,
 )

@@ -7,7 +7,8 @@ import io
 import json
 from pathlib import Path
 
-from e5studio.jobspec.progress import PROGRESS_FILE, Progress, read_status
+from e5studio.jobspec.layout import PROGRESS_FILE
+from e5studio.jobspec.progress import Progress, read_status
 
 
 class Clock:

@@ -341,7 +341,7 @@ def test_a_caller_whose_event_loop_closed_does_not_kill_the_worker() -> None:
         engine.release()
         try:
             rows = await asyncio.wait_for(waiting, 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError("a queued request was left hanging: the worker thread died") from None
         np.testing.assert_array_equal(rows, expected_rows([seq(2)]))
         np.testing.assert_array_equal(await batcher.submit([seq(3)]), expected_rows([seq(3)]))

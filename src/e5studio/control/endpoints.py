@@ -14,6 +14,7 @@ from e5studio.control.keys import ENDPOINT_KEY_PREFIX, display_prefix, hash_key,
 from e5studio.control.projects import ProjectTable, id_first
 from e5studio.control.schema import endpoints, projects
 from e5studio.errors import ConflictError, InputError, NotFoundError
+from e5studio.vocabulary import PRECISIONS
 
 DEPLOYING = "Deploying"
 LIVE = "Live"
@@ -21,7 +22,6 @@ FAILED = "Failed"
 STATUSES = (DEPLOYING, LIVE, FAILED)
 
 BATCH_SIZES = (1, 32)
-PRECISIONS = ("fp32", "int8")  # the engine's (e5studio.engine.runtimes.PRECISIONS); control imports no ML code
 
 # a hash no key produces, compared against when an endpoint is missing so the answer takes the same time
 _NO_HASH = "0" * 64
@@ -102,8 +102,8 @@ def _endpoint(row: sa.RowMapping | Mapping[str, Any]) -> Endpoint:
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise InputError(f"precision must be fp32 or int8, got {precision!r}: int8 runs every dense layer in int8 "
-                         "on the CPU (faster, vectors within cosine 0.99 of fp32)")
+        raise InputError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}: int8 runs every dense "
+                         "layer in int8 on the CPU (faster, vectors within cosine 0.99 of fp32)")
 
 
 class EndpointTable(ProjectTable):

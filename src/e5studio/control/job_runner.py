@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +260,7 @@ class JobRunner:
 
     def _spawn(self, job: JobRecord, args: list[str]) -> JobRecord:
         """Start the job's process (own process group, output to its log) and record its pid."""
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
         Path(job.output).mkdir(parents=True, exist_ok=True)  # a job claimed from another replica's queue
         with open(job.log_path, "ab") as job_log:
             job_log.write(f"--- {stamp} e5studio {' '.join(args)}\n".encode())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from e5studio.errors import ModelError
+from e5studio.vocabulary import DTYPES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def pick_device(device: str) -> torch.device:
@@ -29,6 +30,6 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     try:
-        return DTYPES[dtype]
+        return TORCH_DTYPES[dtype]
     except KeyError:
-        raise ModelError(f"unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})") from None
+        raise ModelError(f"unknown dtype {dtype!r} ({', '.join(DTYPES)})") from None

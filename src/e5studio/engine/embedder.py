@@ -22,9 +22,9 @@ import torch
 
 from e5studio.engine import runtimes
 from e5studio.engine.calibration import CALIBRATION_TEXTS
-from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights
+from e5studio.engine.checkpoint import Checkpoint, load_checkpoint
 from e5studio.engine.device import pick_device, pick_dtype
-from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
+from e5studio.engine.encoder import BertEncoder, PackedBatch, load_encoder, pack
 from e5studio.engine.runtimes import Runtime, RuntimePlan
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
@@ -50,13 +50,6 @@ def micro_batches(lengths: Sequence[int], max_batch_tokens: int) -> Iterator[lis
         batch.append(i)
     if batch:
         yield batch
-
-
-def load_encoder(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> BertEncoder:
-    """The checkpoint's weights in our encoder, on ``device`` in ``dtype``, for inference (eval, no grads)."""
-    encoder = BertEncoder(checkpoint.config)
-    encoder.load_state_dict(read_weights(checkpoint), strict=True)
-    return encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 class Embedder:
@@ -102,7 +95,7 @@ class Embedder:
         dtype = pick_dtype(settings.dtype, device)
         # a wrong setting fails before the weights are read
         runtimes.choose(device, dtype, settings.cpu_runtime, settings.precision)
-        encoder = load_encoder(checkpoint, device, dtype)
+        encoder = load_encoder(checkpoint).to(device=device, dtype=dtype).eval().requires_grad_(False)
         threads = settings.threads or torch.get_num_threads()
 
         def calibration() -> list[PackedBatch]:

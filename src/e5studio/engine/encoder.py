@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from e5studio.engine.checkpoint import BertConfig
+from e5studio.engine.checkpoint import BertConfig, Checkpoint, read_weights
 from e5studio.engine.layer import bert_block
 
 
@@ -189,3 +189,11 @@ class BertEncoder(nn.Module):
                     p.zero_()
                 else:
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def load_encoder(checkpoint: Checkpoint) -> BertEncoder:
+    """The checkpoint's weights in our encoder (fp32, CPU, train mode): the one loader of the package. Inference
+    moves it to its device and dtype and freezes it; training uses it as it is."""
+    encoder = BertEncoder(checkpoint.config)
+    encoder.load_state_dict(read_weights(checkpoint), strict=True)
+    return encoder

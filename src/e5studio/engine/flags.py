@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from e5studio.settings import EngineSettings
+from e5studio.vocabulary import CPU_RUNTIMES, PRECISIONS
 
 
 def add_engine_flags(parser: argparse.ArgumentParser, model_help: str, model_required: bool = False) -> None:
@@ -17,12 +18,12 @@ def add_engine_flags(parser: argparse.ArgumentParser, model_help: str, model_req
                         help="token budget of one micro-batch (default 4096)")
     parser.add_argument("--max-length", type=int, default=None,
                         help="truncate inputs at this many tokens incl. [CLS]/[SEP] (default: the model's, 512 for E5)")
-    parser.add_argument("--cpu-runtime", default=None, choices=("auto", "torch", "onnxruntime"),
+    parser.add_argument("--cpu-runtime", default=None, choices=CPU_RUNTIMES,
                         help="CPU fp32: auto (default) runs single queries and other few-token micro-batches on "
                              "ONNX Runtime where installed, torch for the rest; torch: torch only")
 
 
-    parser.add_argument("--precision", default=None, choices=("fp32", "int8"),
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="fp32 (default) or int8: every dense layer in int8, quantized at load from the fp32 "
                              "weights (CPU only; vectors within cosine 0.99 of fp32)")
 

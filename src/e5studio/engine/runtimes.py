@@ -30,9 +30,8 @@ from e5studio.engine.encoder import BertEncoder, EncoderLayer, PackedBatch
 from e5studio.engine.forward import encode, hidden_states
 from e5studio.engine.layer import LayerKernels, bert_block
 from e5studio.errors import ModelError
+from e5studio.vocabulary import CPU_RUNTIMES, PRECISIONS
 
-CPU_RUNTIMES = ("auto", "torch", "onnxruntime")
-PRECISIONS = ("fp32", "int8")
 Calibration = Callable[[], Sequence[PackedBatch]]  # a few ordinary texts, packed (what int8 measures ranges on)
 # Micro-batches with fewer padded tokens (sequences x longest length) than this go to the few-token runtime.
 # Below it oneDNN's prepacked matmul and ONNX Runtime's MLAS beat MKL's sgemm (measured on AVX2, MiniLM and

@@ -21,27 +21,15 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from e5studio.errors import InputError, ModelError
+from e5studio.vocabulary import add_prefix
 
-InputType = Literal["query", "passage"]
-PREFIXES: dict[str, str] = {"query": "query: ", "passage": "passage: "}
 HEAD_CHARS_PER_TOKEN = 8  # a long text is first tokenised from max_length * this many characters
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def add_prefix(text: str, input_type: str | None) -> str:
-    """``text`` with the E5 prefix of ``input_type`` unless it already starts with it (never twice)."""
-    if input_type is None:
-        return text
-    try:
-        prefix = PREFIXES[input_type]
-    except KeyError:
-        raise InputError(f"input_type must be one of {', '.join(PREFIXES)}, got {input_type!r}") from None
-    return text if text.startswith(prefix) else prefix + text
 
 
 class Tokenizer:

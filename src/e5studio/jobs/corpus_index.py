@@ -16,6 +16,7 @@ from e5studio.errors import InputError
 from e5studio.jobspec.layout import INDEX_DIR, MANIFEST_FILE, PASSAGES_FILE
 from e5studio.retrieval.evaluate import EvalSet
 from e5studio.retrieval.index import ExactIndex
+from e5studio.vocabulary import prefix_of
 
 
 def index_corpus(folder: Path, model: dict[str, Any], precision: str, passage_prefix: str
@@ -33,15 +34,15 @@ def index_corpus(folder: Path, model: dict[str, Any], precision: str, passage_pr
     if manifest.get("status") != "complete":
         raise InputError(f"--index {folder}: embed-corpus has not finished; rerun it to complete the index")
     built, settings = manifest["model"], manifest["settings"]
-    prefix_of = {"passage": "passage: ", "query": "query: ", None: ""}
     differences = []
     if built.get("sha256") != model["sha256"]:
         differences.append(f"model {built.get('name')} (sha256 {str(built.get('sha256'))[:12]}) vs the eval's "
                            f"{model['name']} (sha256 {model['sha256'][:12]})")
     if settings.get("precision", "fp32") != precision:
         differences.append(f"precision {settings.get('precision', 'fp32')} vs the eval's {precision}")
-    if prefix_of.get(settings.get("input_type"), "?") != passage_prefix:
-        differences.append(f"passage prefix {prefix_of.get(settings.get('input_type'), '?')!r} (--input-type "
+    built_prefix = prefix_of(settings.get("input_type"))
+    if built_prefix != passage_prefix:
+        differences.append(f"passage prefix {built_prefix!r} (--input-type "
                            f"{settings.get('input_type') or 'none'}) vs the eval's {passage_prefix!r}")
     if built.get("max_length") != model["max_length"]:
         differences.append(f"max length {built.get('max_length')} vs the eval's {model['max_length']}")

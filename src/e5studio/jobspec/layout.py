@@ -24,6 +24,7 @@ DATASETS_DIR = "datasets"  # mined and uploaded dataset versions
 
 # any server job
 LOG_FILE = "job.log"
+PROGRESS_FILE = "progress.json"  # the live progress line of a job (train: its output; embed-corpus: its output)
 
 # a train job
 METRICS_FILE = "metrics.jsonl"

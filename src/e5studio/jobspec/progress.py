@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-PROGRESS_FILE = "progress.json"  # in a job's folder (train: the output; embed-corpus: the output)
+from e5studio.jobspec.layout import PROGRESS_FILE
+
 PLAIN_INTERVAL_S = 5.0
 TTY_INTERVAL_S = 0.2
 STATUS_INTERVAL_S = 1.0

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 from e5studio.jobspec.params import Param, by_name, defaults
+from e5studio.vocabulary import TRAIN_PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # chosen from measurements on SciFact (in-domain) + Cranfield and MED (out-of-domain): see README "Fine-tuning"
 DEFAULT_INTERPOLATE = "auto"
 DEFAULT_MAX_OOD_LOSS = 0.005
@@ -41,7 +41,7 @@ HYPERPARAMETERS = by_name([
     Param("passage_max_length", int, 256, "passages are cut at this many tokens (the model reads up to 512)",
           minimum=2),
     Param("precision", str, "auto", "autocast on CUDA (auto: bf16 where supported, else fp16); CPU trains in fp32",
-          choices=PRECISIONS),
+          choices=TRAIN_PRECISIONS),
 ])
 
 # How a run executes; none of these change the trained weights: RunOptions (and the process's threads).

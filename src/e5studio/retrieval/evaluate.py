@@ -26,11 +26,10 @@ from e5studio.errors import InputError
 from e5studio.jobspec.layout import PASSAGES_FILE, qrels_file, queries_file
 from e5studio.retrieval.metrics import evaluate as evaluate_run
 from e5studio.retrieval.search import exact_search, to_run
+from e5studio.vocabulary import PASSAGE_PREFIX, QUERY_PREFIX
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map")
 DEFAULT_DEPTH = 1000  # ranked documents per query (MAP is computed over them)
-QUERY_PREFIX = "query: "
-PASSAGE_PREFIX = "passage: "
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from e5studio.control.store import Endpoint
 from e5studio.engine.checkpoint import ALIASES
 from e5studio.errors import InputError
 from e5studio.jobspec import deploy_gate
+from e5studio.vocabulary import INPUT_TYPES, PRECISION_HELP, add_prefix
 from e5studio.web.common import SessionDep, login_url, read_form, read_json, render, safe_next, text_field, ui_session
 from e5studio.web.sessions import COOKIE_NAME, SESSION_TTL_S
 from e5studio.web.state import UI, WebState, web_state
@@ -24,14 +25,9 @@ BATCH_SIZE_HELP = {
     32: "32: for vectorising a knowledge base (many texts per request, highest throughput)",
     1: "1: for a live service answering one query at a time (lowest latency per request)",
 }
-E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
 MODELS_DIR = "models"  # checkpoints copied into <data dir>/models/<name>/ are offered in the model lists
 TRY_LIMIT_BYTES = 64 * 1024
 TRY_MAX_TEXTS = 8
-PRECISION_HELP = {
-    "fp32": "fp32: the model's own arithmetic (exact vectors)",
-    "int8": "int8 (CPU): dense layers in int8, faster, vectors within cosine 0.99 of fp32",
-}
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -227,11 +223,9 @@ async def try_endpoint(request: Request, ui: UI, endpoint_id: str, session: Sess
     endpoint = ui.store.get_endpoint_by_id(endpoint_id)
     texts = _try_texts(body.get("texts"))
     input_type = body.get("input_type", "none")
-    if input_type not in ("none", *E5_PREFIXES):
-        raise InputError(f"'input_type' must be none, query or passage, got {input_type!r}")
-    if input_type in E5_PREFIXES:
-        prefix = E5_PREFIXES[input_type]
-        texts = [t if t.startswith(prefix) else prefix + t for t in texts]
+    if not isinstance(input_type, str) or input_type not in INPUT_TYPES:
+        raise InputError(f"'input_type' must be one of {', '.join(INPUT_TYPES)}, got {input_type!r}")
+    texts = [add_prefix(t, input_type) for t in texts]
     if len(texts) > TRY_MAX_TEXTS:
         raise InputError(f"'texts' has {len(texts)} texts; the try box takes at most {TRY_MAX_TEXTS}")
     # batch-size-1 endpoints answer one text per call, as a client of theirs would send them

@@ -19,8 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.reader import WindowSpec
 from e5studio.jobs.batch_embed.writer import FORMAT, fsync_dir, read_manifest, remove_temporaries, write_manifest
-from e5studio.jobspec.layout import INDEX_DIR, LOCK_FILE, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR
-from e5studio.jobspec.progress import PROGRESS_FILE
+from e5studio.jobspec.layout import INDEX_DIR, LOCK_FILE, MANIFEST_FILE, PROGRESS_FILE, REJECTS_FILE, SHARDS_DIR
 
 if TYPE_CHECKING:
     from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from e5studio.jobspec.progress import PROGRESS_FILE
+from e5studio.jobspec.layout import PROGRESS_FILE
 from e5studio.jobspec.progress import Progress as Reporter
 
 if TYPE_CHECKING:

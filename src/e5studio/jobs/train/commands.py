@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from e5studio.errors import InputError
+from e5studio.errors import InputError, Terminated
 from e5studio.jobspec.layout import DATASETS_DIR, eval_files
 from e5studio.jobspec.params import add_arguments
 from e5studio.jobspec.train_params import ALL_PARAMS, HYPERPARAMETERS, RUN_PARAMS, SELECTION_PARAMS
@@ -178,15 +178,6 @@ class StoreReporter:
 _STARTED: dict[str, str] = {}  # the job id this process runs, once recorded (read by the stop watcher)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: the train command stops like on Ctrl-C (checkpoints make ``--resume`` exact).
-
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it. The job
-    becomes Interrupted, unless it is Cancelled already: the server records a cancel before it signals, and
-    sends a plain SIGTERM when it shuts down.
-    """
-
-
 @contextmanager
 def _sigterm_raises() -> Iterator[None]:
     """While inside, SIGTERM raises :class:`Terminated` in the main thread (once; a second one kills)."""
@@ -294,8 +285,8 @@ def _eval_index_vectors(args: argparse.Namespace, evalset: Any) -> Any:
     training (refused unless the index was made by that model, in fp32, with the passage prefix)."""
     from e5studio.jobs.corpus_index import index_corpus
     from e5studio.jobs.model_identity import model_identity
-    from e5studio.retrieval.evaluate import PASSAGE_PREFIX
     from e5studio.settings import EngineSettings
+    from e5studio.vocabulary import PASSAGE_PREFIX
 
     identity = model_identity(EngineSettings(model=args.model, max_length=args.eval_max_length))
     return index_corpus(Path(args.eval_index), identity, "fp32", PASSAGE_PREFIX)(evalset)

@@ -105,7 +105,7 @@ class Progress:
 
     def __init__(self, total: int, initial: int, enabled: bool, output: Path | None = None,
                  steps_per_epoch: int | None = None) -> None:
-        from e5studio.jobspec.progress import PROGRESS_FILE
+        from e5studio.jobspec.layout import PROGRESS_FILE
         from e5studio.jobspec.progress import Progress as Reporter
 
         self._reporter = Reporter("train", enabled=enabled,

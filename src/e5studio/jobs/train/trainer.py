@@ -30,7 +30,7 @@ import torch.distributed as torch_dist
 
 from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights, save_checkpoint
 from e5studio.engine.device import pick_device
-from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
+from e5studio.engine.encoder import BertEncoder, PackedBatch, load_encoder, pack
 from e5studio.engine.forward import encode
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
@@ -234,12 +234,6 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.op
         (no_decay if name.endswith("bias") or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8)
-
-
-def load_encoder(checkpoint: Checkpoint) -> BertEncoder:
-    encoder = BertEncoder(checkpoint.config)
-    encoder.load_state_dict(read_weights(checkpoint), strict=True)
-    return encoder
 
 
 def export_model(encoder: BertEncoder, checkpoint: Checkpoint, directory: Path) -> Path:
