@@ -222,9 +222,9 @@ class Database:
 
         Consistency: SQLite runs it in autocommit mode (the ``connect`` hook), where one statement is its own
         snapshot; on PostgreSQL the driver's implicit transaction is rolled back when the connection returns
-        to the pool. Measured in the server on SQLite (2 cores, MiniLM single queries): 0.70 ms per request
-        instead of 1.25 ms through ``Connection.execute`` (147 us instead of 383 us in a warm loop: between
-        two requests the engine's compute leaves the CPU caches cold for the next request's Python)."""
+        to the pool. Why: this read runs once per inference request, and ``Connection.execute``'s per-execution
+        Python costs several times the query itself (more so between requests, when the engine's compute has
+        left the CPU caches cold); ``benchmarks/serve_load.py`` measures what HTTP adds per request."""
         found = self._driver_sql.get(id(statement))
         if found is None:
             compiled = statement.compile(dialect=self._engine.dialect)

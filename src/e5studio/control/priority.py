@@ -2,9 +2,8 @@
 the server's event loop.
 
 Under overload the compute threads would otherwise take the CPU from the event loop that answers requests and
-sheds load (HTTP 429): measured on 2 cores with 200 clients resending at once, the server answered 3,378 429s in
-30 s at equal priority and 5,452 with the compute 15 levels lower (`benchmarks/serve_load.py --overload
---no-backoff`). Jobs (training, batch embedding) are lowered by the same amount, so inference and jobs keep the
+sheds load (HTTP 429), so a flood of clients would be answered more slowly exactly when answers matter
+(`benchmarks/serve_load.py --overload --no-backoff` measures it; the README has the figures). Jobs (training, batch embedding) are lowered by the same amount, so inference and jobs keep the
 share of the CPU they had against each other. Only the order changes when the CPU is short; an idle machine
 runs everything at full speed.
 """
