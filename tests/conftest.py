@@ -27,22 +27,38 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MINILM = "all-minilm-l6-v2"
 
 
-# Where the shared evaluation data may be: $E5STUDIO_SHARED_DATA, ../shared/data beside the repository (the
-# workplace layout), or the workplace's own folder when the repository is cloned elsewhere (CI, /tmp clones).
-SHARED_DATA_CANDIDATES = [REPO_ROOT / ".." / "shared" / "data", Path("/work/shared/data")]
+# Where the shared evaluation data is looked for, in order: $E5STUDIO_SHARED_DATA when set (and only there),
+# else ../shared/data beside the repository (the workplace layout), else the workplace's own folder (for clones
+# elsewhere: CI, /tmp). The folder found, and why, is printed in the test session's header.
+SHARED_DATA_CANDIDATES = [(REPO_ROOT.parent / "shared" / "data", "beside the checkout"),
+                          (Path("/work/shared/data"), "the workplace's folder")]
+SHARED_DATA_HINT = "set E5STUDIO_SHARED_DATA to the folder holding scifact/passages.jsonl"
+
+
+def find_shared_data() -> tuple[Path | None, str]:
+    """The shared data folder and how it was found, or None and the folders tried."""
+    configured = os.environ.get("E5STUDIO_SHARED_DATA")
+    candidates = [(Path(configured), "$E5STUDIO_SHARED_DATA")] if configured else SHARED_DATA_CANDIDATES
+    for path, why in candidates:
+        if (path / "scifact" / "passages.jsonl").is_file():
+            return path.resolve(), why
+    return None, ", ".join(str(p.resolve()) for p, _ in candidates)
+
+
+def pytest_report_header() -> str:
+    found, how = find_shared_data()
+    if found is None:
+        return f"shared data: NOT FOUND (tried {how}); tests that need it are skipped: {SHARED_DATA_HINT}"
+    return f"shared data: {found} ({how}; {SHARED_DATA_HINT} to use another)"
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The shared data sets (never committed). Tests that need them are skipped, loudly, where none is found."""
-    configured = os.environ.get("E5STUDIO_SHARED_DATA")
-    candidates = [Path(configured)] if configured else SHARED_DATA_CANDIDATES
-    for path in candidates:
-        if (path / "scifact" / "passages.jsonl").is_file():
-            return path
-    tried = ", ".join(str(p.resolve()) for p in candidates)
-    pytest.skip(f"SHARED DATA NOT FOUND (tried {tried}): set E5STUDIO_SHARED_DATA to the folder holding "
-                "scifact/passages.jsonl to run this reference test")
+    found, how = find_shared_data()
+    if found is None:
+        pytest.skip(f"SHARED DATA NOT FOUND (tried {how}): {SHARED_DATA_HINT} to run this reference test")
+    return found
 
 
 @pytest.fixture(scope="session")

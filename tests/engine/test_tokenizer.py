@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from e5studio.engine.tokenizer import Tokenizer
-from e5studio.vocabulary import add_prefix
 from e5studio.errors import InputError, ModelError
+from e5studio.vocabulary import add_prefix
 from tests.reference import copy_checkpoint, words_text
 
 # accents, CJK, punctuation, upper case, whitespace variants, emoji, a word over 100 characters

@@ -3,8 +3,9 @@ the server's event loop.
 
 Under overload the compute threads would otherwise take the CPU from the event loop that answers requests and
 sheds load (HTTP 429), so a flood of clients would be answered more slowly exactly when answers matter
-(`benchmarks/serve_load.py --overload --no-backoff` measures it; the README has the figures). Jobs (training, batch embedding) are lowered by the same amount, so inference and jobs keep the
-share of the CPU they had against each other. Only the order changes when the CPU is short; an idle machine
+(`benchmarks/serve_load.py --overload --no-backoff` measures it; the README has the figures). Jobs
+(training, batch embedding) are lowered by the same amount, so inference and jobs keep the share of the CPU
+they had against each other. Only the order changes when the CPU is short; an idle machine
 runs everything at full speed.
 """
 

