@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from e5studio.control.database import Database, new_id, now
 from e5studio.control.keys import ADMIN_TOKEN_PREFIX, hash_key, new_key, verify_key
-from e5studio.control.schema import admin_tokens
+from e5studio.control.schema import admin_tokens, web_sessions
 
 
 class AdminTokenTable(Database):
@@ -26,9 +26,13 @@ class AdminTokenTable(Database):
         return any(matches)
 
     def rotate_admin_token(self) -> str:
-        """Replace every admin token with a new one and return it in clear."""
+        """Replace every admin token with a new one and return it in clear. Every web session ends with the old
+        token (in the same transaction): a session was opened with a token, and whoever held that token must not
+        keep access through a cookie. Sessions are in the shared store, so this holds on every replica at its
+        next request."""
         token = new_key(ADMIN_TOKEN_PREFIX)
         with self._write() as conn:
+            conn.execute(web_sessions.delete())
             conn.execute(admin_tokens.delete())
             conn.execute(admin_tokens.insert().values(id=new_id(), token_hash=hash_key(token), created_at=now()))
         return token
