@@ -72,7 +72,9 @@ def test_mine_negatives_records_a_new_version(tmp_path: Path, toy_dir: Path, tin
     assert second.version == 2 and second.parent_id == first.id and second.passages_sha256 == first.passages_sha256
     folder = Path(second.path)
     assert folder == (data_dir / "datasets" / "toy" / "v2").resolve()
-    assert (folder / "passages.jsonl").resolve() == (toy_dir / "passages.jsonl").resolve()
+    # the same passages (a hard link: the same file, no second copy), and not a symbolic link out of the folder
+    assert not (folder / "passages.jsonl").is_symlink()
+    assert (folder / "passages.jsonl").samefile(toy_dir / "passages.jsonl")
     assert validate_dataset(folder).ok
     original = [json.loads(x) for x in (toy_dir / "train.jsonl").read_text().splitlines()]
     mined = [json.loads(x) for x in (folder / "train.jsonl").read_text().splitlines()]

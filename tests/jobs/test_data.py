@@ -51,7 +51,7 @@ def test_platform_example_reports_both_broken_lines_precisely() -> None:
     assert "(doc id 1)" in passages
     assert train.startswith(f"{EXAMPLE / 'train.jsonl'}:2: malformed JSON at column 2: Expecting property name "
                             "enclosed in double quotes (a key is missing its opening double quote?)")
-    assert "'{query\": \"query: What cen" in train
+    assert "query: What" not in train and "query: What" not in passages  # no file content is quoted
     assert not report.ok
     # the rest of both files was still checked and counted
     assert report.passages == 4 and report.queries == 2 and report.positives == 2 and report.negatives == 4

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ DEFAULT_MAX_PROBLEMS = 100
 _INT_RE = re.compile(r"^[0-9]+$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _KEY_BEFORE = re.compile(r'"([^"\\]{1,64})"\s*:\s*$')
+# the field names of the format: the only text of a file that a message quotes (a dataset named by path may be
+# any file the server can read, so messages say where and what is wrong, never what the file holds)
+_FIELDS = frozenset({"contents", "title", "query", "positives", "negatives", "doc_id", "score"})
 _LISTED = 10  # line numbers listed in an aggregated warning
 
 
@@ -97,31 +101,38 @@ class ValidationReport:
 # ------------------------------------------------------------------------------------------ line reading
 
 
+def contained(path: Path) -> Path:
+    """``path`` resolved, refused (InputError naming it) when a link takes it out of its own folder: a dataset
+    named by path must not be a way to read other files of the server."""
+    folder = path.parent.resolve()
+    resolved = path.resolve()
+    if resolved.parent != folder:
+        raise InputError(f"{path}: is a link to a file outside its folder; copy the file into the folder instead")
+    return resolved
+
+
 def read_lines(path: Path, digest: Any) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw bytes without the newline), feeding every byte to ``digest``."""
-    with path.open("rb") as f:
+    """(1-based line number, raw bytes without the newline), feeding every byte to ``digest``. The last path
+    component is opened without following a link (after :func:`contained` has resolved it)."""
+    fd = os.open(contained(path), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with open(fd, "rb") as f:
         for number, raw in enumerate(f, start=1):
             digest.update(raw)
             yield number, raw.rstrip(b"\r\n")
 
 
-def _snippet(text: str, pos: int, width: int = 24) -> str:
-    start = max(0, pos - width)
-    piece = text[start:pos + width]
-    return ("..." if start else "") + piece + ("..." if pos + width < len(text) else "")
-
-
 def _json_problem(text: str, exc: json.JSONDecodeError) -> str:
-    """A precise message for malformed JSON: column, what is wrong, which field, and the text around it."""
+    """A precise message for malformed JSON: column, what is wrong and which field (by its name in the format);
+    none of the line's text is quoted."""
     if exc.msg.startswith("Unterminated string"):
         key = _KEY_BEFORE.search(text[:exc.pos])
-        what = f'the value of "{key.group(1)}"' if key else "a string"
+        what = f'the value of "{key.group(1)}"' if key and key.group(1) in _FIELDS else "a string"
         return (f"malformed JSON: {what} starting at column {exc.colno} is never closed "
-                f"(missing closing quote): {_snippet(text, exc.pos)!r}")
+                f"(missing closing quote)")
     hint = ""
     if exc.msg.startswith("Expecting property name enclosed in double quotes"):
         hint = " (a key is missing its opening double quote?)"
-    return f"malformed JSON at column {exc.colno}: {exc.msg}{hint}: {_snippet(text, exc.pos)!r}"
+    return f"malformed JSON at column {exc.colno}: {exc.msg}{hint}"
 
 
 def decode_line(raw: bytes) -> tuple[Any, str | None]:
@@ -271,10 +282,14 @@ def validate_dataset(directory: Path, train_n_passages: int = 8, max_problems: i
                 report.error(str(path), 0, "file not found (a dataset needs passages.jsonl and train.jsonl)")
         if report.errors:
             return report
+        for path in (passages, train):
+            contained(path)
         _validate_passages(passages, report)
         _validate_train(train, report)
     except _TooMany:
         pass
+    except InputError as exc:
+        report.errors.append(Problem(str(directory), 0, str(exc)))
     except OSError as exc:
         report.errors.append(Problem(str(exc.filename or directory), 0, f"cannot read: {exc.strerror or exc}"))
     return report

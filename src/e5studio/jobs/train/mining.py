@@ -4,14 +4,16 @@ For each query (``query: `` prefix) the whole corpus (``passage: ``) is ranked b
 given embedder. Positives of the query (of every line with the same query text) are removed from the
 ranking, the first ``skip_top`` remaining passages are skipped (the top of the ranking is where unlabelled
 positives, i.e. false negatives, concentrate), and the next ``top_k`` become negatives, after any
-negatives the line already had. The result is a new ``train.jsonl`` beside a link to the same
-``passages.jsonl``, so doc ids keep their meaning.
+negatives the line already had. The result is a new ``train.jsonl`` beside the same ``passages.jsonl`` (a hard
+link: no second copy of the corpus; dataset files are never symbolic links out of their folder), so doc ids
+keep their meaning.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +90,16 @@ def mine_negatives(source: Path, destination: Path, embedder: Embedder, top_k: i
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, destination / TRAIN_FILE)
-    link = destination / PASSAGES_FILE
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to((source / PASSAGES_FILE).resolve())
+    _same_passages(source / PASSAGES_FILE, destination / PASSAGES_FILE)
     return MiningResult(destination, len(examples), added)
+
+
+def _same_passages(source: Path, target: Path) -> None:
+    """``target`` holds the bytes of ``source``: a hard link, or a copy where the two are on different file
+    systems."""
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    try:
+        os.link(source.resolve(), target)
+    except OSError:
+        shutil.copyfile(source, target)
