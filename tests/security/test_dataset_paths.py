@@ -69,3 +69,29 @@ def test_malformed_lines_are_located_not_quoted(server: ServerProcess, tmp_path:
     assert "passages.jsonl:3: malformed JSON: the value of &#34;contents&#34;" in answer.text or \
         'passages.jsonl:3: malformed JSON: the value of "contents"' in answer.text
     assert "supersecret" not in answer.text and "root:" not in answer.text
+
+
+def test_an_evaluation_set_reads_only_its_own_files(tmp_path: Path) -> None:
+    """``--eval-dir`` / ``eval --data``: a link out of the folder is refused, bad lines are located, not quoted."""
+    from e5studio.errors import InputError
+    from e5studio.retrieval.evaluate import load_eval_set
+
+    secret = tmp_path / "shadow"
+    secret.write_text(f"{SECRET}\n", encoding="utf-8")
+    folder = tmp_path / "evalset"
+    folder.mkdir()
+    (folder / "passages.jsonl").write_text('{"contents": "a"}\n', encoding="utf-8")
+    (folder / "queries.test.jsonl").write_text('{"qid": "1", "query": "q"}\n', encoding="utf-8")
+    (folder / "qrels.test.tsv").symlink_to(secret)
+    with pytest.raises(InputError, match="outside its folder") as linked:
+        load_eval_set(folder)
+    (folder / "qrels.test.tsv").unlink()
+    (folder / "qrels.test.tsv").write_text(f"{SECRET}\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"qrels.test.tsv:1: expected qid<TAB>doc_line<TAB>grade") as malformed:
+        load_eval_set(folder)
+    (folder / "qrels.test.tsv").write_text("1\t0\t1\n", encoding="utf-8")
+    (folder / "queries.test.jsonl").write_bytes(b'{"qid": "1", "query": "q"}\n' + SECRET.encode() + b"\n\xff\n")
+    with pytest.raises(InputError, match=r"queries.test.jsonl:2: malformed JSON at column 1") as bad_json:
+        load_eval_set(folder)
+    for caught in (linked, malformed, bad_json):
+        assert "supersecret" not in str(caught.value) and "root:" not in str(caught.value)

@@ -23,6 +23,7 @@ import numpy as np
 
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import InputError
+from e5studio.jobspec.dataset_format import contained
 from e5studio.jobspec.layout import PASSAGES_FILE, qrels_file, queries_file
 from e5studio.retrieval.metrics import evaluate as evaluate_run
 from e5studio.retrieval.search import exact_search, to_run
@@ -52,20 +53,22 @@ def load_eval_set(directory: Path, split: str = "test", max_queries: int | None 
     """Read a collection; keeps the judged queries (the first ``max_queries`` of them, in file order)."""
     names = {"passages": PASSAGES_FILE, "queries": queries_file(split), "qrels": qrels_file(split)}
     paths = {role: directory / name for role, name in names.items()}
-    for path in paths.values():
+    for role, path in paths.items():
         if not path.is_file():
             raise InputError(f"evaluation set {directory}: {path.name} not found "
                              "(expected passages.jsonl, queries.<split>.jsonl and qrels.<split>.tsv)")
+        paths[role] = contained(path)  # no link out of the folder: a path names only the set's own files
     passages = [_field(path_line, "contents") for path_line in _jsonl(paths["passages"])]
     qrels: dict[str, dict[str, int]] = {}
     qrels_path = paths["qrels"]
-    with qrels_path.open(encoding="utf-8") as f:
+    with qrels_path.open(encoding="utf-8", errors="replace") as f:  # bad bytes fail the field check
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             parts = line.rstrip("\r\n").split("\t")
             if len(parts) != 3 or not parts[1].isdigit() or not parts[2].lstrip("-").isdigit():
-                raise InputError(f"{qrels_path}:{number}: expected qid<TAB>doc_line<TAB>grade, got {line.strip()!r}")
+                raise InputError(f"{qrels_path}:{number}: expected qid<TAB>doc_line<TAB>grade (three fields, the "
+                                 f"last two whole numbers), got {len(parts)} field(s)")
             if int(parts[1]) >= len(passages):
                 raise InputError(f"{qrels_path}:{number}: doc line {parts[1]} is out of range "
                                  f"({len(passages)} passages)")
@@ -87,13 +90,18 @@ def load_eval_set(directory: Path, split: str = "test", max_queries: int | None 
 
 
 def _jsonl(path: Path) -> Iterator[tuple[Path, int, object]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    yield path, number, json.loads(line)
-                except ValueError as exc:
-                    raise InputError(f"{path}:{number}: malformed JSON: {exc}") from None
+    """(path, 1-based line number, value) of every non-empty line; messages locate a problem, never quote it."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{number}: not valid UTF-8 (byte {exc.start + 1} of the line)") from None
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number}: malformed JSON at column {exc.colno}: {exc.msg}") from None
+            yield path, number, value
 
 
 def _field(item: tuple[Path, int, object], key: str) -> str:
