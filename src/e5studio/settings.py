@@ -41,12 +41,12 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         from e5studio.errors import InputError
-        from e5studio.vocabulary import CPU_RUNTIMES, PRECISIONS
+        from e5studio.vocabulary import CPU_RUNTIMES, PRECISIONS, one_of
 
         if self.cpu_runtime not in CPU_RUNTIMES:
-            raise InputError(f"cpu_runtime must be {' or '.join(CPU_RUNTIMES)}, got {self.cpu_runtime!r}")
+            raise InputError(f"cpu_runtime must be {one_of(CPU_RUNTIMES)}, got {self.cpu_runtime!r}")
         if self.precision not in PRECISIONS:
-            raise InputError(f"precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InputError(f"precision must be {one_of(PRECISIONS)}, got {self.precision!r}")
 
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")

@@ -51,3 +51,8 @@ TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # the CPU fp32 runtime choice (``--cpu-runtime``)
 CPU_RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+def one_of(words: tuple[str, ...]) -> str:
+    """The words as an error message lists them: ``a, b or c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

@@ -14,7 +14,7 @@ from e5studio.control.keys import ENDPOINT_KEY_PREFIX, display_prefix, hash_key,
 from e5studio.control.projects import ProjectTable, id_first
 from e5studio.control.schema import endpoints, projects
 from e5studio.errors import ConflictError, InputError, NotFoundError
-from e5studio.vocabulary import PRECISIONS
+from e5studio.vocabulary import PRECISIONS, one_of
 
 DEPLOYING = "Deploying"
 LIVE = "Live"
@@ -102,7 +102,7 @@ def _endpoint(row: sa.RowMapping | Mapping[str, Any]) -> Endpoint:
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise InputError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}: int8 runs every dense "
+        raise InputError(f"precision must be {one_of(PRECISIONS)}, got {precision!r}: int8 runs every dense "
                          "layer in int8 on the CPU (faster, vectors within cosine 0.99 of fp32)")
 
 
