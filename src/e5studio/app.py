@@ -166,7 +166,8 @@ def first_start(store: Store, settings: ServeSettings, endpoint_name: str) -> li
     lines: list[str] = []
     token = store.ensure_admin_token()
     if token is not None:
-        lines.append(f"Admin token (shown once; the CLI reads it from E5STUDIO_ADMIN_TOKEN): {token}")
+        lines.append(f"Admin token (shown once; log in to the web UI with it; the CLI reads it from "
+                     f"E5STUDIO_ADMIN_TOKEN): {token}")
     if not store.list_endpoints():
         try:  # replicas starting together on a new store: the first one makes these, the others find them
             if DEFAULT_PROJECT not in {p.name for p in store.list_projects()}:
@@ -182,6 +183,14 @@ def first_start(store: Store, settings: ServeSettings, endpoint_name: str) -> li
     return lines
 
 
+def start_banner(base_url: str, secrets: list[str], where: object) -> str:
+    """What ``serve`` prints once the store is open: one block, set apart by blank lines so the secrets shown
+    once are not lost among log lines, that ends with the 'Serving on' line."""
+    lines = ["", f"Web UI: {base_url}/ui/ (log in with the admin token)", *secrets,
+             f"Serving on {base_url} (data in {where})", ""]
+    return "\n".join(lines)
+
+
 def serve(settings: ServeSettings, endpoint_name: str) -> None:
     """Open the store, set up a first start, serve until SIGINT/SIGTERM (graceful: queued requests finish,
     running jobs record Interrupted), close the store."""
@@ -189,12 +198,11 @@ def serve(settings: ServeSettings, endpoint_name: str) -> None:
 
     tune_malloc()  # also where the server is started without the CLI (done already: no harm)
     with open_store(settings) as store:
-        for line in first_start(store, settings, endpoint_name):
-            print(line, flush=True)
+        secrets = first_start(store, settings, endpoint_name)
         config = uvicorn.Config(create_app(settings, store), host=settings.host, port=settings.port,
                                 access_log=False, log_config=None, timeout_graceful_shutdown=30)
         where = store.display_url if settings.store else settings.data_dir
-        print(f"Serving on {settings.base_url} (data in {where})", flush=True)
+        print(start_banner(settings.base_url, secrets, where), flush=True)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it
         # found; handlers that ignore it make that a clean exit (status 0, store closed), not a traceback.
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -59,6 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_body_bytes=args.max_body_bytes, public_url=args.public_url,
                              max_upload_bytes=args.max_upload_mb * 1024 * 1024)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Alembic tells every migration step at INFO, which on a first start buried the admin token: only its
+    # warnings are shown
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     serve(settings, _endpoint_name(engine.model))
     return 0
 
