@@ -192,11 +192,14 @@ class EvalSettings:
 
 def run_eval(embedder: Embedder, settings: EvalSettings, model: dict[str, Any] | None = None,
              progress: PhaseProgress | None = None,
-             corpus: Callable[[EvalSet], np.ndarray] | None = None) -> dict[str, Any]:
+             corpus: Callable[[EvalSet], np.ndarray] | None = None,
+             evalset: EvalSet | None = None) -> dict[str, Any]:
     """``e5studio eval``: load, embed, search and score; returns the report (metrics, counts, settings, timings).
 
-    ``corpus``: gives the passages' vectors (read from an index) instead of embedding them."""
-    evalset = load_eval_set(settings.data, settings.split, settings.max_queries)
+    ``corpus``: gives the passages' vectors (read from an index) instead of embedding them. ``evalset``: the set
+    already read from ``settings.data`` (a caller checks its input before it loads a model)."""
+    if evalset is None:
+        evalset = load_eval_set(settings.data, settings.split, settings.max_queries)
     result = score(embedder, evalset, settings.metrics, settings.depth, settings.query_prefix,
                    settings.passage_prefix, progress, corpus(evalset) if corpus is not None else None)
     return {

@@ -128,7 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from e5studio.jobs.corpus_index import index_corpus
     from e5studio.jobs.model_identity import model_identity
     from e5studio.jobspec.progress import phase_lines
-    from e5studio.retrieval.evaluate import EvalSettings, run_eval
+    from e5studio.retrieval.evaluate import EvalSettings, load_eval_set, run_eval
 
     query_prefix, passage_prefix = args.query_prefix, args.passage_prefix
     if args.no_prefixes:
@@ -136,13 +136,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine = engine_settings(args)
     settings = EvalSettings(data=Path(args.data), split=args.split, query_prefix=query_prefix,
                             passage_prefix=passage_prefix, depth=args.depth, max_queries=args.max_queries)
-    if not args.no_progress:
-        print(f"eval: {args.data}: loading {engine.model}", file=sys.stderr, flush=True)
+    evalset = load_eval_set(settings.data, settings.split, settings.max_queries)  # cheap checks before the model
     identity = model_identity(engine)
     corpus = index_corpus(Path(args.index), identity, engine.precision, passage_prefix) if args.index else None
+    if not args.no_progress:
+        print(f"eval: {args.data}: loading {engine.model}", file=sys.stderr, flush=True)
     embedder = Embedder.load(engine)
     phases = {"passages": "embedding passages", "queries": "embedding queries", "scoring": "searching and scoring"}
-    report = run_eval(embedder, settings, identity, phase_lines("eval", phases, not args.no_progress), corpus)
+    report = run_eval(embedder, settings, identity, phase_lines("eval", phases, not args.no_progress), corpus,
+                      evalset)
     if args.index:
         report["index"] = str(Path(args.index).resolve())
     text = json.dumps(report, indent=1)
