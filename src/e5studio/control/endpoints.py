@@ -14,6 +14,7 @@ from e5studio.control.keys import ENDPOINT_KEY_PREFIX, display_prefix, hash_key,
 from e5studio.control.projects import ProjectTable, id_first
 from e5studio.control.schema import endpoints, projects
 from e5studio.errors import ConflictError, InputError, NotFoundError
+from e5studio.jobspec.params import plain_text
 from e5studio.vocabulary import PRECISIONS, one_of
 
 DEPLOYING = "Deploying"
@@ -119,6 +120,7 @@ class EndpointTable(ProjectTable):
         _check_precision(precision)
         if not isinstance(model, str) or not model.strip():
             raise InputError("model must be a non-empty model id or path")
+        plain_text("model", model)  # it names files and is logged
         key = new_key(ENDPOINT_KEY_PREFIX)
         with self._write() as conn:
             project = self._get_project(conn, project_ref)

@@ -24,6 +24,7 @@ from typing import Any
 
 from e5studio.errors import InputError
 from e5studio.jobspec.layout import PASSAGES_FILE, TRAIN_FILE
+from e5studio.jobspec.params import plain_text
 
 DEFAULT_MAX_PROBLEMS = 100
 _INT_RE = re.compile(r"^[0-9]+$")
@@ -268,6 +269,7 @@ def validate_dataset(directory: Path, train_n_passages: int = 8, max_problems: i
     Stops after ``max_problems`` errors. Queries with fewer than ``train_n_passages - 1`` negatives and
     repeated queries are warnings (what happens to them is said in the message).
     """
+    plain_text("directory", str(directory))  # a NUL or a line break in a path is a 400, not a crash or a forged line
     if train_n_passages < 1:
         raise InputError("train_n_passages must be at least 1 (one positive per group)")
     if max_problems < 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -13,6 +14,19 @@ from dataclasses import dataclass
 from e5studio.errors import ParamError
 
 Value = int | float | str | None
+_LINE_BREAKS = {"\u2028", "\u2029"}  # Unicode's own line and paragraph separators (category Zl/Zp)
+
+
+def plain_text(field: str, value: str) -> str:
+    """``value`` unchanged when it holds no control character; else :class:`ParamError` naming ``field``.
+
+    Every path, name or word that reaches a file name, a log line or a process argument passes here: a NUL
+    cannot be in a path or an argument, and a line break would let a value write log lines of its choosing.
+    The message locates the character without repeating the value."""
+    for at, char in enumerate(value):
+        if char in _LINE_BREAKS or unicodedata.category(char) == "Cc":
+            raise ParamError(field, f"must not contain control characters (U+{ord(char):04X} at character {at + 1})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,7 @@ class Param:
         if isinstance(value, bool):
             typed = None
         elif self.type is str:
-            typed = value.strip() if isinstance(value, str) else None
+            typed = plain_text(self.name, value.strip()) if isinstance(value, str) else None
         elif self.type is int:
             if isinstance(value, int):
                 typed = value
