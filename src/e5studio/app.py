@@ -14,6 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +25,7 @@ from e5studio import __version__
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
 from e5studio.engine.embedder import Embedder
-from e5studio.errors import ConflictError, E5StudioError
+from e5studio.errors import ConflictError, E5StudioError, InputError
 from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
 from e5studio.serving.access_log import AccessLog, call_record
@@ -47,18 +48,34 @@ from e5studio.web.state import WebState
 
 log = logging.getLogger("e5studio")
 JOB_POLL_S = 1.0
+logger = logging.getLogger(__name__)
 JOB_STOP_TIMEOUT_S = 20.0
 DEFAULT_PROJECT = "default"
+
+
+def _private(folder: Path) -> None:
+    """Narrow ``folder`` to ``0700`` when others may read or enter it and it is ours; refuse one that is open to
+    others and belongs to someone else (its owner could change it back)."""
+    info = folder.stat()
+    if not info.st_mode & 0o077:
+        return
+    if info.st_uid != os.getuid():
+        raise InputError(f"data directory {folder} is open to other users (mode {info.st_mode & 0o777:o}) and "
+                         f"belongs to uid {info.st_uid}, not this user: use a directory of your own")
+    os.chmod(folder, 0o700)
+    logger.warning("data directory %s was open to other users (mode %o): narrowed to 700", folder,
+                   info.st_mode & 0o777)
 
 
 def open_store(settings: ServeSettings) -> Store:
     """The control store: ``settings.store`` (a PostgreSQL URL that replicas share), else the SQLite file of the
     data directory (the directory is created ``0700`` whatever the store; the database ``0600``; sessions
-    and job records are in there; store files of an older version are narrowed to ``0600`` here, a directory
-    that already exists is left as its owner made it). Migrations this code knows are applied; a store whose
+    and job records are in there; store files of an older version are narrowed to ``0600`` here, and a data
+    directory open to others to ``0700``). Migrations this code knows are applied; a store whose
     schema is newer than this code is refused (SchemaError)."""
     # job folders, uploads and logs live here whatever the store: readable by its owner only
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private(settings.data_dir)
     if settings.store:
         return Store.open(settings.store)
     for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):
@@ -197,6 +214,8 @@ def serve(settings: ServeSettings, endpoint_name: str) -> None:
     import uvicorn
 
     tune_malloc()  # also where the server is started without the CLI (done already: no harm)
+    # what the server and its job processes write (uploads, job folders and logs, models) is its owner's only
+    os.umask(0o077)
     with open_store(settings) as store:
         secrets = first_start(store, settings, endpoint_name)
         config = uvicorn.Config(create_app(settings, store), host=settings.host, port=settings.port,
