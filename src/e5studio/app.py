@@ -218,8 +218,11 @@ def serve(settings: ServeSettings, endpoint_name: str) -> None:
     os.umask(0o077)
     with open_store(settings) as store:
         secrets = first_start(store, settings, endpoint_name)
+        # forwarded headers only from the proxies the operator names (uvicorn would trust loopback's)
         config = uvicorn.Config(create_app(settings, store), host=settings.host, port=settings.port,
-                                access_log=False, log_config=None, timeout_graceful_shutdown=30)
+                                access_log=False, log_config=None, timeout_graceful_shutdown=30,
+                                proxy_headers=bool(settings.forwarded_allow_ips),
+                                forwarded_allow_ips=settings.forwarded_allow_ips or "")
         where = store.display_url if settings.store else settings.data_dir
         print(start_banner(settings.base_url, secrets, where), flush=True)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it

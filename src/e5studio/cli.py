@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -57,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_queue_tokens=args.max_queue_tokens, max_queue_wait_s=args.max_queue_wait,
                              body_timeout_s=args.body_timeout,
                              max_body_bytes=args.max_body_bytes, public_url=args.public_url,
+                             forwarded_allow_ips=args.forwarded_allow_ips, cookie_secure=args.cookie_secure,
                              max_upload_bytes=args.max_upload_mb * 1024 * 1024)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # Alembic tells every migration step at INFO, which on a first start buried the admin token: only its
@@ -312,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=int, default=1024,
                        help="web UI dataset uploads: limit for both files together, in MiB (default 1024)")
     serve.add_argument("--public-url", default=None, help="base URL printed for endpoints (default http://HOST:PORT)")
+    serve.add_argument("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", ""),
+                       metavar="ADDRESSES",
+                       help="proxies whose X-Forwarded-For/-Proto headers are trusted: comma-separated addresses or "
+                            "networks, '*' for any (default: $FORWARDED_ALLOW_IPS, else none: the client is the "
+                            "connection's peer)")
+    serve.add_argument("--cookie-secure", action=argparse.BooleanOptionalAction, default=None,
+                       help="web session cookies only over HTTPS (default: on when --public-url is https://)")
     serve.set_defaults(func=cmd_serve)
 
     admin_token = sub.add_parser("admin-token", help="make a new admin token (for the web UI login and the CLI)",

@@ -96,6 +96,11 @@ class ServeSettings:
     max_body_bytes: request-body limit (HTTP 413 above it).
     max_upload_bytes: limit of a dataset upload in the web UI (both files together).
     public_url: base URL printed for endpoints (default http://HOST:PORT).
+    forwarded_allow_ips: the proxies whose X-Forwarded-For/-Proto headers are trusted (comma-separated addresses
+      or networks, ``*`` for any); empty: none, the client is the socket's peer (a spoofed header changes
+      nothing: not the login throttle, not the access log).
+    cookie_secure: the web session cookie carries ``Secure`` (sent over HTTPS only); None: when ``public_url``
+      is an https URL (the server is told it runs behind TLS).
     """
 
     data_dir: Path = Path(".e5studio")
@@ -112,6 +117,14 @@ class ServeSettings:
     public_url: str | None = None
     store: str | None = None
     job_lease_s: float = 30.0
+    forwarded_allow_ips: str = ""
+    cookie_secure: bool | None = None
+
+    @property
+    def secure_cookies(self) -> bool:
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return bool(self.public_url and self.public_url.lower().startswith("https://"))
 
     @property
     def base_url(self) -> str:
