@@ -23,7 +23,8 @@ ROOT = "e5studio"
 
 LEAF: frozenset[str] = frozenset()
 BASE = frozenset({"e5studio.errors", "e5studio.settings", "e5studio.vocabulary"})
-SERVICE_FLOORS = BASE | {"e5studio.engine", "e5studio.retrieval", "e5studio.jobspec", "e5studio.control"}
+SERVICE_FLOORS = BASE | {"e5studio.engine", "e5studio.retrieval", "e5studio.jobspec", "e5studio.control",
+                         "e5studio.http_body"}
 ANYTHING = None  # the top: no limit
 
 # package (or top-level module) -> the packages it may import besides itself; ``e5studio`` itself (the package's
@@ -31,6 +32,7 @@ ANYTHING = None  # the top: no limit
 FLOORS: dict[str, frozenset[str] | None] = {
     "e5studio": LEAF,
     "e5studio.errors": LEAF,
+    "e5studio.http_body": frozenset({"e5studio.errors"}),
     "e5studio.settings": frozenset({"e5studio.errors", "e5studio.vocabulary"}),
     "e5studio.vocabulary": frozenset({"e5studio.errors"}),
     "e5studio.engine": BASE,

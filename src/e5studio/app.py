@@ -23,18 +23,17 @@ from starlette.exceptions import HTTPException
 
 from e5studio import __version__
 from e5studio.control.job_runner import JobRunner
-from e5studio.control.store import Store
+from e5studio.control.store import Endpoint, Store
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import ConflictError, E5StudioError, InputError
+from e5studio.http_body import client_left
 from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
-from e5studio.serving.access_log import AccessLog, call_record
 from e5studio.serving.allocator import tune_malloc
 from e5studio.serving.batcher import QueueLimits
-from e5studio.serving.guards import BodyDeadline, CrashGuard
+from e5studio.serving.edge import Edge, Metrics, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
-from e5studio.serving.inference import InferenceService
-from e5studio.serving.metrics import Metrics
+from e5studio.serving.inference import Embedded, InferenceService
 from e5studio.serving.models import ModelPool
 from e5studio.serving.replica import HEARTBEAT_S, ReplicaHeartbeat
 from e5studio.serving.routes import admin, health, openai, sambastudio
@@ -48,9 +47,11 @@ from e5studio.web.state import WebState
 
 log = logging.getLogger("e5studio")
 JOB_POLL_S = 1.0
-logger = logging.getLogger(__name__)
 JOB_STOP_TIMEOUT_S = 20.0
 DEFAULT_PROJECT = "default"
+# routes that read a body before any credential is checked: a small limit, and a deadline that a declared
+# length cannot stretch (a form of the admin token and a path fits in far less)
+UNAUTHENTICATED_BODIES = {"/ui/login": 16 * 1024}
 
 
 def _private(folder: Path) -> None:
@@ -63,7 +64,7 @@ def _private(folder: Path) -> None:
         raise InputError(f"data directory {folder} is open to other users (mode {info.st_mode & 0o777:o}) and "
                          f"belongs to uid {info.st_uid}, not this user: use a directory of your own")
     os.chmod(folder, 0o700)
-    logger.warning("data directory %s was open to other users (mode %o): narrowed to 700", folder,
+    log.warning("data directory %s was open to other users (mode %o): narrowed to 700", folder,
                    info.st_mode & 0o777)
 
 
@@ -93,7 +94,7 @@ def create_app(settings: ServeSettings, store: Store,
     pool = ModelPool(store, settings.engine, metrics, limits, loader=loader, replica_id=Store.new_job_id())
     replica = ReplicaHeartbeat(store, pool, settings.base_url)
     jobs = JobRunner(store, settings.data_dir, lease_s=settings.job_lease_s)
-    inference = InferenceService(store, pool)
+    inference = InferenceService(store, pool, settings.max_body_bytes)
     throttle = LoginThrottle(failures=store)  # failed logins counted in the store: every replica throttles them
 
     app = FastAPI(title="e5studio", version=__version__,
@@ -101,6 +102,7 @@ def create_app(settings: ServeSettings, store: Store,
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
                                                           metrics=metrics, inference=inference,
                                                           login_throttle=throttle))
+    app.state.inference = inference  # what the inference routes reach (``serving.inference.Service``)
     for error in (E5StudioError, HTTPException, RequestValidationError):
         app.add_exception_handler(error, _answer_error)
     for module in (sambastudio, openai, health, admin):
@@ -108,11 +110,16 @@ def create_app(settings: ServeSettings, store: Store,
     install_openapi(app, INFERENCE_PATHS, admin.router.prefix)
     mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(store), deploy=pool.deploy,
                            endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,
-                           endpoint_stats=metrics.endpoint_stats.get, embed=inference.run, login_guard=throttle))
-    app.add_middleware(CrashGuard, answer=_answer_crash)  # inside the access log: a crash is logged as a 500
-    app.add_middleware(AccessLog, metrics=metrics)
-    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
+                           endpoint_stats=metrics.endpoint_stats.get, embed=partial(_try_embed, inference),
+                           login_guard=throttle))
+    app.add_middleware(Edge, metrics=metrics, timeout_s=settings.body_timeout_s, answer=_answer_crash,
+                       unauthenticated=UNAUTHENTICATED_BODIES)
     return app
+
+
+async def _try_embed(inference: InferenceService, request: Request, endpoint: Endpoint, texts: list[str]) -> Embedded:
+    """The web UI's *Try it* box: the admin session stands in for the endpoint's key."""
+    return await inference.embed(endpoint, texts, client_left=partial(client_left, request))
 
 
 @asynccontextmanager

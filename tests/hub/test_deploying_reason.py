@@ -6,7 +6,7 @@ from pathlib import Path
 
 from e5studio.control.store import DEPLOYING, Store
 from e5studio.serving.batcher import QueueLimits
-from e5studio.serving.metrics import Metrics
+from e5studio.serving.edge import Metrics
 from e5studio.serving.models import ModelPool, endpoint_model_key
 from e5studio.settings import EngineSettings
 from tests import stores

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from e5studio.serving.answers import float64_rows, vectors_answer
+from e5studio.http_body import float64_rows, vectors_answer
 
 
 def test_same_numbers_as_json_dumps_of_the_rows() -> None:

@@ -14,7 +14,7 @@ import pytest
 from e5studio.control.store import LIVE, Store
 from e5studio.errors import UnavailableError
 from e5studio.serving.batcher import QueueLimits
-from e5studio.serving.metrics import Metrics
+from e5studio.serving.edge import Metrics
 from e5studio.serving.models import ModelPool, model_key
 from e5studio.settings import EngineSettings
 from tests import stores

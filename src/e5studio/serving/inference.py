@@ -1,36 +1,32 @@
-"""The one service call of every inference route: endpoint lookup, key check, the texts, batch-size check,
-tokenise, queue, rows back. Routes only translate their API shape into a list of texts and the rows back.
+"""The service of every inference route, two calls that return:
 
-    route (API shape) -> InferenceService.embed -> Batcher (queue, token-budget batches) -> Embedder
+    endpoint = await service.authorize(ref, keys)     lookup (control store, never cached) + key check
+    rows = await service.embed(endpoint, texts)       batch-size check, admission, tokenise, queue, rows back
 
-The texts are read only after the key check, so a caller without a valid key costs no body parsing and
-learns nothing about the body.
+A route reads its body between the two (``e5studio.http_body``: read, then ``parse(body, Shape)``), so a
+caller without a valid key costs no body parsing and learns nothing about the body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
 import numpy as np
+from fastapi import Depends
 from starlette.requests import Request
 
 from e5studio.control.keys import verify_key
 from e5studio.control.store import Endpoint, Store
-from e5studio.errors import AuthError, ForbiddenError, InputError, PayloadTooLargeError
-from e5studio.serving.access_log import call_record
+from e5studio.errors import AuthError, ForbiddenError, InputError
 from e5studio.serving.batcher import estimate_tokens
+from e5studio.serving.edge import CallRecord
 from e5studio.serving.models import ModelPool
 
-TextReader = Callable[[], Awaitable[list[str]]]
-MAX_JSON_DEPTH = 32  # no request shape nests deeper than 4
-MAX_INT_DIGITS = 30  # an id or a count; longer numbers are refused, not silently changed
-_SURROGATE = re.compile("[\ud800-\udfff]")
+MISSING_KEY = ("missing endpoint key: send the header 'key: <endpoint key>' "
+               "(or 'Authorization: Bearer <endpoint key>')")
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,6 @@ class EndpointRef:
 
 @dataclass(frozen=True)
 class Embedded:
-    endpoint: Endpoint
     rows: np.ndarray  # float32 [n, dim]
     tokens: int
 
@@ -72,133 +67,45 @@ def request_keys(request: Request) -> list[str]:
     return keys
 
 
-def _refuse_constant(name: str) -> Any:
-    raise InputError(f"request body has {name}: not a JSON number (numbers must be finite)")
+def require_keys(keys: list[str]) -> list[str]:
+    """``keys``, or AuthError (HTTP 401) when the request sent none."""
+    if not keys:
+        raise AuthError(MISSING_KEY)
+    return keys
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise InputError(f"request body has the number {text[:40]}, out of range (numbers must be finite)")
-    return value
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise InputError(f"request body has a number of {len(text.lstrip('-'))} digits; at most {MAX_INT_DIGITS}")
-    return int(text)
-
-
-def parse_json(raw: bytes) -> Any:
-    """JSON text as Python values; InputError naming the problem for anything not JSON or out of range
-    (NaN/Infinity, numbers that overflow or have too many digits, nesting deeper than ``MAX_JSON_DEPTH``,
-    strings with lone surrogates, which no UTF-8 text can hold)."""
-    try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
-                           parse_int=_bounded_int)
-    except UnicodeDecodeError:
-        raise InputError("request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise InputError(f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
-    _check_values(value)
-    return value
-
-
-def _check_values(value: Any) -> None:
-    """Nesting depth and lone surrogates, with the path of the first offending value."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
-    while stack:
-        item, path, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise InputError(f"request body is nested too deeply at {path!r} (at most {MAX_JSON_DEPTH} levels)")
-        if isinstance(item, str):
-            _check_text(item, path)
-        elif isinstance(item, list):
-            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
-        elif isinstance(item, dict):
-            for k, v in item.items():
-                _check_text(k, f"{path}.{k!r}" if path else repr(k))
-                stack.append((v, f"{path}.{k}" if path else k, depth + 1))
-
-
-def _check_text(text: str, path: str) -> None:
-    found = _SURROGATE.search(text)
-    if found is not None:
-        raise InputError(f"'{path}' has a lone surrogate (U+{ord(found.group()):04X}) at character {found.start()}:"
-                         f" strings must be valid Unicode (encodable as UTF-8)")
-
-
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, streamed with a size limit; InputError naming what is wrong."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body is {int(declared)} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise InputError("request body is empty; expected a JSON object")
-    body = parse_json(raw)
-    if not isinstance(body, dict):
-        raise InputError(f"request body must be a JSON object, got {type(body).__name__}")
-    return body
-
-
-def string_list(value: Any, field: str) -> list[str]:
-    """A non-empty list of strings (a bare string counts as a list of one only where the caller says so)."""
-    if not isinstance(value, list):
-        raise InputError(f"'{field}' must be a list of strings, got {_json_type(value)}")
-    if not value:
-        raise InputError(f"'{field}' is an empty list; send at least one text")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise InputError(f"'{field}[{i}]' must be a string, got {_json_type(item)}")
-    return value
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
-            int: "number", float: "number"}.get(type(value), type(value).__name__)
-
-
-# Requests of a few short texts (single queries) are tokenised on the event loop: 0.07 ms for a 60-character
-# query, 0.33-0.42 ms at the limit (1 or 4 texts, 512 characters; MiniLM's tokenizer, this machine); the thread
-# hand-off it replaces cost 0.23 ms more per single query, measured in the server.
-# Longer ones go to a worker thread, so the loop keeps answering others meanwhile.
+# Requests of a few short texts (single queries) are tokenised on the event loop: that costs less than the
+# hand-off to a thread. Longer ones go to a worker thread, so the loop keeps answering others meanwhile.
 INLINE_TOKENIZE_CHARS = 512
 INLINE_TOKENIZE_TEXTS = 4
 
 
 class InferenceService:
-    def __init__(self, store: Store, pool: ModelPool) -> None:
+    def __init__(self, store: Store, pool: ModelPool, max_body_bytes: int) -> None:
         self.store = store
         self.pool = pool
+        self.max_body_bytes = max_body_bytes  # of an inference request's body
 
-    async def embed(self, request: Request, ref: EndpointRef, read_texts: TextReader,
-                    dimensions: object = None) -> Embedded:
-        """Look ``ref`` up, check the request's key, read its texts, then :meth:`run` them. What the request
-        did is noted in its access-log record."""
-        endpoint, key_hash = self.store.endpoint_for_call(ref.project, ref.endpoint)  # one query, never cached
-        record = call_record(request)
-        record.endpoint, record.endpoint_id = endpoint.name, endpoint.id
-        self.check_key(endpoint, request_keys(request), key_hash)
-        texts = await read_texts()
-        result = await self.run(request, endpoint, texts, dimensions)
-        record.inputs, record.tokens = len(texts), result.tokens
-        return result
+    async def authorize(self, ref: EndpointRef, keys: list[str], note: CallRecord | None = None) -> Endpoint:
+        """The endpoint ``ref`` names, if one of ``keys`` is its key: NotFoundError (404), AuthError (401, no
+        key) or ForbiddenError (403) otherwise. Read fresh from the store at every call, so a rotated key or a
+        deleted endpoint is refused at once on every replica. ``note``: the request's access-log record, which
+        names the endpoint once it is found (refusals too)."""
+        endpoint, key_hash = self.store.endpoint_for_call(ref.project, ref.endpoint)  # one query
+        if note is not None:
+            note.endpoint, note.endpoint_id = endpoint.name, endpoint.id
+        require_keys(keys)
+        if not any([verify_key(key, key_hash) for key in keys]):  # each one checked (constant time)
+            raise ForbiddenError(f"the key is not valid for endpoint {endpoint.name!r}")
+        return endpoint
 
-    async def run(self, request: Request, endpoint: Endpoint, texts: list[str],
-                  dimensions: object = None) -> Embedded:
-        """Batch-size check, tokenise, queue: rows (float32 [n, dim]) for a caller whose right to ``endpoint``
-        is settled (by :meth:`embed`, or by the web UI's admin session). ``dimensions``, when given, must equal
-        the model's (checked before any compute). A client that leaves while queued is dropped before compute."""
+    async def embed(self, endpoint: Endpoint, texts: list[str], dimensions: object = None,
+                    client_left: Callable[[], Awaitable[None]] | None = None,
+                    note: CallRecord | None = None) -> Embedded:
+        """Rows (float32 [n, dim]) of ``texts`` for a caller whose right to ``endpoint`` is settled (by
+        :meth:`authorize`, or by the web UI's admin session). ``dimensions``, when given, must equal the model's
+        (checked before any compute). If ``client_left`` returns while the request is queued, the request is
+        dropped before compute (ClientGone). ``note`` gets the number of texts and tokens."""
         if len(texts) > endpoint.batch_size:
             raise InputError(f"Expected a Tensor with batch size <= {endpoint.batch_size}, "
                              f"got batch size: {len(texts)}")
@@ -209,21 +116,14 @@ class InferenceService:
         # admission before any work: an overloaded model says no before the texts are tokenised
         with batcher.reserve(estimate_tokens(texts, embedder.max_length)) as reservation:
             if len(texts) <= INLINE_TOKENIZE_TEXTS and sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-                sequences = embedder.tokenize(texts)  # a short request: less than a thread hand-off costs
+                sequences = embedder.tokenize(texts)
             else:
                 sequences = await asyncio.to_thread(embedder.tokenize, texts)
-            rows = await batcher.submit(sequences, disconnected=lambda: _disconnect(request),
-                                        reservation=reservation)
-        return Embedded(endpoint=endpoint, rows=rows, tokens=sum(len(s) for s in sequences))
-
-    @staticmethod
-    def check_key(endpoint: Endpoint, keys: list[str], key_hash: str) -> None:
-        """Refuse unless one of ``keys`` is the endpoint's key (``key_hash``, read with the endpoint)."""
-        if not keys:
-            raise AuthError("missing endpoint key: send the header 'key: <endpoint key>' "
-                            "(or 'Authorization: Bearer <endpoint key>')")
-        if not any([verify_key(key, key_hash) for key in keys]):  # each one checked (constant time)
-            raise ForbiddenError(f"the key is not valid for endpoint {endpoint.name!r}")
+            rows = await batcher.submit(sequences, disconnected=client_left, reservation=reservation)
+        tokens = sum(len(s) for s in sequences)
+        if note is not None:
+            note.inputs, note.tokens = len(texts), tokens
+        return Embedded(rows=rows, tokens=tokens)
 
     def endpoints_for_key(self, keys: list[str]) -> list[Endpoint]:
         """The endpoints ``keys`` open (the admin token opens all); AuthError if none."""
@@ -238,9 +138,10 @@ class InferenceService:
         return endpoints
 
 
-async def _disconnect(request: Request) -> None:
-    """Returns once the client has gone (the body was read already, so the next message is the disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+async def _service(request: Request) -> InferenceService:
+    # async: FastAPI runs a plain-function dependency on a thread pool, a hand-off per request
+    service: InferenceService = request.app.state.inference  # installed by the composition root
+    return service
+
+
+Service = Annotated[InferenceService, Depends(_service)]

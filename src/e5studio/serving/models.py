@@ -24,7 +24,7 @@ from e5studio.engine.checkpoint import ALIASES
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import E5StudioError, UnavailableError
 from e5studio.serving.batcher import Batcher, QueueLimits
-from e5studio.serving.metrics import Metrics
+from e5studio.serving.edge import Metrics
 from e5studio.settings import EngineSettings
 
 

@@ -1,18 +1,21 @@
-"""The API's request and response shapes as pydantic models: what ``/openapi.json`` (and ``/docs``) declare.
+"""The API's request and response shapes as pydantic models: the validation of every body (through
+:func:`e5studio.http_body.parse`, after the key check) and what ``/openapi.json`` (and ``/docs``) declare.
 
-The routes read their bodies themselves (the key is checked before the body is judged, the body is streamed
-under a size limit), so these models document the contract; :func:`body` and :func:`errors` put them on a
-route, :func:`complete_openapi` adds the request-body schemas and the key header as security schemes.
+A request model says a refusal in its own words (``refusal``: the field and what it must be, the words
+clients have always got); :func:`body` and :func:`errors` put the models on a route, :func:`complete_openapi`
+adds the request-body schemas and the key header as security schemes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.json_schema import models_json_schema
+
+from e5studio.http_body import RequestBody, json_type
 
 REF = "#/components/schemas/{model}"
 
@@ -25,32 +28,107 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class NlpRequest(BaseModel):
+def _params_refusal(body: dict[str, Any]) -> str | None:
+    params = body.get("params")
+    return "'params' must be a JSON object" if params is not None and not isinstance(params, dict) else None
+
+
+def _texts_refusal(value: Any, field: str) -> str | None:
+    """What is wrong with a list of texts (a bare string is a list of one only where the shape says so)."""
+    if not isinstance(value, list):
+        return f"'{field}' must be a list of strings, got {json_type(value)}"
+    if not value:
+        return f"'{field}' is an empty list; send at least one text"
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            return f"'{field}[{i}]' must be a string, got {json_type(item)}"
+    return None
+
+
+class _TextsRequest(RequestBody):
+    """A SambaStudio shape that sends its texts as a list of strings under one field."""
+
+    texts_field: ClassVar[str]
+
+    @classmethod
+    def refusal(cls, body: dict[str, Any], error: ValidationError) -> str:
+        field = cls.texts_field
+        if (params := _params_refusal(body)) is not None:
+            return params
+        if field not in body:
+            return f"request body needs '{field}': a list of strings"
+        return _texts_refusal(body[field], field) or super().refusal(body, error)
+
+
+class NlpRequest(_TextsRequest):
+    texts_field: ClassVar[str] = "inputs"
     inputs: list[str] = Field(min_length=1, description="texts to embed (at most the endpoint's batch size)")
     params: Params | None = None
 
 
-class GenericRequest(BaseModel):
+class GenericRequest(_TextsRequest):
+    texts_field: ClassVar[str] = "instances"
     instances: list[str] = Field(min_length=1, description="texts to embed (at most the endpoint's batch size)")
     params: Params | None = None
 
 
-class V2Item(BaseModel):
-    id: str | int | None = Field(None, description="echoed back unchanged (default: the item's index as a string)")
+class V2Item(RequestBody):
+    # the default None stands for "no id" (the item's index is sent back); a null sent is refused, as a bool or
+    # a float is, since the id is echoed back unchanged
+    id: str | int = Field(None, description=  # type: ignore[assignment]
+                          "echoed back unchanged (default: the item's index as a string)")
     value: str
 
 
-class V2Request(BaseModel):
+class V2Request(RequestBody):
     items: list[V2Item] = Field(min_length=1)
     params: Params | None = None
 
+    @classmethod
+    def refusal(cls, body: dict[str, Any], error: ValidationError) -> str:
+        if (params := _params_refusal(body)) is not None:
+            return params
+        items = body.get("items")
+        if not isinstance(items, list) or not items:
+            return "'items' must be a non-empty list of {\"id\": str, \"value\": str} objects"
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("value"), str):
+                return f"'items[{i}]' must be an object with a string 'value'"
+            item_id = item.get("id", str(i))
+            if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
+                return f"'items[{i}].id' must be a string or an integer (it is echoed back unchanged)"
+        return super().refusal(body, error)
 
-class OpenAIRequest(BaseModel):
+
+MODEL_REQUIRED = "'model' is required: the name or id of an e5studio endpoint"
+
+
+class OpenAIRequest(RequestBody):
     model: str = Field(min_length=1, description="the name or id of an e5studio endpoint")
-    input: str | list[str] = Field(description="a text or a non-empty list of texts")
+    input: str | Annotated[list[str], Field(min_length=1)] = Field(description="a text or a non-empty list of texts")
     encoding_format: Literal["float", "base64"] | None = "float"
-    dimensions: int | None = Field(None, description="must equal the model's dimension if given")
-    user: str | None = None
+    # judged by the service against the model's dimension (the message names it)
+    dimensions: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "null"}]})] = Field(
+        None, description="must equal the model's dimension if given")
+    user: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}]})] = None  # not used
+
+    @classmethod
+    def refusal(cls, body: dict[str, Any], error: ValidationError) -> str:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return MODEL_REQUIRED
+        if "input" not in body:
+            return "'input' is required: a string or a list of strings"
+        value = body["input"]
+        if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
+            return ("'input' as token arrays is not supported: send strings (E5 uses its own WordPiece "
+                    "tokenizer); with LangChain's OpenAIEmbeddings set check_embedding_ctx_length=False")
+        if not isinstance(value, str) and (texts := _texts_refusal(value, "input")) is not None:
+            return texts
+        encoding_format = body.get("encoding_format")
+        if encoding_format not in ("float", "base64", None):
+            return f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}"
+        return super().refusal(body, error)
 
 
 class ProjectCreate(BaseModel):

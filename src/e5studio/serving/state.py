@@ -10,8 +10,8 @@ from fastapi import Depends, FastAPI
 from starlette.requests import Request
 
 from e5studio.control.store import Store
+from e5studio.serving.edge import Metrics
 from e5studio.serving.inference import InferenceService
-from e5studio.serving.metrics import Metrics
 from e5studio.serving.models import ModelPool
 from e5studio.serving.throttle import LoginThrottle
 from e5studio.settings import ServeSettings

@@ -1,9 +1,8 @@
 """What every page of the web UI shares: templates, the session dependency, CSRF-checked form reading, the
-JSON body of the UI's own JavaScript calls."""
+JSON body of the UI's own JavaScript calls (both read by ``e5studio.http_body``, as the API reads its bodies)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -12,10 +11,10 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
-from starlette.types import Message
 
-from e5studio import __version__
-from e5studio.errors import ForbiddenError, InputError, LoginRequired, PayloadTooLargeError
+from e5studio import __version__, http_body
+from e5studio.errors import ForbiddenError, LoginRequired
+from e5studio.http_body import limited
 from e5studio.web.sessions import COOKIE_NAME, Session, SessionStore
 from e5studio.web.state import web_state
 
@@ -62,28 +61,9 @@ def check_csrf_header(request: Request, session: Session) -> None:
         raise ForbiddenError("the CSRF token is missing or wrong: reload the page and try again")
 
 
-def _limited(request: Request, limit: int, what: str = "the form") -> Request:
-    """The same request with a body reader that stops (HTTP 413) after ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"{what} is {int(declared)} bytes; the limit is {limit}")
-    received = 0
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await request.receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise PayloadTooLargeError(f"{what} is over the limit of {limit} bytes")
-        return message
-
-    return Request(request.scope, receive)
-
-
 async def read_form(request: Request, session: Session, limit: int = FORM_LIMIT_BYTES) -> FormData:
     """The posted form (multipart parts spool to temporary files on disk), CSRF token checked first."""
-    form = await _limited(request, limit).form(max_files=4, max_fields=64)
+    form = await limited(request, limit, "the form").form(max_files=4, max_fields=64)
     token = form.get(CSRF_FIELD)
     if not isinstance(token, str) or not session.check_csrf(token):
         await form.close()
@@ -92,16 +72,10 @@ async def read_form(request: Request, session: Session, limit: int = FORM_LIMIT_
 
 
 async def read_json(request: Request, session: Session, limit: int) -> dict[str, Any]:
-    """The JSON object a page's JavaScript posted (at most ``limit`` bytes), CSRF header checked first."""
+    """The JSON object a page's JavaScript posted (at most ``limit`` bytes), CSRF header checked first; read
+    by the API's hardened reader (each refusal names what is wrong)."""
     check_csrf_header(request, session)
-    raw = await _limited(request, limit, "the request body").body()
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: also numbers over the digit limit
-        raise InputError("the request body is not JSON (or nested too deeply)") from None
-    if not isinstance(body, dict):
-        raise InputError("the request body must be a JSON object")
-    return body
+    return await http_body.read_json(request, limit)
 
 
 def text_field(form: FormData, name: str, default: str = "") -> str:

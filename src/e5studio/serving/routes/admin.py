@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Request
 
 from e5studio.control.store import Endpoint
 from e5studio.errors import AuthError, ForbiddenError, InputError
+from e5studio.http_body import read_json
 from e5studio.jobspec import deploy_gate
-from e5studio.serving.inference import bearer_token, read_json
+from e5studio.serving.inference import bearer_token
 from e5studio.serving.schemas import ADMIN_ERRORS, EndpointCreate, ProjectCreate, body, errors
 from e5studio.serving.state import ServingState, State
 from e5studio.serving.throttle import client_address

@@ -1,9 +1,13 @@
-"""OpenAI-compatible ``/v1/embeddings`` and ``/v1/models``; ``model`` names the endpoint (name or id)."""
+"""OpenAI-compatible ``/v1/embeddings`` and ``/v1/models``; ``model`` names the endpoint (name or id).
+
+The endpoint is named inside the body, so the body is read before the lookup; a request without any key is
+refused before a byte of it is read, and the texts are judged only after the key check."""
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -11,26 +15,31 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from e5studio.errors import InputError
-from e5studio.serving.answers import float64_rows, vectors_answer
-from e5studio.serving.inference import EndpointRef, read_json, request_keys, string_list
-from e5studio.serving.schemas import INFERENCE_ERRORS, ModelList, OpenAIRequest, OpenAIResponse, body, errors
-from e5studio.serving.state import State
+from e5studio.http_body import client_left, float64_rows, parse, read_json, vectors_answer
+from e5studio.serving.edge import call_record
+from e5studio.serving.inference import EndpointRef, Service, request_keys, require_keys
+from e5studio.serving.schemas import (
+    INFERENCE_ERRORS,
+    MODEL_REQUIRED,
+    ModelList,
+    OpenAIRequest,
+    OpenAIResponse,
+    body,
+    errors,
+)
 from e5studio.serving.urls import OPENAI_EMBEDDINGS_PATH, OPENAI_MODELS_PATH
 
 router = APIRouter()
-ENCODINGS = ("float", "base64")
 
 
-def _texts(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
-        raise InputError("'input' as token arrays is not supported: send strings (E5 uses its own WordPiece "
-                         "tokenizer); with LangChain's OpenAIEmbeddings set check_embedding_ctx_length=False")
-    return string_list(value, "input")
+def _named(body: dict[str, Any]) -> EndpointRef:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InputError(MODEL_REQUIRED)
+    return EndpointRef(model)
 
 
-def _encode(row: np.ndarray, encoding_format: str) -> np.ndarray | str:
+def _encode(row: np.ndarray, encoding_format: str | None) -> np.ndarray | str:
     if encoding_format == "base64":
         return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
     return float64_rows(row)
@@ -38,35 +47,27 @@ def _encode(row: np.ndarray, encoding_format: str) -> np.ndarray | str:
 
 @router.post(OPENAI_EMBEDDINGS_PATH, response_model=None, openapi_extra=body(OpenAIRequest),
              responses=errors(*INFERENCE_ERRORS, ok=OpenAIResponse))
-async def embeddings(request: Request, state: State) -> Response:
-    body = await read_json(request, state.settings.max_body_bytes)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InputError("'model' is required: the name or id of an e5studio endpoint")
-    encoding_format = body.get("encoding_format") or "float"
-
-    async def texts() -> list[str]:
-        if "input" not in body:
-            raise InputError("'input' is required: a string or a list of strings")
-        found = _texts(body["input"])
-        if encoding_format not in ENCODINGS:
-            raise InputError(f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}")
-        return found
-
-    result = await state.inference.embed(request, EndpointRef(model), texts, dimensions=body.get("dimensions"))
+async def embeddings(request: Request, service: Service) -> Response:
+    note = call_record(request)
+    keys = require_keys(request_keys(request))
+    raw = await read_json(request, service.max_body_bytes)
+    endpoint = await service.authorize(_named(raw), keys, note)
+    shape = parse(raw, OpenAIRequest)
+    texts = [shape.input] if isinstance(shape.input, str) else shape.input
+    embedded = await service.embed(endpoint, texts, shape.dimensions, partial(client_left, request), note)
     return vectors_answer({
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": _encode(row, encoding_format)}
-                 for i, row in enumerate(result.rows)],
-        "model": result.endpoint.name,
-        "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        "data": [{"object": "embedding", "index": i, "embedding": _encode(row, shape.encoding_format)}
+                 for i, row in enumerate(embedded.rows)],
+        "model": endpoint.name,
+        "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens},
     })
 
 
 @router.get(OPENAI_MODELS_PATH, response_model=None, responses=errors(401, 403, 405, 500, ok=ModelList))
-async def models(request: Request, state: State) -> dict[str, Any]:
+async def models(request: Request, service: Service) -> dict[str, Any]:
     """The endpoints this key opens (the admin token lists all)."""
     return {"object": "list", "data": [
         {"id": e.name, "object": "model", "owned_by": e.project_name, "precision": e.precision,
          "created": int(datetime.fromisoformat(e.created_at).timestamp())}
-        for e in state.inference.endpoints_for_key(request_keys(request))]}
+        for e in service.endpoints_for_key(request_keys(request))]}

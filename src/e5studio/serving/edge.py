@@ -1,0 +1,241 @@
+"""The edge of every request, one ASGI layer (:class:`Edge`), and the server's metrics.
+
+Around each request, in one pass: a deadline for its body (HTTP 408), a small body limit and a fixed deadline
+on the routes that read a body before knowing who sends it (the login form), a guard that turns an exception
+nobody answered into a JSON 500 with a request id (the connection and the server survive), a client that left
+mid-body noted as one info line, and one JSON access-log line per request (no texts, no keys) with the
+request metrics of the inference routes.
+
+What a request did (its endpoint, how many texts and tokens, the kind of error it got) is written into its
+:class:`CallRecord` as the request proceeds; the edge reads it when the request is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from e5studio.errors import BodyTimeoutError, PayloadTooLargeError
+from e5studio.serving.urls import INFERENCE_PREFIXES
+
+access_log = logging.getLogger("e5studio.access")
+Answer = Callable[[Request, Exception, str], Awaitable[Response]]
+MIN_BODY_RATE = 64 * 1024  # bytes/s a client must keep up beyond the base timeout (large uploads)
+_SCOPE_KEY = "call"
+
+
+@dataclass
+class CallRecord:
+    """What one request did, for the access log and the metrics."""
+
+    endpoint: str = ""
+    endpoint_id: str = ""
+    inputs: int | None = None
+    tokens: int | None = None
+    error_type: str | None = None
+
+
+def call_record(request: Request) -> CallRecord:
+    """The record of ``request`` (made on first use; kept in the request's ASGI scope state)."""
+    state = request.scope.setdefault("state", {})
+    record = state.get(_SCOPE_KEY)
+    if not isinstance(record, CallRecord):
+        record = state[_SCOPE_KEY] = CallRecord()
+    return record
+
+
+class Edge:
+    """Pure ASGI middleware around the app (the one error handler inside it answers what routes raise).
+
+    ``timeout_s``: the body must arrive within it plus the time its declared length takes at
+    ``MIN_BODY_RATE``, so a client that sends half a body holds its connection for seconds, not forever.
+    ``unauthenticated``: path -> body limit of the routes that read a body before any credential is checked;
+    there the deadline is ``timeout_s`` whatever the declared length, and a body over the limit is refused
+    (HTTP 413) before it is read. ``answer``: the error answer of a crash (logs it, JSON 500 with the id)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, timeout_s: float, answer: Answer,
+                 unauthenticated: Mapping[str, int]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.answer = answer
+        self.unauthenticated = dict(unauthenticated)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        record = scope.setdefault("state", {})[_SCOPE_KEY] = CallRecord()
+        status = 0  # 0: no answer started
+        try:
+            async def tracked(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            await self.app(scope, self._body_reader(scope, receive), tracked)
+        except ClientDisconnect:  # the client left while its body was read: no one to answer
+            status, record.error_type = 499, "client_disconnected"
+        except Exception as exc:  # noqa: BLE001 - the one place nothing may escape
+            if status:  # the answer is half sent: nothing left to say; the server logs it
+                raise
+            response = await self.answer(Request(scope, receive), exc, uuid.uuid4().hex[:16])
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            self._note(scope, record, status or 500, time.perf_counter() - started)
+
+    def _body_reader(self, scope: Scope, receive: Receive) -> Receive:
+        """``receive`` under the body's deadline (and, on an unauthenticated route, its size limit)."""
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        declared = int(length) if length.isdigit() else 0
+        limit = self.unauthenticated.get(scope["path"])
+        grace = declared / MIN_BODY_RATE if limit is None else 0.0
+        deadline = time.monotonic() + self.timeout_s + grace
+        received = 0
+        body_done = False
+
+        async def limited() -> Message:
+            nonlocal body_done, received
+            if body_done:
+                return await receive()  # after the body: only the disconnect is left to wait for
+            if limit is not None and declared > limit:
+                raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BodyTimeoutError(f"the request body did not arrive within {self.timeout_s:g} s") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            if limit is not None and message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
+            return message
+
+        return limited
+
+    def _note(self, scope: Scope, record: CallRecord, status: int, elapsed: float) -> None:
+        """The access-log line and, for an inference route, the request metrics."""
+        route = getattr(scope.get("route"), "path", "unmatched")  # a template, never a raw path
+        if scope["path"].startswith(INFERENCE_PREFIXES):
+            metrics = self.metrics
+            if record.endpoint_id:
+                metrics.endpoint_stats.record(record.endpoint_id, status, elapsed)
+            metrics.requests.labels(route, record.endpoint, str(status)).inc()
+            metrics.request_seconds.labels(route).observe(elapsed)
+            if status >= 400:
+                metrics.failures.labels(route, record.endpoint, record.error_type or str(status)).inc()
+        access_log.info(json.dumps({
+            "method": scope["method"], "route": route, "status": status, "ms": round(elapsed * 1000, 2),
+            "endpoint": record.endpoint, "inputs": record.inputs, "tokens": record.tokens,
+            "error": record.error_type, "client": (scope.get("client") or ("", 0))[0],
+        }))
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("e5studio_requests", "Inference requests answered", ["route", "endpoint", "status"],
+                                registry=r)
+        self.failures = Counter("e5studio_request_failures", "Inference requests that failed",
+                                ["route", "endpoint", "reason"], registry=r)
+        self.request_seconds = Histogram("e5studio_request_seconds", "Request latency", ["route"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("e5studio_queue_depth", "Requests waiting for the engine", ["model"], registry=r)
+        self.queue_seconds = Histogram("e5studio_queue_seconds", "Time a request waited in the queue", ["model"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_seconds = Histogram("e5studio_compute_seconds", "Engine time per batch", ["model"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_items = Histogram("e5studio_batch_items", "Texts per engine batch", ["model"],
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.batch_tokens = Histogram("e5studio_batch_tokens", "Real tokens per engine batch", ["model"],
+                                      buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768), registry=r)
+
+        self.endpoint_stats = EndpointStats()
+
+    def observer(self, model: str) -> ModelObserver:
+        return ModelObserver(self, model)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ModelObserver:
+    """The batcher's view of the metrics, labelled with one model."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._m = metrics
+        self._model = model
+
+    def batch_done(self, items: int, tokens: int, compute_s: float) -> None:
+        self._m.batch_items.labels(self._model).observe(items)
+        self._m.batch_tokens.labels(self._model).observe(tokens)
+        self._m.compute_seconds.labels(self._model).observe(compute_s)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._m.queue_seconds.labels(self._model).observe(seconds)
+
+    def queue_depth(self, depth: int) -> None:
+        self._m.queue_depth.labels(self._model).set(depth)
+
+
+@dataclass(frozen=True)
+class EndpointSummary:
+    """Requests answered by one endpoint since the server started, and their latency."""
+
+    count: int = 0
+    errors: int = 0
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+
+
+class EndpointStats:
+    """Per-endpoint request counts and latencies (the last 1,000 requests) for the web UI."""
+
+    def __init__(self, window: int = 1000) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+        self._total_s: dict[str, float] = {}
+        self._recent: dict[str, deque[float]] = {}
+        self._window = window
+
+    def record(self, endpoint_id: str, status: int, seconds: float) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(endpoint_id, [0, 0])
+            counts[0] += 1
+            counts[1] += status >= 400
+            self._total_s[endpoint_id] = self._total_s.get(endpoint_id, 0.0) + seconds
+            self._recent.setdefault(endpoint_id, deque(maxlen=self._window)).append(seconds)
+
+    def get(self, endpoint_id: str) -> EndpointSummary:
+        with self._lock:
+            if endpoint_id not in self._counts:
+                return EndpointSummary()
+            count, errors = self._counts[endpoint_id]
+            recent = sorted(self._recent[endpoint_id])
+            return EndpointSummary(count=count, errors=errors,
+                                   mean_ms=round(1000 * self._total_s[endpoint_id] / count, 2),
+                                   p50_ms=round(1000 * recent[len(recent) // 2], 2))
