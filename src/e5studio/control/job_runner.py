@@ -51,18 +51,16 @@ from typing import Any
 from e5studio.control import job_outputs
 from e5studio.control.database import STORE_ENV
 from e5studio.control.datasets import Dataset
+from e5studio.control.job_launch import check_eval_dirs, check_model, embed_args, failure_reason, train_args
 from e5studio.control.job_records import (
-    CANCEL_REASON,
     CLI_GONE_REASON,
     JOB_CANCELLED,
-    JOB_FAILED,
     JOB_INTERRUPTED,
     JOB_OWNER_CLI,
     JOB_OWNER_SERVER,
     JOB_QUEUED,
     JOB_RESUMABLE_STATUSES,
     JOB_RUNNING,
-    JOB_SUCCEEDED,
     KIND_BATCH_EMBED,
     KIND_TRAIN,
     RESUMED_REASON,
@@ -72,45 +70,18 @@ from e5studio.control.job_records import (
     shutdown_reason,
 )
 from e5studio.control.priority import lower_priority
-from e5studio.control.processes import is_job_process, pid_alive, runner_alive, signal_group
+from e5studio.control.processes import is_job_process, runner_alive, signal_group, stop_orphan
 from e5studio.control.store import Store
-from e5studio.errors import ConflictError, E5StudioError, InputError, ParamError, UnavailableError
+from e5studio.errors import ConflictError, E5StudioError, InputError, UnavailableError
 from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
-from e5studio.jobspec.layout import JOBS_DIR, LOG_FILE, PASSAGES_FILE, STORE_FILE, VECTORS_DIR, eval_files
-from e5studio.jobspec.params import command_args, validate_params
+from e5studio.jobspec.layout import JOBS_DIR, LOG_FILE, PASSAGES_FILE, STORE_FILE
+from e5studio.jobspec.params import validate_params
 from e5studio.jobspec.train_params import TRAIN_PARAMS
 
 _POLL_S = 0.1
-_REASON_CHARS = 2000
 DEFAULT_LEASE_S = 30.0  # a job's lease; a replica that stops renewing it loses the job this long after
 _RENEW_AT_MOST_S = 2.0  # leases are renewed every lease_s / 3 seconds, at least this often
 log = logging.getLogger("e5studio")
-
-
-def _check_model(model: object) -> str:
-    if not isinstance(model, str) or not model.strip():
-        raise ParamError("model", "must be a non-empty hub id, alias or local directory")
-    return model.strip()
-
-
-def _check_eval_dirs(eval_dirs: str | Sequence[str] | None) -> list[str]:
-    """Evaluation sets, in order (the first in-domain): a list, or one string with a folder per line."""
-    if eval_dirs is None:
-        return []
-    given = str(eval_dirs).splitlines() if isinstance(eval_dirs, str) else list(eval_dirs)
-    out: list[str] = []
-    for eval_dir in given:
-        if not isinstance(eval_dir, str):
-            raise ParamError("eval_dir", f"must be folder paths, got {eval_dir!r}")
-        if not eval_dir.strip():
-            continue
-        path = Path(eval_dir.strip()).expanduser().resolve()
-        files = eval_files()
-        missing = [name for name in files if not (path / name).is_file()]
-        if missing:
-            raise ParamError("eval_dir", f"{path} must hold {', '.join(files)}; missing {', '.join(missing)}")
-        out.append(str(path))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the runner
@@ -168,12 +139,12 @@ class JobRunner:
         NotFoundError for an unknown dataset.
         """
         values = validate_params(params, TRAIN_PARAMS)
-        model = _check_model(model)
-        eval_paths = _check_eval_dirs(eval_dir)
+        model = check_model(model)
+        eval_paths = check_eval_dirs(eval_dir)
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
             job = self._record(KIND_TRAIN, model, dataset, {"eval_dirs": eval_paths, **values})
-            return self._spawn(job, self._train_args(job, resume=False))
+            return self._spawn(job, train_args(job, self.data_dir, resume=False))
 
     def start_batch_embed(self, dataset_ref: str, model: str, params: Mapping[str, object] | None = None) -> JobRecord:
         """Embed a recorded dataset's passages.jsonl with ``model`` into ``<job dir>/vectors`` (Parquet shards,
@@ -183,13 +154,13 @@ class JobRunner:
         :data:`BATCH_EMBED_PARAMS`.
         """
         values = validate_params(params or {}, BATCH_EMBED_PARAMS)
-        model = _check_model(model)
+        model = check_model(model)
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
             job = self._record(KIND_BATCH_EMBED, model, dataset,
                                {"input": str(Path(dataset.path) / PASSAGES_FILE), **values})
             self.store.update_job(job.id, total_steps=dataset.passages)
-            return self._spawn(job, self._embed_args(job))
+            return self._spawn(job, embed_args(job))
 
     def _record(self, kind: str, model: str, dataset: Dataset, params: Mapping[str, object]) -> JobRecord:
         """A new server-owned job row in its own folder, Queued then claimed by this runner at once (Running,
@@ -226,7 +197,7 @@ class JobRunner:
                                         runner_pid=os.getpid(), runner_host=self.host):
                 raise ConflictError(f"job {job_id} changed status meanwhile; not resumed")
             job = self.store.get_job(job_id)
-            args = self._train_args(job, resume=True) if job.kind == KIND_TRAIN else self._embed_args(job)
+            args = train_args(job, self.data_dir, resume=True) if job.kind == KIND_TRAIN else embed_args(job)
             return self._spawn(job, args)
 
     def _check_open(self) -> None:
@@ -242,22 +213,6 @@ class JobRunner:
         """Whether the job's process (if any) runs on this host: its pid means something here."""
         return job.runner_host in ("", self.host)
 
-    def _train_args(self, job: JobRecord, resume: bool) -> list[str]:
-        p = job.params
-        args = ["train", "--job-id", job.id, "--dataset", str(job.dataset_id), "--model", job.model,
-                "--output", job.output, "--data-dir", str(self.data_dir), "--no-progress"]
-        args += command_args(TRAIN_PARAMS, p)
-        for eval_dir in p.get("eval_dirs") or ([p["eval_dir"]] if p.get("eval_dir") else []):
-            args += ["--eval-dir", str(eval_dir)]
-        return [*args, "--resume"] if resume else args
-
-    def _embed_args(self, job: JobRecord) -> list[str]:
-        p = job.params
-        args = ["embed-corpus", str(p["input"]), "--output", str(Path(job.output) / VECTORS_DIR), "--model",
-                job.model, "--format", "jsonl", "--text-field", "contents", "--input-type", "passage",
-                "--no-progress"]
-        return args + command_args(BATCH_EMBED_PARAMS, p)
-
     def _spawn(self, job: JobRecord, args: list[str]) -> JobRecord:
         """Start the job's process (own process group, output to its log) and record its pid."""
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -271,7 +226,7 @@ class JobRunner:
                                          start_new_session=True)
             except OSError as exc:
                 reason = f"could not start the job process: {exc}"
-                self.store.transition_job(job.id, (JOB_RUNNING,), JOB_FAILED, reason)
+                self.store.fail_job(job.id, reason)
                 raise E5StudioError(f"job {job.id}: {reason}") from exc
         lower_priority(child.pid)  # below the server's event loop, level with its inference compute
         self._children[job.id] = child
@@ -349,7 +304,7 @@ class JobRunner:
             log.warning("job %s: its lease expired (server %s on %s gone); marked Interrupted", job.id,
                         job.lease_owner, job.runner_host or "?")
             if job.id not in self._children and self._local(job) and is_job_process(job) and job.pid is not None:
-                self._stop_orphan(job.pid, 10.0)
+                stop_orphan(job.pid, 10.0)
             if job.id not in self._children:
                 self.store.set_job_process(job.id, None)
 
@@ -357,7 +312,7 @@ class JobRunner:
         """Start the Queued jobs nobody took (their server died between recording and starting them)."""
         while (job := self.store.claim_job(self.id, self.lease_s, runner_pid=os.getpid(), runner_host=self.host,
                                            kinds=(KIND_TRAIN, KIND_BATCH_EMBED))) is not None:
-            args = self._train_args(job, resume=False) if job.kind == KIND_TRAIN else self._embed_args(job)
+            args = train_args(job, self.data_dir, resume=False) if job.kind == KIND_TRAIN else embed_args(job)
             try:
                 self._spawn(job, args)
             except E5StudioError:
@@ -368,24 +323,13 @@ class JobRunner:
         if job.kind == KIND_BATCH_EMBED:
             self._embed_progress(job)
             if code == 0:  # embed-corpus finished every shard: done, even if a cancel came too late
-                self.store.transition_job(job_id, (JOB_RUNNING, JOB_CANCELLED), JOB_SUCCEEDED, "")
+                self.store.finish_job(job_id)
         if self._closing:
-            self.store.transition_job(job_id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED,
-                                      shutdown_reason(job.kind))
+            self.store.interrupt_server_job(job_id, shutdown_reason(job.kind))
         else:
-            self.store.transition_job(job_id, (JOB_RUNNING,), JOB_FAILED, self._failure_reason(job, code))
+            self.store.fail_job(job_id, failure_reason(self.log_tail(job.id, 20), code))
         self.store.release_job_lease(job_id, self.id)
         return self.store.set_job_process(job_id, None)
-
-    def _failure_reason(self, job: JobRecord, code: int) -> str:
-        how = f"exit code {code}"
-        if code < 0:
-            with suppress(ValueError):
-                how = f"killed by {signal.Signals(-code).name}"
-        lines = [line.strip() for line in self.log_tail(job.id, 20)]
-        last = next((line for line in reversed(lines) if line and not line.startswith("--- ")), "")
-        reason = f"the job process ended without recording a result ({how})" + (f": {last}" if last else "")
-        return reason[:_REASON_CHARS]
 
     def _embed_progress(self, job: JobRecord) -> None:
         """Passages done (embedded or rejected) from embed-corpus's manifest; its summary once complete."""
@@ -419,7 +363,7 @@ class JobRunner:
         Cancelled; a train job resumes from its last checkpoint). Returns the job; :meth:`poll` reaps it."""
         with self._lock:
             job = self.store.get_job(job_id)
-            if not self.store.transition_job(job_id, (JOB_RUNNING,), JOB_CANCELLED, CANCEL_REASON):
+            if not self.store.cancel_job(job_id):
                 raise ConflictError(f"job {job_id} is {self.store.get_job(job_id).status}; only a Running job "
                                     "can be cancelled")
             child = self._children.get(job_id)
@@ -484,29 +428,17 @@ class JobRunner:
                     if job.runner_id == self.id or not self._runner_gone(job):
                         continue
                     if self._local(job) and is_job_process(job) and job.pid is not None:
-                        self._stop_orphan(job.pid, timeout)
+                        stop_orphan(job.pid, timeout)
                     reason = restart_reason(job.kind) if self._local(job) else lease_expired_reason(job.kind)
-                    changed = self.store.transition_job(job.id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED,
-                                                        reason)
+                    changed = self.store.interrupt_server_job(job.id, reason)
                 elif job.owner == JOB_OWNER_CLI and job.pid is not None and self._local(job) \
                         and not is_job_process(job):
-                    changed = self.store.transition_job(job.id, (JOB_RUNNING,), JOB_INTERRUPTED, CLI_GONE_REASON)
+                    changed = self.store.interrupt_job(job.id, CLI_GONE_REASON)
                 else:
                     continue
                 if changed:
                     recovered.append(self.store.set_job_process(job.id, None))
         return recovered
-
-    @staticmethod
-    def _stop_orphan(pid: int, timeout: float) -> None:
-        """SIGTERM a job process that is not our child (its group: it leads one), SIGKILL after ``timeout``."""
-        for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            signal_group(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(_POLL_S)
-            if not pid_alive(pid):
-                return
 
     # -- reading -------------------------------------------------------------------------------------
 
