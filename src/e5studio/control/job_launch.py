@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from e5studio.control.job_records import REASON_CHARS, JobRecord
+from e5studio.control.job_records import KIND_TRAIN, REASON_CHARS, JobRecord
 from e5studio.errors import ParamError
 from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
 from e5studio.jobspec.layout import VECTORS_DIR, eval_files
@@ -54,13 +54,19 @@ def train_args(job: JobRecord, data_dir: Path, resume: bool) -> list[str]:
     return [*args, "--resume"] if resume else args
 
 
-def embed_args(job: JobRecord) -> list[str]:
-    """``e5studio embed-corpus ...`` into the job folder's ``vectors``; rerun as is, it continues."""
+def embed_args(job: JobRecord, data_dir: Path) -> list[str]:
+    """``e5studio embed-corpus ... --job-id ...`` into the job folder's ``vectors``: the process takes the
+    recorded job over (its lifecycle handle); rerun as is, it continues."""
     p = job.params
     args = ["embed-corpus", str(p["input"]), "--output", str(Path(job.output) / VECTORS_DIR), "--model",
             job.model, "--format", "jsonl", "--text-field", "contents", "--input-type", "passage",
-            "--no-progress"]
+            "--no-progress", "--job-id", job.id, "--data-dir", str(data_dir)]
     return args + command_args(BATCH_EMBED_PARAMS, p)
+
+
+def job_args(job: JobRecord, data_dir: Path, resume: bool) -> list[str]:
+    """The command line of the job's process (after ``e5studio``), by its kind."""
+    return train_args(job, data_dir, resume) if job.kind == KIND_TRAIN else embed_args(job, data_dir)
 
 
 def failure_reason(log_tail: Sequence[str], code: int) -> str:

@@ -1,21 +1,22 @@
 """Train and batch-embedding jobs as background processes that the server starts, watches and stops.
 
 The runner imports no ML code: each job is a child process ``python -m e5studio train --job-id ...`` or
-``... embed-corpus ...`` in its own process group (a Ctrl-C meant for the server never reaches it), with
+``... embed-corpus ... --job-id ...`` in its own process group (a Ctrl-C meant for the server never reaches it), with
 stdout and stderr in ``<data_dir>/jobs/<job id>/job.log``; the job's outputs live in the same folder.
 
-Who records what in the control store (statuses and the legal moves between them in :mod:`.job_records`;
-parameters in :mod:`e5studio.jobspec`; what the processes write is read by :mod:`.job_outputs`):
+Who records what in the control store (statuses and the legal moves between them, each a named move, in
+:mod:`.job_records`; parameters in :mod:`e5studio.jobspec`; command lines in :mod:`.job_launch`; what the
+processes write is read by :mod:`.job_outputs`):
 
-- The runner creates the job row (Running) before it starts the process, and records the pid.
-- A train process records its own progress, its result (Succeeded, Failed with the error) and, on Ctrl-C
-  or SIGTERM, Interrupted, unless the job is Cancelled already.
+- The runner records the job (Queued, claimed at once: Running) before it starts the process, and its pid.
+- The process (``--job-id``) takes the job over through its lifecycle handle (:mod:`e5studio.jobs.lifecycle`,
+  every job kind alike) and records its progress, its result (Succeeded, Failed with the error) and, on
+  Ctrl-C or SIGTERM, Interrupted, unless the job is Cancelled already.
 - :meth:`JobRunner.cancel` records Cancelled first, then sends SIGTERM: the process stops at once and
-  leaves Cancelled as it is. :meth:`JobRunner.close` (server shutdown) sends SIGTERM without recording
-  anything first, so the job ends Interrupted (resumable). Neither can be mistaken for the other.
-- :meth:`JobRunner.poll` reaps ended processes and records a final status where the process did not
-  (batch embedding never does; a killed process cannot): Succeeded for a batch embedding that exited 0,
-  Interrupted during shutdown, else Failed with the exit status and the last log line.
+  leaves Cancelled as it is. :meth:`JobRunner.close` (server shutdown) sends SIGTERM and records the jobs
+  Interrupted (resumable). Neither can be mistaken for the other.
+- :meth:`JobRunner.poll` reaps ended processes and records a final status where the process did not (a
+  killed process cannot): Interrupted during shutdown, else Failed with the exit status and the last log line.
 - :meth:`JobRunner.recover` (server start) marks Interrupted the Running jobs of a server that is gone,
   stopping any of their processes that outlived it.
 
@@ -26,10 +27,8 @@ every ``lease_s / 3`` seconds, at most 2 s). When a replica dies its leases expi
 of any replica marks those jobs Interrupted (stopping a process that outlived its server on the same host), so
 Resume works from any replica. A cancel recorded by another replica reaches the process through the runner that
 owns it (its renewal loop sees the job Cancelled and stops it). Resuming on another host needs the data
-directory (job folders) on storage that both hosts share.
-
-Every stopped job resumes exactly (train: from its newest checkpoint; batch embedding: after its last
-complete shard) with :meth:`JobRunner.resume`.
+directory (job folders) on storage that both hosts share. Every stopped job resumes exactly (train: from its
+newest checkpoint; batch embedding: after its last complete shard) with :meth:`JobRunner.resume`.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ from typing import Any
 from e5studio.control import job_outputs
 from e5studio.control.database import STORE_ENV
 from e5studio.control.datasets import Dataset
-from e5studio.control.job_launch import check_eval_dirs, check_model, embed_args, failure_reason, train_args
+from e5studio.control.job_launch import check_eval_dirs, check_model, failure_reason, job_args
 from e5studio.control.job_records import (
     CLI_GONE_REASON,
     JOB_CANCELLED,
@@ -144,13 +143,13 @@ class JobRunner:
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
             job = self._record(KIND_TRAIN, model, dataset, {"eval_dirs": eval_paths, **values})
-            return self._spawn(job, train_args(job, self.data_dir, resume=False))
+            return self._spawn(job, job_args(job, self.data_dir, resume=False))
 
     def start_batch_embed(self, dataset_ref: str, model: str, params: Mapping[str, object] | None = None) -> JobRecord:
         """Embed a recorded dataset's passages.jsonl with ``model`` into ``<job dir>/vectors`` (Parquet shards,
         manifest, search index: an ``e5studio embed-corpus`` output); returns the job Running.
 
-        Progress (passages done of the dataset's passages) is refreshed by :meth:`poll`. ``params``: any of
+        Its process records the progress (passages done of the dataset's passages). ``params``: any of
         :data:`BATCH_EMBED_PARAMS`.
         """
         values = validate_params(params or {}, BATCH_EMBED_PARAMS)
@@ -160,7 +159,7 @@ class JobRunner:
             job = self._record(KIND_BATCH_EMBED, model, dataset,
                                {"input": str(Path(dataset.path) / PASSAGES_FILE), **values})
             self.store.update_job(job.id, total_steps=dataset.passages)
-            return self._spawn(job, embed_args(job))
+            return self._spawn(job, job_args(job, self.data_dir, resume=False))
 
     def _record(self, kind: str, model: str, dataset: Dataset, params: Mapping[str, object]) -> JobRecord:
         """A new server-owned job row in its own folder, Queued then claimed by this runner at once (Running,
@@ -197,7 +196,7 @@ class JobRunner:
                                         runner_pid=os.getpid(), runner_host=self.host):
                 raise ConflictError(f"job {job_id} changed status meanwhile; not resumed")
             job = self.store.get_job(job_id)
-            args = train_args(job, self.data_dir, resume=True) if job.kind == KIND_TRAIN else embed_args(job)
+            args = job_args(job, self.data_dir, resume=True)
             return self._spawn(job, args)
 
     def _check_open(self) -> None:
@@ -278,16 +277,14 @@ class JobRunner:
     # -- watching ------------------------------------------------------------------------------------
 
     def poll(self) -> list[JobRecord]:
-        """Reap ended job processes, recording a final status where the process did not, and refresh the
-        progress of batch embeddings; returns the jobs whose process ended since the last call."""
+        """Reap ended job processes, recording a final status where the process did not, expire the leases of
+        gone replicas and start the Queued jobs nobody took; returns the jobs whose process ended since the
+        last call."""
         ended: list[JobRecord] = []
         with self._lock:
             for job_id, child in list(self._children.items()):
                 code = child.poll()
                 if code is None:
-                    job = self.store.get_job(job_id)
-                    if job.kind == KIND_BATCH_EMBED:
-                        self._embed_progress(job)
                     continue
                 del self._children[job_id]
                 self._signalled.discard(job_id)
@@ -312,7 +309,7 @@ class JobRunner:
         """Start the Queued jobs nobody took (their server died between recording and starting them)."""
         while (job := self.store.claim_job(self.id, self.lease_s, runner_pid=os.getpid(), runner_host=self.host,
                                            kinds=(KIND_TRAIN, KIND_BATCH_EMBED))) is not None:
-            args = train_args(job, self.data_dir, resume=False) if job.kind == KIND_TRAIN else embed_args(job)
+            args = job_args(job, self.data_dir, resume=False)
             try:
                 self._spawn(job, args)
             except E5StudioError:
@@ -320,26 +317,12 @@ class JobRunner:
 
     def _reap(self, job_id: str, code: int) -> JobRecord:
         job = self.store.get_job(job_id)
-        if job.kind == KIND_BATCH_EMBED:
-            self._embed_progress(job)
-            if code == 0:  # embed-corpus finished every shard: done, even if a cancel came too late
-                self.store.finish_job(job_id)
         if self._closing:
             self.store.interrupt_server_job(job_id, shutdown_reason(job.kind))
         else:
             self.store.fail_job(job_id, failure_reason(self.log_tail(job.id, 20), code))
         self.store.release_job_lease(job_id, self.id)
         return self.store.set_job_process(job_id, None)
-
-    def _embed_progress(self, job: JobRecord) -> None:
-        """Passages done (embedded or rejected) from embed-corpus's manifest; its summary once complete."""
-        progress = job_outputs.embed_progress(job)
-        if progress is None:
-            return
-        if progress.summary is not None:
-            self.store.update_job(job.id, step=progress.done, metrics=progress.summary)
-        elif progress.done != job.step:
-            self.store.update_job(job.id, step=progress.done)
 
     def wait(self, job_id: str, timeout: float) -> JobRecord:
         """Poll until the job is in a final status with no process of this runner left; TimeoutError after
@@ -371,9 +354,9 @@ class JobRunner:
                 if child.poll() is None and job_id not in self._signalled:
                     self._signalled.add(job_id)
                     signal_group(child.pid, signal.SIGTERM)
-            elif job.owner == JOB_OWNER_SERVER and job.lease_owner and not self._runner_gone(job):
-                pass  # another live server's child: its runner sees the cancel at its next lease renewal, stops it
-            elif self._local(job) and is_job_process(job) and job.pid is not None:
+            # another live server's child is stopped by its runner (its lease renewal sees the cancel)
+            elif not (job.owner == JOB_OWNER_SERVER and job.lease_owner and not self._runner_gone(job)) \
+                    and self._local(job) and is_job_process(job) and job.pid is not None:
                 if job.owner == JOB_OWNER_SERVER:  # a server's child: its own process group
                     signal_group(job.pid, signal.SIGTERM)
                 else:

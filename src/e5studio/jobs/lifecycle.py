@@ -47,7 +47,8 @@ def stop_how(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Expected:
-    """What a process was started to do; a recorded job it is told to take over must match."""
+    """What a process was started to do; a recorded job it is told to take over must match (in every field
+    given: a process that is not told its dataset, such as ``embed-corpus``, leaves ``dataset_id`` None)."""
 
     kind: str
     output: str
@@ -98,7 +99,7 @@ class JobHandle:
         again. Cancelled means "do not run" (a cancel may arrive before the process starts)."""
         job = store.get_job(job_id)
         mismatch = [name for name in ("kind", "output", "dataset_id", "model")
-                    if getattr(job, name) != getattr(expected, name)]
+                    if getattr(expected, name) is not None and getattr(job, name) != getattr(expected, name)]
         if mismatch:
             named = ", ".join(name.removesuffix("_id") for name in mismatch)
             raise InputError(f"job {job_id} is not this run: its {named} differ "
