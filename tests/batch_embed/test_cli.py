@@ -35,6 +35,7 @@ def test_embed_corpus_progress_summary_and_search(tmp_path: Path, tiny_dir: Path
                      "--window-size", "8", "--input-type", "none")
     assert result.returncode == 0, result.stderr
     assert "passages/s" in result.stderr and "tokens/s" in result.stderr and "ETA" in result.stderr  # progress
+    assert "embedding passages  30/30 rows 100%" in result.stderr and " MB" not in result.stderr  # rows, not 0.00 MB
     assert "30 vectors (dim 32) in 4 shard(s)" in result.stdout and "input type none" in result.stdout
     ids, vectors = read_output(out)
     np.testing.assert_allclose(vectors, tiny_embedder.embed(texts), atol=1e-6)

@@ -147,7 +147,9 @@ def test_sigterm_after_a_cancel_keeps_cancelled_and_resume_by_job_id_continues(
     job = _server_job(data_dir, tiny_nodropout_dir, output)
 
     def cancel(reporter: commands.StoreReporter) -> None:  # what the server does: record, then signal
-        reporter.store.transition_job(reporter.job_id, (JOB_RUNNING,), JOB_CANCELLED, "cancelled")
+        handle = reporter.handle
+        assert handle.store is not None and handle.job_id is not None
+        handle.store.transition_job(handle.job_id, (JOB_RUNNING,), JOB_CANCELLED, "cancelled")
 
     _sigterm_at(monkeypatch, 3, cancel)
     assert train(data_dir, tiny_nodropout_dir, output, "--job-id", job.id) == 128 + signal.SIGTERM

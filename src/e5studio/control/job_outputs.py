@@ -1,13 +1,12 @@
 """Reading what job processes write in their folders (layout: :mod:`e5studio.jobspec.layout`): the log's
-tail, a train job's curves from ``metrics.jsonl``, a batch embedding's progress from its manifest, and the
-finished outputs (a train job's model, a batch embedding's vectors). Reads only; never the store."""
+tail, a train job's curves from ``metrics.jsonl``, and the finished outputs (a train job's model, a batch
+embedding's vectors). Reads only; never the store."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,28 +112,6 @@ def train_evaluations(job: JobRecord) -> dict[str, Any]:
         change = {n: round(v - base[n], 4) for n, v in values.items() if base is not None and n in base}
         rows.append({"label": label, "ndcg": values, "change": change, "final": event == "final"})
     return {"sets": names, "rows": rows}
-
-
-@dataclass(frozen=True)
-class EmbedProgress:
-    """Passages done (embedded or rejected) of a batch embedding; its summary once the manifest is complete."""
-
-    done: int
-    summary: dict[str, Any] | None
-
-
-def embed_progress(job: JobRecord) -> EmbedProgress | None:
-    """What embed-corpus's manifest says so far (None before it exists or while it cannot be read)."""
-    vectors = Path(job.output) / VECTORS_DIR
-    try:
-        manifest = json.loads((vectors / MANIFEST_FILE).read_text(encoding="utf-8"))
-        done = int(manifest["count"]) + int(manifest["rejects"]["count"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if manifest.get("status") != "complete":
-        return EmbedProgress(done, None)
-    return EmbedProgress(done, {"count": manifest["count"], "rejects": manifest["rejects"]["count"],
-                                "dim": manifest.get("dim"), "vectors": str(vectors)})
 
 
 def final_model_dir(job: JobRecord) -> Path | None:

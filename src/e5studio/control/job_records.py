@@ -11,7 +11,10 @@ says which status may follow which (:data:`TRANSITIONS`); the store refuses any 
                                                      cancel reached it)
     any status -> itself                            (recorded again with a new reason)
 
-Who records what is described in :mod:`e5studio.control.job_runner`.
+Every status change the code makes is one of :class:`JobTable`'s named moves (``finish_job``, ``fail_job``,
+``interrupt_job`` ...): a job's own process makes them through its lifecycle handle
+(:mod:`e5studio.jobs.lifecycle`), the server's runner for the jobs it supervises
+(:mod:`e5studio.control.job_runner`, which says who records what).
 
 Leases: the server runner working on a Running job holds its lease (``lease_owner``, ``lease_expires_at``) and
 renews it while the job's process runs; a lease that expired (the replica died, or lost the store) lets any
@@ -62,6 +65,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 CANCEL_REASON = "cancelled"
 RESUMED_REASON = "resumed"
 RESTARTED_REASON = "restarted"
+REASON_CHARS = 2000  # a status reason is cut to this (an exception's message can be long)
 _RESUME_HINT = {KIND_TRAIN: "resume continues from the last checkpoint",
                 KIND_BATCH_EMBED: "resume continues after the last complete shard"}
 CLI_GONE_REASON = ("the train process ended without recording a result; `e5studio train ... --resume` continues "
@@ -244,6 +248,40 @@ class JobTable(Database):
                 jobs.update().where(_J.id == job_id, _J.status.in_(from_statuses))
                 .values(status=status, status_reason=status_reason, updated_at=now(), **_lease_kept_if(status)))
             return updated.rowcount == 1
+
+    # -- the named moves: every status change the code makes is one of these (``transition_job`` is their
+    # primitive; the lifecycle handle of a job's process and the server's runner call these, nothing else)
+
+    def restart_job(self, job_id: str, reason: str) -> bool:
+        """A stopped job (Failed or Interrupted) runs again under the process the server started for it;
+        whether it was stopped (a Cancelled one is not restarted: the cancel may have come before the start)."""
+        return self.transition_job(job_id, (JOB_FAILED, JOB_INTERRUPTED), JOB_RUNNING, reason)
+
+    def rerun_job(self, job_id: str) -> None:
+        """A command's ``--resume`` takes its job over, whatever its status (a finished run exports again)."""
+        self.transition_job(job_id, JOB_STATUSES, JOB_RUNNING, RESUMED_REASON)
+
+    def finish_job(self, job_id: str) -> bool:
+        """Succeeded: the job's outputs are complete, even if a cancel came too late to stop it."""
+        return self.transition_job(job_id, (JOB_RUNNING, JOB_CANCELLED), JOB_SUCCEEDED, "")
+
+    def fail_job(self, job_id: str, reason: str) -> bool:
+        """Failed (resumable) with ``reason`` (cut to :data:`REASON_CHARS`), if the job is Running."""
+        return self.transition_job(job_id, (JOB_RUNNING,), JOB_FAILED, reason[:REASON_CHARS])
+
+    def interrupt_job(self, job_id: str, reason: str) -> bool:
+        """Interrupted (resumable) by Ctrl-C or SIGTERM, if the job is Running: a Cancelled job stays Cancelled
+        (the cancel is recorded before the process is signalled)."""
+        return self.transition_job(job_id, (JOB_RUNNING,), JOB_INTERRUPTED, reason)
+
+    def interrupt_server_job(self, job_id: str, reason: str) -> bool:
+        """Interrupted by its server (a shutdown, a restart after a crash): the server's reason replaces the one
+        an Interrupted job's process recorded on its way out."""
+        return self.transition_job(job_id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED, reason)
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Cancelled on request, if the job is Running (recorded before its process is signalled)."""
+        return self.transition_job(job_id, (JOB_RUNNING,), JOB_CANCELLED, CANCEL_REASON)
 
     def set_job_process(self, job_id: str, pid: int | None, *, owner: str | None = None,
                         runner_id: str | None = None, runner_pid: int | None = None,

@@ -1,21 +1,22 @@
 """Train and batch-embedding jobs as background processes that the server starts, watches and stops.
 
 The runner imports no ML code: each job is a child process ``python -m e5studio train --job-id ...`` or
-``... embed-corpus ...`` in its own process group (a Ctrl-C meant for the server never reaches it), with
+``... embed-corpus ... --job-id ...`` in its own process group (a Ctrl-C meant for the server never reaches it), with
 stdout and stderr in ``<data_dir>/jobs/<job id>/job.log``; the job's outputs live in the same folder.
 
-Who records what in the control store (statuses and the legal moves between them in :mod:`.job_records`;
-parameters in :mod:`e5studio.jobspec`; what the processes write is read by :mod:`.job_outputs`):
+Who records what in the control store (statuses and the legal moves between them, each a named move, in
+:mod:`.job_records`; parameters in :mod:`e5studio.jobspec`; command lines in :mod:`.job_launch`; what the
+processes write is read by :mod:`.job_outputs`):
 
-- The runner creates the job row (Running) before it starts the process, and records the pid.
-- A train process records its own progress, its result (Succeeded, Failed with the error) and, on Ctrl-C
-  or SIGTERM, Interrupted, unless the job is Cancelled already.
+- The runner records the job (Queued, claimed at once: Running) before it starts the process, and its pid.
+- The process (``--job-id``) takes the job over through its lifecycle handle (:mod:`e5studio.jobs.lifecycle`,
+  every job kind alike) and records its progress, its result (Succeeded, Failed with the error) and, on
+  Ctrl-C or SIGTERM, Interrupted, unless the job is Cancelled already.
 - :meth:`JobRunner.cancel` records Cancelled first, then sends SIGTERM: the process stops at once and
-  leaves Cancelled as it is. :meth:`JobRunner.close` (server shutdown) sends SIGTERM without recording
-  anything first, so the job ends Interrupted (resumable). Neither can be mistaken for the other.
-- :meth:`JobRunner.poll` reaps ended processes and records a final status where the process did not
-  (batch embedding never does; a killed process cannot): Succeeded for a batch embedding that exited 0,
-  Interrupted during shutdown, else Failed with the exit status and the last log line.
+  leaves Cancelled as it is. :meth:`JobRunner.close` (server shutdown) sends SIGTERM and records the jobs
+  Interrupted (resumable). Neither can be mistaken for the other.
+- :meth:`JobRunner.poll` reaps ended processes and records a final status where the process did not (a
+  killed process cannot): Interrupted during shutdown, else Failed with the exit status and the last log line.
 - :meth:`JobRunner.recover` (server start) marks Interrupted the Running jobs of a server that is gone,
   stopping any of their processes that outlived it.
 
@@ -26,10 +27,8 @@ every ``lease_s / 3`` seconds, at most 2 s). When a replica dies its leases expi
 of any replica marks those jobs Interrupted (stopping a process that outlived its server on the same host), so
 Resume works from any replica. A cancel recorded by another replica reaches the process through the runner that
 owns it (its renewal loop sees the job Cancelled and stops it). Resuming on another host needs the data
-directory (job folders) on storage that both hosts share.
-
-Every stopped job resumes exactly (train: from its newest checkpoint; batch embedding: after its last
-complete shard) with :meth:`JobRunner.resume`.
+directory (job folders) on storage that both hosts share. Every stopped job resumes exactly (train: from its
+newest checkpoint; batch embedding: after its last complete shard) with :meth:`JobRunner.resume`.
 """
 
 from __future__ import annotations
@@ -51,18 +50,16 @@ from typing import Any
 from e5studio.control import job_outputs
 from e5studio.control.database import STORE_ENV
 from e5studio.control.datasets import Dataset
+from e5studio.control.job_launch import check_eval_dirs, check_model, failure_reason, job_args
 from e5studio.control.job_records import (
-    CANCEL_REASON,
     CLI_GONE_REASON,
     JOB_CANCELLED,
-    JOB_FAILED,
     JOB_INTERRUPTED,
     JOB_OWNER_CLI,
     JOB_OWNER_SERVER,
     JOB_QUEUED,
     JOB_RESUMABLE_STATUSES,
     JOB_RUNNING,
-    JOB_SUCCEEDED,
     KIND_BATCH_EMBED,
     KIND_TRAIN,
     RESUMED_REASON,
@@ -72,45 +69,18 @@ from e5studio.control.job_records import (
     shutdown_reason,
 )
 from e5studio.control.priority import lower_priority
-from e5studio.control.processes import is_job_process, pid_alive, runner_alive, signal_group
+from e5studio.control.processes import is_job_process, runner_alive, signal_group, stop_orphan
 from e5studio.control.store import Store
-from e5studio.errors import ConflictError, E5StudioError, InputError, ParamError, UnavailableError
+from e5studio.errors import ConflictError, E5StudioError, InputError, UnavailableError
 from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
-from e5studio.jobspec.layout import JOBS_DIR, LOG_FILE, PASSAGES_FILE, STORE_FILE, VECTORS_DIR, eval_files
-from e5studio.jobspec.params import command_args, validate_params
+from e5studio.jobspec.layout import JOBS_DIR, LOG_FILE, PASSAGES_FILE, STORE_FILE
+from e5studio.jobspec.params import validate_params
 from e5studio.jobspec.train_params import TRAIN_PARAMS
 
 _POLL_S = 0.1
-_REASON_CHARS = 2000
 DEFAULT_LEASE_S = 30.0  # a job's lease; a replica that stops renewing it loses the job this long after
 _RENEW_AT_MOST_S = 2.0  # leases are renewed every lease_s / 3 seconds, at least this often
 log = logging.getLogger("e5studio")
-
-
-def _check_model(model: object) -> str:
-    if not isinstance(model, str) or not model.strip():
-        raise ParamError("model", "must be a non-empty hub id, alias or local directory")
-    return model.strip()
-
-
-def _check_eval_dirs(eval_dirs: str | Sequence[str] | None) -> list[str]:
-    """Evaluation sets, in order (the first in-domain): a list, or one string with a folder per line."""
-    if eval_dirs is None:
-        return []
-    given = str(eval_dirs).splitlines() if isinstance(eval_dirs, str) else list(eval_dirs)
-    out: list[str] = []
-    for eval_dir in given:
-        if not isinstance(eval_dir, str):
-            raise ParamError("eval_dir", f"must be folder paths, got {eval_dir!r}")
-        if not eval_dir.strip():
-            continue
-        path = Path(eval_dir.strip()).expanduser().resolve()
-        files = eval_files()
-        missing = [name for name in files if not (path / name).is_file()]
-        if missing:
-            raise ParamError("eval_dir", f"{path} must hold {', '.join(files)}; missing {', '.join(missing)}")
-        out.append(str(path))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the runner
@@ -168,28 +138,28 @@ class JobRunner:
         NotFoundError for an unknown dataset.
         """
         values = validate_params(params, TRAIN_PARAMS)
-        model = _check_model(model)
-        eval_paths = _check_eval_dirs(eval_dir)
+        model = check_model(model)
+        eval_paths = check_eval_dirs(eval_dir)
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
             job = self._record(KIND_TRAIN, model, dataset, {"eval_dirs": eval_paths, **values})
-            return self._spawn(job, self._train_args(job, resume=False))
+            return self._spawn(job, job_args(job, self.data_dir, resume=False))
 
     def start_batch_embed(self, dataset_ref: str, model: str, params: Mapping[str, object] | None = None) -> JobRecord:
         """Embed a recorded dataset's passages.jsonl with ``model`` into ``<job dir>/vectors`` (Parquet shards,
         manifest, search index: an ``e5studio embed-corpus`` output); returns the job Running.
 
-        Progress (passages done of the dataset's passages) is refreshed by :meth:`poll`. ``params``: any of
+        Its process records the progress (passages done of the dataset's passages). ``params``: any of
         :data:`BATCH_EMBED_PARAMS`.
         """
         values = validate_params(params or {}, BATCH_EMBED_PARAMS)
-        model = _check_model(model)
+        model = check_model(model)
         dataset = self.store.get_dataset(dataset_ref)
         with self._lock:
             job = self._record(KIND_BATCH_EMBED, model, dataset,
                                {"input": str(Path(dataset.path) / PASSAGES_FILE), **values})
             self.store.update_job(job.id, total_steps=dataset.passages)
-            return self._spawn(job, self._embed_args(job))
+            return self._spawn(job, job_args(job, self.data_dir, resume=False))
 
     def _record(self, kind: str, model: str, dataset: Dataset, params: Mapping[str, object]) -> JobRecord:
         """A new server-owned job row in its own folder, Queued then claimed by this runner at once (Running,
@@ -226,7 +196,7 @@ class JobRunner:
                                         runner_pid=os.getpid(), runner_host=self.host):
                 raise ConflictError(f"job {job_id} changed status meanwhile; not resumed")
             job = self.store.get_job(job_id)
-            args = self._train_args(job, resume=True) if job.kind == KIND_TRAIN else self._embed_args(job)
+            args = job_args(job, self.data_dir, resume=True)
             return self._spawn(job, args)
 
     def _check_open(self) -> None:
@@ -242,22 +212,6 @@ class JobRunner:
         """Whether the job's process (if any) runs on this host: its pid means something here."""
         return job.runner_host in ("", self.host)
 
-    def _train_args(self, job: JobRecord, resume: bool) -> list[str]:
-        p = job.params
-        args = ["train", "--job-id", job.id, "--dataset", str(job.dataset_id), "--model", job.model,
-                "--output", job.output, "--data-dir", str(self.data_dir), "--no-progress"]
-        args += command_args(TRAIN_PARAMS, p)
-        for eval_dir in p.get("eval_dirs") or ([p["eval_dir"]] if p.get("eval_dir") else []):
-            args += ["--eval-dir", str(eval_dir)]
-        return [*args, "--resume"] if resume else args
-
-    def _embed_args(self, job: JobRecord) -> list[str]:
-        p = job.params
-        args = ["embed-corpus", str(p["input"]), "--output", str(Path(job.output) / VECTORS_DIR), "--model",
-                job.model, "--format", "jsonl", "--text-field", "contents", "--input-type", "passage",
-                "--no-progress"]
-        return args + command_args(BATCH_EMBED_PARAMS, p)
-
     def _spawn(self, job: JobRecord, args: list[str]) -> JobRecord:
         """Start the job's process (own process group, output to its log) and record its pid."""
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -271,7 +225,7 @@ class JobRunner:
                                          start_new_session=True)
             except OSError as exc:
                 reason = f"could not start the job process: {exc}"
-                self.store.transition_job(job.id, (JOB_RUNNING,), JOB_FAILED, reason)
+                self.store.fail_job(job.id, reason)
                 raise E5StudioError(f"job {job.id}: {reason}") from exc
         lower_priority(child.pid)  # below the server's event loop, level with its inference compute
         self._children[job.id] = child
@@ -323,16 +277,14 @@ class JobRunner:
     # -- watching ------------------------------------------------------------------------------------
 
     def poll(self) -> list[JobRecord]:
-        """Reap ended job processes, recording a final status where the process did not, and refresh the
-        progress of batch embeddings; returns the jobs whose process ended since the last call."""
+        """Reap ended job processes, recording a final status where the process did not, expire the leases of
+        gone replicas and start the Queued jobs nobody took; returns the jobs whose process ended since the
+        last call."""
         ended: list[JobRecord] = []
         with self._lock:
             for job_id, child in list(self._children.items()):
                 code = child.poll()
                 if code is None:
-                    job = self.store.get_job(job_id)
-                    if job.kind == KIND_BATCH_EMBED:
-                        self._embed_progress(job)
                     continue
                 del self._children[job_id]
                 self._signalled.discard(job_id)
@@ -349,7 +301,7 @@ class JobRunner:
             log.warning("job %s: its lease expired (server %s on %s gone); marked Interrupted", job.id,
                         job.lease_owner, job.runner_host or "?")
             if job.id not in self._children and self._local(job) and is_job_process(job) and job.pid is not None:
-                self._stop_orphan(job.pid, 10.0)
+                stop_orphan(job.pid, 10.0)
             if job.id not in self._children:
                 self.store.set_job_process(job.id, None)
 
@@ -357,7 +309,7 @@ class JobRunner:
         """Start the Queued jobs nobody took (their server died between recording and starting them)."""
         while (job := self.store.claim_job(self.id, self.lease_s, runner_pid=os.getpid(), runner_host=self.host,
                                            kinds=(KIND_TRAIN, KIND_BATCH_EMBED))) is not None:
-            args = self._train_args(job, resume=False) if job.kind == KIND_TRAIN else self._embed_args(job)
+            args = job_args(job, self.data_dir, resume=False)
             try:
                 self._spawn(job, args)
             except E5StudioError:
@@ -365,37 +317,12 @@ class JobRunner:
 
     def _reap(self, job_id: str, code: int) -> JobRecord:
         job = self.store.get_job(job_id)
-        if job.kind == KIND_BATCH_EMBED:
-            self._embed_progress(job)
-            if code == 0:  # embed-corpus finished every shard: done, even if a cancel came too late
-                self.store.transition_job(job_id, (JOB_RUNNING, JOB_CANCELLED), JOB_SUCCEEDED, "")
         if self._closing:
-            self.store.transition_job(job_id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED,
-                                      shutdown_reason(job.kind))
+            self.store.interrupt_server_job(job_id, shutdown_reason(job.kind))
         else:
-            self.store.transition_job(job_id, (JOB_RUNNING,), JOB_FAILED, self._failure_reason(job, code))
+            self.store.fail_job(job_id, failure_reason(self.log_tail(job.id, 20), code))
         self.store.release_job_lease(job_id, self.id)
         return self.store.set_job_process(job_id, None)
-
-    def _failure_reason(self, job: JobRecord, code: int) -> str:
-        how = f"exit code {code}"
-        if code < 0:
-            with suppress(ValueError):
-                how = f"killed by {signal.Signals(-code).name}"
-        lines = [line.strip() for line in self.log_tail(job.id, 20)]
-        last = next((line for line in reversed(lines) if line and not line.startswith("--- ")), "")
-        reason = f"the job process ended without recording a result ({how})" + (f": {last}" if last else "")
-        return reason[:_REASON_CHARS]
-
-    def _embed_progress(self, job: JobRecord) -> None:
-        """Passages done (embedded or rejected) from embed-corpus's manifest; its summary once complete."""
-        progress = job_outputs.embed_progress(job)
-        if progress is None:
-            return
-        if progress.summary is not None:
-            self.store.update_job(job.id, step=progress.done, metrics=progress.summary)
-        elif progress.done != job.step:
-            self.store.update_job(job.id, step=progress.done)
 
     def wait(self, job_id: str, timeout: float) -> JobRecord:
         """Poll until the job is in a final status with no process of this runner left; TimeoutError after
@@ -419,7 +346,7 @@ class JobRunner:
         Cancelled; a train job resumes from its last checkpoint). Returns the job; :meth:`poll` reaps it."""
         with self._lock:
             job = self.store.get_job(job_id)
-            if not self.store.transition_job(job_id, (JOB_RUNNING,), JOB_CANCELLED, CANCEL_REASON):
+            if not self.store.cancel_job(job_id):
                 raise ConflictError(f"job {job_id} is {self.store.get_job(job_id).status}; only a Running job "
                                     "can be cancelled")
             child = self._children.get(job_id)
@@ -427,9 +354,9 @@ class JobRunner:
                 if child.poll() is None and job_id not in self._signalled:
                     self._signalled.add(job_id)
                     signal_group(child.pid, signal.SIGTERM)
-            elif job.owner == JOB_OWNER_SERVER and job.lease_owner and not self._runner_gone(job):
-                pass  # another live server's child: its runner sees the cancel at its next lease renewal, stops it
-            elif self._local(job) and is_job_process(job) and job.pid is not None:
+            # another live server's child is stopped by its runner (its lease renewal sees the cancel)
+            elif not (job.owner == JOB_OWNER_SERVER and job.lease_owner and not self._runner_gone(job)) \
+                    and self._local(job) and is_job_process(job) and job.pid is not None:
                 if job.owner == JOB_OWNER_SERVER:  # a server's child: its own process group
                     signal_group(job.pid, signal.SIGTERM)
                 else:
@@ -484,29 +411,17 @@ class JobRunner:
                     if job.runner_id == self.id or not self._runner_gone(job):
                         continue
                     if self._local(job) and is_job_process(job) and job.pid is not None:
-                        self._stop_orphan(job.pid, timeout)
+                        stop_orphan(job.pid, timeout)
                     reason = restart_reason(job.kind) if self._local(job) else lease_expired_reason(job.kind)
-                    changed = self.store.transition_job(job.id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED,
-                                                        reason)
+                    changed = self.store.interrupt_server_job(job.id, reason)
                 elif job.owner == JOB_OWNER_CLI and job.pid is not None and self._local(job) \
                         and not is_job_process(job):
-                    changed = self.store.transition_job(job.id, (JOB_RUNNING,), JOB_INTERRUPTED, CLI_GONE_REASON)
+                    changed = self.store.interrupt_job(job.id, CLI_GONE_REASON)
                 else:
                     continue
                 if changed:
                     recovered.append(self.store.set_job_process(job.id, None))
         return recovered
-
-    @staticmethod
-    def _stop_orphan(pid: int, timeout: float) -> None:
-        """SIGTERM a job process that is not our child (its group: it leads one), SIGKILL after ``timeout``."""
-        for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            signal_group(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(_POLL_S)
-            if not pid_alive(pid):
-                return
 
     # -- reading -------------------------------------------------------------------------------------
 

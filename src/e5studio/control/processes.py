@@ -1,9 +1,11 @@
 """The operating-system side of job processes: is a pid alive (and not a zombie), is it that job's process
-(a reused pid is not), signalling a process group."""
+(a reused pid is not), signalling a process group, stopping one that outlived its server."""
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -53,3 +55,14 @@ def runner_alive(job: JobRecord) -> bool:
 def signal_group(pid: int, sig: int) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def stop_orphan(pid: int, timeout: float, poll_s: float = 0.1) -> None:
+    """SIGTERM a job process that is not our child (its group: it leads one), SIGKILL after ``timeout``."""
+    for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        signal_group(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        if not pid_alive(pid):
+            return

@@ -1,4 +1,5 @@
-"""Progress of a long job, one style everywhere: a named phase, done/total, rate, tokens/s, ETA.
+"""Progress of a long job, the one type every job and command shows it with: a named phase, done/total, rate,
+tokens/s, ETA; one phase at a time (a new phase ends the one before).
 
 On a terminal the line is redrawn in place (at most 5 times a second); when stderr is not a terminal (a log
 file, the server's job log) a plain line is printed when a phase starts, every ``interval`` seconds (5 s) and
@@ -99,6 +100,10 @@ class Phase:
                 else round(self.eta_s, 1), "line": self.line(), "updated_at": time.time(),
                 "finished": self._closed}
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -106,7 +111,11 @@ class Phase:
 
 
 class Progress:
-    """Where a job's progress goes: stderr (``enabled``) and/or a status file; one phase at a time."""
+    """Where a job's progress goes: stderr (``enabled``) and/or a status file; one phase at a time.
+
+    Job kinds name their phases through it (``train: epoch 1 of 3``, ``embed-corpus: embedding passages``);
+    :meth:`callback` turns it into the ``(phase, done, total)`` callback that evaluation and mining report to.
+    """
 
     def __init__(self, job: str, enabled: bool = True, stream: TextIO | None = None,
                  status_file: Path | None = None, interval_s: float | None = None,
@@ -123,10 +132,38 @@ class Progress:
         self._last_shown = float("-inf")
         self._last_status = float("-inf")
         self._drawn = 0  # characters of the line drawn in place (terminal)
+        self.current: Phase | None = None
 
     def phase(self, name: str, total: int | None, unit: str = "rows", initial: int = 0,
               scale: Callable[[float], str] | None = None) -> Phase:
-        return Phase(self, name, total, unit, initial, scale)
+        """Start phase ``name`` (``total`` units, None when unknown); the phase before it ends."""
+        self.close()
+        self.current = Phase(self, name, total, unit, initial, scale)
+        return self.current
+
+    def close(self) -> None:
+        """End the phase in progress (its last line), if any."""
+        if self.current is not None:
+            self.current.close()
+
+    def callback(self, names: Mapping[str, str], prefix: str = "",
+                 units: Mapping[str, str] | None = None) -> Callable[[str, int, int], None]:
+        """A ``(phase, done, total)`` callback (what :mod:`e5studio.retrieval.evaluate` and mining report) that
+        shows each reported phase under its name in ``names`` (after ``prefix``, as ``prefix: name``), in
+        ``units`` (default rows); a phase ends when it reaches its total."""
+        def shown(part: str, done: int, total: int) -> None:
+            name = names.get(part, part)
+            name = f"{prefix}: {name}" if prefix else name
+            phase = self.current
+            if phase is None or phase.name != name:
+                phase = self.phase(name, total, (units or {}).get(part, "rows"))
+            elif phase.closed:
+                return
+            phase.update_to(done)
+            if done >= total:
+                phase.close()
+
+        return shown
 
     def show(self, phase: Phase, force: bool = False, final: bool = False) -> None:
         now = self.clock()
@@ -178,20 +215,5 @@ def read_status(folder: Path) -> dict[str, Any] | None:
 
 
 def phase_lines(job: str, names: Mapping[str, str], enabled: bool = True) -> Callable[[str, int, int], None]:
-    """A ``(phase, done, total)`` callback (what :mod:`e5studio.retrieval.evaluate` and mining report) that shows
-    each phase as a progress line under its name in ``names``."""
-    reporter = Progress(job, enabled=enabled)
-    current: dict[str, Phase] = {}
-
-    def shown(phase: str, done: int, total: int) -> None:
-        bar = current.get(phase)
-        if bar is None:
-            for other in current.values():
-                other.close()
-            current.clear()
-            bar = current[phase] = reporter.phase(names.get(phase, phase), total, "rows")
-        bar.update_to(done)
-        if done >= total:
-            bar.close()
-
-    return shown
+    """A ``(phase, done, total)`` callback on a progress of its own for ``job`` (:meth:`Progress.callback`)."""
+    return Progress(job, enabled=enabled).callback(names)

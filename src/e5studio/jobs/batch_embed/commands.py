@@ -11,13 +11,17 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e5studio.engine.flags import add_engine_flags, engine_settings
 from e5studio.errors import InputError
 from e5studio.jobspec.batch_params import WINDOW_SIZE, WORKERS
 from e5studio.jobspec.params import add_arguments
 from e5studio.settings import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, WindowExecutor
+    from e5studio.jobs.lifecycle import JobHandle
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser, model_required: bool) -> None:
@@ -34,7 +38,7 @@ def _input_type(value: str) -> str | None:
 
 def cmd_embed_corpus(args: argparse.Namespace) -> int:
     from e5studio.jobs.batch_embed.reader import InputSpec
-    from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, WindowExecutor, local_executor, run_job
+    from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, local_executor
     from e5studio.jobs.batch_embed.sinks import PostgresSink
 
     settings = EmbedCorpusSettings(
@@ -53,10 +57,44 @@ def cmd_embed_corpus(args: argparse.Namespace) -> int:
     if settings.progress:  # the first line at once; the model loads next (seconds for E5 Large)
         print(f"embed-corpus: {args.input} -> {args.output}: loading {settings.engine.model}", file=sys.stderr,
               flush=True)
+    if args.job_id is not None:
+        return _run_recorded(args, settings, executor, sinks)
+    return _run_under(None, settings, executor, sinks, args.output)
+
+
+def _run_recorded(args: argparse.Namespace, settings: EmbedCorpusSettings, executor: WindowExecutor,
+                  sinks: list[Any]) -> int:
+    """``--job-id``: the job the server recorded, taken over by this process and ended through its handle."""
+    from e5studio.control.database import store_target
+    from e5studio.control.job_records import KIND_BATCH_EMBED
+    from e5studio.control.store import Store
+    from e5studio.jobs.batch_embed.progress import display
+    from e5studio.jobs.lifecycle import Expected, JobHandle
+
+    with Store(store_target(args.store, args.data_dir)) as store:
+        expected = Expected(kind=KIND_BATCH_EMBED, output=str(settings.output.resolve().parent), dataset_id=None,
+                            model=args.model)
+        handle = JobHandle.take(store, args.job_id, expected, resume=False,
+                                progress=display(settings.output, settings.progress))
+        if handle is None:
+            print(f"e5studio: job {args.job_id} was cancelled before it started; nothing to do", file=sys.stderr)
+            return 0
+        return _run_under(handle, settings, executor, sinks, args.output)
+
+
+def _run_under(handle: JobHandle | None, settings: EmbedCorpusSettings, executor: WindowExecutor,
+               sinks: list[Any], output: str) -> int:
+    """The run under its handle (unrecorded without ``--job-id``); what the command says at its end."""
+    from e5studio.jobs.batch_embed.progress import display
+    from e5studio.jobs.batch_embed.runner import run_job
+    from e5studio.jobs.lifecycle import JobHandle
+
+    handle = handle or JobHandle.unrecorded(display(settings.output, settings.progress))
     try:
-        result = run_job(settings, executor, sinks)
+        with handle.running(lambda how: f"interrupted ({how}); resume continues after the last complete shard"):
+            result = run_job(settings, executor, sinks, handle)
     except KeyboardInterrupt:
-        print(f"e5studio: interrupted; rerun the same command to continue {args.output}", file=sys.stderr)
+        print(f"e5studio: interrupted; rerun the same command to continue {output}", file=sys.stderr)
         return 130
     print(result.summary())
     return 0
@@ -200,6 +238,13 @@ def add_parsers(sub: Any) -> None:
                        help="with --engine ray and no --ray-address: cores the local Ray may use")
     embed.add_argument("--overwrite", action="store_true", help="delete OUTPUT's previous results and start afresh")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    embed.add_argument("--job-id", default=None,
+                       help="run the job recorded under this id (by the server, whose job folder holds OUTPUT): "
+                            "its progress and result are recorded in the control store")
+    embed.add_argument("--data-dir", default=".e5studio",
+                       help="with --job-id: where the control store lives (default ./.e5studio)")
+    embed.add_argument("--store", default=None, metavar="URL",
+                       help="with --job-id: the control store (default $E5STUDIO_STORE, else DATA_DIR/e5studio.db)")
     embed.set_defaults(func=cmd_embed_corpus)
 
     search = sub.add_parser("search", help="nearest passages of a query in an embed-corpus output",

@@ -26,7 +26,7 @@ import numpy as np
 
 from e5studio.errors import E5StudioError, InputError
 from e5studio.jobs.batch_embed.manifest_state import ManifestState
-from e5studio.jobs.batch_embed.progress import Progress
+from e5studio.jobs.batch_embed.progress import EmbedTally
 from e5studio.jobs.batch_embed.reader import InputSpec, Reject, WindowSpec, plan_windows, read_window
 from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings
 from e5studio.jobs.batch_embed.windows import WindowResult, bad_records_error, embed_window, prepare_window
@@ -112,7 +112,7 @@ class RayExecutor:
     def __init__(self, options: RayOptions) -> None:
         self.options = options
 
-    def __call__(self, settings: EmbedCorpusSettings, state: ManifestState, progress: Progress) -> int:
+    def __call__(self, settings: EmbedCorpusSettings, state: ManifestState, progress: EmbedTally) -> int:
         plans = plan_windows(settings.input, settings.window_size)
         done = state.done
         pending = [p for p in plans if p.index not in done]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.manifest_state import ManifestState
 from e5studio.jobs.batch_embed.prefetch import prefetch
-from e5studio.jobs.batch_embed.progress import Progress
+from e5studio.jobs.batch_embed.progress import EmbedTally, Measure, display
 from e5studio.jobs.batch_embed.reader import InputSpec, iter_windows
 from e5studio.jobs.batch_embed.summary import EmbedCorpusResult
 from e5studio.jobs.batch_embed.windows import (
@@ -37,6 +37,7 @@ from e5studio.jobs.batch_embed.windows import (
     write_window,
 )
 from e5studio.jobs.batch_embed.write_behind import WriteBehind
+from e5studio.jobs.lifecycle import JobHandle
 from e5studio.jobs.model_identity import model_identity
 from e5studio.jobspec.batch_params import WINDOW_SIZE
 from e5studio.jobspec.layout import INDEX_DIR
@@ -87,7 +88,7 @@ class WindowExecutor(Protocol):
 
     executor_name: str
 
-    def __call__(self, settings: EmbedCorpusSettings, state: ManifestState, progress: Progress) -> int: ...
+    def __call__(self, settings: EmbedCorpusSettings, state: ManifestState, progress: EmbedTally) -> int: ...
 
 
 class LocalExecutor:
@@ -101,7 +102,7 @@ class LocalExecutor:
 
     executor_name = "local"
 
-    def __call__(self, settings: EmbedCorpusSettings, state: ManifestState, progress: Progress) -> int:
+    def __call__(self, settings: EmbedCorpusSettings, state: ManifestState, progress: EmbedTally) -> int:
         from e5studio.engine.embedder import Embedder
 
         embedder = Embedder.load(settings.engine, workers=settings.workers)
@@ -111,7 +112,7 @@ class LocalExecutor:
 local_executor = LocalExecutor()
 
 
-def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress: Progress,
+def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress: EmbedTally,
                   embedder: Embedder) -> int:
     """The local executor's loop over windows: the reader thread prepares the next window while this thread
     embeds one and the writer thread writes and commits the one before (:mod:`.write_behind`)."""
@@ -150,25 +151,32 @@ def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress:
 
 
 def run_job(settings: EmbedCorpusSettings, executor: WindowExecutor = local_executor,
-            sinks: list[Any] | None = None) -> EmbedCorpusResult:
-    """Run (or continue, or just finish) the job; returns the summary. Raises InputError on bad input."""
+            sinks: list[Any] | None = None, handle: JobHandle | None = None) -> EmbedCorpusResult:
+    """Run (or continue, or just finish) the job under its ``handle`` (default: unrecorded, its progress on
+    stderr and in the output's ``progress.json``); returns the summary. Raises InputError on bad input."""
+    if handle is None:
+        handle = JobHandle.unrecorded(display(settings.output, settings.progress))
     model = model_identity(settings.engine)
     state = ManifestState.open(settings, model)
     try:
-        return _run(settings, executor, sinks or [], state)
+        return _run(settings, executor, sinks or [], state, handle)
     finally:
         state.close()
 
 
-def _run(settings: EmbedCorpusSettings, executor: WindowExecutor, sinks: list[Any],
-         state: ManifestState) -> EmbedCorpusResult:
+def _rows_done(state: ManifestState) -> int:
+    """Input rows done, all runs together: embedded or rejected."""
+    return int(state.manifest["count"]) + int(state.manifest["rejects"]["count"])
+
+
+def _run(settings: EmbedCorpusSettings, executor: WindowExecutor, sinks: list[Any], state: ManifestState,
+         handle: JobHandle) -> EmbedCorpusResult:
     from e5studio.jobs.batch_embed.sinks import build_index
 
     resumed = sorted(state.done)
     start = state.resume_point()
-    progress = Progress(settings.input.total(), start.start if start else 0,
-                        settings.progress and not state.complete, settings.input.units, settings.output)
     was_complete = state.complete
+    progress = EmbedTally(handle, Measure.of(settings.input), start, was_complete, lambda: _rows_done(state))
     try:
         if not state.complete:
             if resumed:
@@ -180,7 +188,7 @@ def _run(settings: EmbedCorpusSettings, executor: WindowExecutor, sinks: list[An
             if missing:
                 raise InputError(f"windows {missing[:10]} were not embedded; rerun the same command to continue")
     finally:
-        progress.close()
+        handle.display.close()
     seconds = progress.elapsed
     run = {"engine": executor.executor_name, "passages": progress.passages, "tokens": progress.tokens,
            "rejected": progress.rejects, "seconds": round(seconds, 3),
@@ -192,6 +200,8 @@ def _run(settings: EmbedCorpusSettings, executor: WindowExecutor, sinks: list[An
     if not state.complete or not (settings.output / INDEX_DIR).is_dir():
         state.finish(build_index(settings.output, state.manifest), run)
     reports = [sink.write(settings.output) for sink in sinks]
+    handle.finish(_rows_done(state), {"count": state.manifest["count"], "rejects": state.manifest["rejects"]["count"],
+                                      "dim": state.manifest.get("dim"), "vectors": str(settings.output)})
     return EmbedCorpusResult(settings.output, state.manifest, run, reports)
 
 

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from e5studio.jobspec.layout import PROGRESS_FILE
+from e5studio.jobspec.progress import Progress as JobProgress
+
 
 class MetricsLog:
     """Append-only JSONL of step and eval records; on resume, records after the checkpoint are dropped."""
@@ -98,57 +101,34 @@ def plot_metrics(records: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-class Progress:
-    """The train job's phases on stderr (:mod:`e5studio.jobspec.progress`): "evaluation before training",
-    "epoch k of n" (steps, loss, query groups/s, ETA), "evaluation after epoch k" (passages, queries, scoring);
-    the same in ``progress.json`` of the output folder for the web UI."""
+class Progress(JobProgress):
+    """The train job's phases on the one progress type (:mod:`e5studio.jobspec.progress`): "evaluation before
+    training", "epoch k of n" (steps, loss, query groups/s, ETA), "evaluation after epoch k" (passages, queries,
+    scoring); the same in ``progress.json`` of the output folder for the web UI."""
 
     def __init__(self, total: int, initial: int, enabled: bool, output: Path | None = None,
                  steps_per_epoch: int | None = None) -> None:
-        from e5studio.jobspec.layout import PROGRESS_FILE
-        from e5studio.jobspec.progress import Progress as Reporter
-
-        self._reporter = Reporter("train", enabled=enabled,
-                                  status_file=output / PROGRESS_FILE if output is not None else None)
-        self._total = total
+        super().__init__("train", enabled=enabled, status_file=output / PROGRESS_FILE if output is not None else None)
         self._spe = steps_per_epoch or total
         self._epochs = max(1, -(-total // self._spe))
-        self._phase: Any = None
         self._epoch = 0
         self._at = initial
 
-    def _switch(self, name: str, total: int | None, unit: str, initial: int = 0) -> Any:
-        if self._phase is not None:
-            self._phase.close()
-        self._phase = self._reporter.phase(name, total, unit, initial)
-        return self._phase
-
     def update(self, loss: float, groups_per_s: float, epoch: int) -> None:
-        if epoch != self._epoch or self._phase is None or not self._phase.name.startswith("epoch"):
+        """One optimizer step of ``epoch`` (1-based) done."""
+        phase = self.current
+        if epoch != self._epoch or phase is None or not phase.name.startswith("epoch"):
             self._epoch = epoch
-            self._switch(f"epoch {epoch} of {self._epochs}", self._spe, "steps",
-                         self._at - (epoch - 1) * self._spe)
+            phase = self.phase(f"epoch {epoch} of {self._epochs}", self._spe, "steps",
+                               self._at - (epoch - 1) * self._spe)
         self._at += 1
-        self._phase.note(f"loss {loss:.4f}, {groups_per_s:.1f} query groups/s")
-        self._phase.advance(1)
+        phase.note(f"loss {loss:.4f}, {groups_per_s:.1f} query groups/s")
+        phase.advance(1)
 
     def evaluation(self, title: str) -> Callable[[str, int, int], None]:
-        """A progress callback for the evaluation pipeline, shown as phase ``title``."""
-        names = {"passages": "embedding passages", "queries": "embedding queries", "scoring": "searching and scoring"}
+        """A progress callback for the evaluation pipeline, shown as phases under ``title``."""
+        return self.callback(_EVALUATION_PHASES, prefix=title, units={"scoring": "queries"})
 
-        def shown(part: str, done: int, total: int) -> None:
-            name = f"{title}: {names.get(part, part)}"
-            if self._phase is None or self._phase.name != name:
-                self._switch(name, total, "queries" if part == "scoring" else "rows")
-            self._phase.update_to(done)
-            if part == "scoring" and done >= total:
-                self._phase.close()
 
-        return shown
-
-    def write(self, message: str) -> None:
-        self._reporter.write(message)
-
-    def close(self) -> None:
-        if self._phase is not None:
-            self._phase.close()
+_EVALUATION_PHASES = {"passages": "embedding passages", "queries": "embedding queries",
+                      "scoring": "searching and scoring"}
