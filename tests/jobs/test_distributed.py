@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) against one: the same first-step loss and gradients; torchrun end to end."""
+"""Two CPU processes (gloo) against one: the same first-step loss and gradients; a whole run with evaluation (rank 0
+evaluates and hands over, every rank ends with its records); torchrun end to end."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from e5studio.jobs.train.trainer import DistContext
 from tests import stores
-from tests.jobs.ddp_worker import first_step, worker
+from tests.jobs.ddp_worker import first_step, run_worker, worker
 
 
 def test_two_processes_give_the_single_process_loss_and_gradients(
@@ -31,6 +32,23 @@ def test_two_processes_give_the_single_process_loss_and_gradients(
         for name, grad in grads.items():  # equal up to fp32 summation order (each rank sums over its tokens)
             torch.testing.assert_close(got["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     assert max(float(g.abs().max()) for g in grads.values()) > 1e-3  # the check is not vacuous
+
+
+def test_rank_zero_evaluates_and_every_rank_gets_the_records(tmp_path: Path, toy_dir: Path,
+                                                              tiny_nodropout_dir: Path) -> None:
+    mp.start_processes(run_worker, args=(2, str(tmp_path / "init"), str(tiny_nodropout_dir), str(toy_dir),
+                                         str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    main, other = (json.loads((tmp_path / f"result{rank}.json").read_text()) for rank in (0, 1))
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [(r["step"], r["epoch"]) for r in evals] == [(0, 0), (3, 1)]
+    assert main["history"] == other["history"] == evals  # rank 0's records, broadcast as they were logged
+    assert [r["alpha"] for r in records if r["event"] == "candidate"] == [0.5]  # measured by rank 0 alone
+    # the choices are rank 0's: the final record and best/ (the others only train and wait at the barrier)
+    assert main["final"]["alpha"] == 0.5 and other["final"] is None
+    assert main["best_dir"] == str(tmp_path / "run" / "best") and main["steps"] == other["steps"] == 3
+    for folder in ("best", "final"):
+        assert (tmp_path / "run" / folder / "e5studio-evaluation.json").is_file()
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from e5studio.engine.checkpoint import load_checkpoint, read_weights
+from e5studio.engine.encoder import load_encoder
 from e5studio.errors import InputError
 from e5studio.jobs.train.checkpoints import latest_checkpoint, load_checkpoint_state
 from e5studio.jobs.train.commands import load_eval_sets
+from e5studio.jobs.train.evaluate import ModuleEvaluator, evaluate_module
+from e5studio.jobs.train.handover import Handover
+from e5studio.jobs.train.report import MetricsLog
 from e5studio.jobs.train.selection import Candidate, better, eligible, interpolate, search_alpha, worst_ood_loss
 from e5studio.jobs.train.settings import RunOptions, TrainSettings
 from e5studio.jobs.train.trainer import Trainer, TrainRun
@@ -94,6 +98,51 @@ def test_interpolate_parameter() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ a real run
+
+
+class _Lines:
+    """What the hand-over writes on the progress output (no progress bars)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def evaluation(self, title: str) -> None:
+        return None
+
+    def write(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_the_handover_measures_changes_against_the_logged_base(tmp_path: Path, toy_dir: Path,
+                                                               tiny_nodropout_dir: Path) -> None:
+    checkpoint = load_checkpoint(str(tiny_nodropout_dir))
+    encoder = load_encoder(checkpoint).eval()
+    evalsets = load_eval_sets([str(toy_dir)], None)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.reset()
+    shown = _Lines()
+
+    def handover() -> Handover:  # a new one per phase, as a resumed run starts with only the log
+        return Handover(str(tiny_nodropout_dir), evalsets, RunOptions(device="cpu"),
+                        ModuleEvaluator(checkpoint, 32, torch.device("cpu")), log, tmp_path, shown)  # type: ignore[arg-type]
+
+    start = handover().evaluate_start(encoder)
+    direct = evaluate_module(encoder, checkpoint, 32, evalsets[0], torch.device("cpu"))
+    assert start["sets"] == {"data": direct} and start["ndcg@10"] == direct["ndcg@10"]
+    assert (start["event"], start["step"], start["change"]) == ("eval", 0, {"data": 0.0})
+    torch.manual_seed(0)
+    with torch.no_grad():  # another model: an epoch's weights
+        for weight in encoder.parameters():
+            weight.add_(0.5 * torch.randn_like(weight))
+    after = handover().evaluate_epoch(encoder, 6, 1)
+    delta = after["ndcg@10"] - start["ndcg@10"]
+    assert delta != 0 and after["change"] == {"data": round(delta, 5)} and (after["step"], after["epoch"]) == (6, 1)
+    assert [r["event"] for r in log.records()] == ["eval", "eval"] and log.records()[1] == after
+    assert shown.lines[-1].startswith("evaluation after epoch 1 (step 6) data: ndcg@10 ")
+    assert shown.lines[-1].endswith(f"(nDCG@10 {after['change']['data']:+.4f} vs base)")
+    log.reset()  # a metrics log that lost the evaluation before training: no base to measure against
+    with pytest.raises(InputError, match="the evaluation before training is missing"):
+        handover().evaluate_epoch(encoder, 6, 1)
 
 
 @pytest.fixture(scope="module")

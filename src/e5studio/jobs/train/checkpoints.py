@@ -1,8 +1,8 @@
-"""Atomic training checkpoints with retention, and atomic model export.
+"""Atomic training checkpoints with retention, what a resumed run must share with them, and atomic model export.
 
 A checkpoint is a directory ``<output>/checkpoints/step-<8 digits>/`` holding ``state.pt`` (model,
-optimizer, scheduler, scaler, sampler position, RNG states, history) and a ``COMPLETE`` marker written
-last. It is written under a temporary name (``.tmp-...``), every file fsynced, and only then renamed
+optimizer, scheduler, scaler, sampler position, RNG states, history, the run's fingerprint) and a ``COMPLETE``
+marker written last. It is written under a temporary name (``.tmp-...``), every file fsynced, and only then renamed
 into place; rename is atomic on POSIX file systems, so a crash at any moment leaves either the complete
 checkpoint or a ``.tmp-`` directory that :func:`latest_checkpoint` never picks (and the next run deletes).
 """
@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from e5studio.engine.checkpoint import Checkpoint, save_checkpoint
+from e5studio.engine.encoder import BertEncoder
 from e5studio.errors import InputError
+from e5studio.jobs.train.settings import TrainSettings
 
 STATE_FILE = "state.pt"
 COMPLETE_FILE = "COMPLETE"
@@ -126,3 +130,41 @@ def load_checkpoint_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a training checkpoint")
     return state
+
+
+def check_resumable(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> None:
+    """Refuse to resume when the checkpoint's fingerprint (hyperparameters, model, dataset, processes) is not
+    this run's: the continued run would be neither the old one nor a new one."""
+    if isinstance(saved.get("settings"), dict):  # hyperparameters added since the checkpoint: their defaults
+        saved = {**saved, "settings": {**asdict(TrainSettings()), **saved["settings"]}}
+    changed = [key for key in mine if saved.get(key) != mine[key]]
+    if "settings" in changed:
+        old = saved.get("settings") or {}
+        fields = [k for k, v in mine["settings"].items() if old.get(k) != v]
+        raise InputError(f"cannot resume: hyperparameters differ from the checkpoint ({', '.join(fields)}); "
+                         "resume with the same ones or train into a new --output")
+    if changed:
+        raise InputError(f"cannot resume: {', '.join(changed)} differ from the checkpoint's")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch RNG states (dropout masks), saved per rank so a resumed run continues exactly."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(saved: Sequence[Mapping[str, Any]], rank: int) -> None:
+    """Restore this rank's RNG states from a checkpoint's list (one per rank)."""
+    state = saved[rank] if rank < len(saved) else saved[0]
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def export_model(encoder: BertEncoder, checkpoint: Checkpoint, directory: Path) -> Path:
+    """Write the encoder as a Hugging Face + sentence-transformers checkpoint, replacing ``directory`` atomically."""
+    state = {k: v.detach().float().cpu() for k, v in encoder.state_dict().items()}
+    return write_atomically(directory, lambda tmp: save_checkpoint(
+        tmp, checkpoint.config, state, tokenizer_from=checkpoint.path, max_length=checkpoint.max_length))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,3 +42,20 @@ def evaluate_module(encoder: BertEncoder, checkpoint: Checkpoint, max_length: in
                         RuntimePlan(TorchRuntime(encoder, autocast_dtype)), max_batch_tokens)
     with eval_mode(encoder):
         return evaluate_embedder(embedder, evalset, metrics, progress, corpus)
+
+
+@dataclass(frozen=True)
+class ModuleEvaluator:
+    """:func:`evaluate_module` bound to what stays fixed during a run: the start checkpoint (tokenizer, config),
+    the evaluation max length, the device, the autocast dtype and the token budget of a batch."""
+
+    checkpoint: Checkpoint
+    max_length: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    max_batch_tokens: int = 8192
+
+    def __call__(self, encoder: BertEncoder, evalset: EvalSet, progress: PhaseProgress | None = None,
+                 corpus: Any = None) -> dict[str, float]:
+        return evaluate_module(encoder, self.checkpoint, self.max_length, evalset, self.device, self.autocast_dtype,
+                               self.max_batch_tokens, progress=progress, corpus=corpus)

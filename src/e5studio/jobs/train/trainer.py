@@ -9,18 +9,18 @@ Every rank computes the same global loss; it backpropagates ``world_size * loss`
 average equals the gradient of the global loss (each rank contributes the exact gradient through its own
 embeddings). Gradients are clipped, AdamW steps, the LR follows linear warmup then linear decay.
 
-Rank 0 alone evaluates, logs, writes checkpoints and exports models; checkpoints carry every rank's RNG
-state so dropout continues exactly after ``--resume``. With evaluation sets (the first in-domain, the others
-out-of-domain), ``best/`` is the epoch with the best in-domain nDCG@10 among those that lose at most
-``--max-ood-loss`` out of domain, and ``final/`` the last epoch's weights interpolated with the base model's as
-``--interpolate`` says (:mod:`.selection`); both carry their evaluation for the deploy gate.
+A run: restore the newest checkpoint (``--resume``), evaluate the base model, then step; at each epoch's end
+evaluate and keep ``best/``; save a checkpoint when one is due (:mod:`.checkpoints`: it carries every rank's RNG
+state, so dropout continues exactly after ``--resume``); at the end hand over ``final/``. Rank 0 alone
+evaluates, logs and exports (:mod:`.handover`: which model is handed over, with the records that say why) and
+broadcasts each evaluation record, so every rank keeps the same history.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,38 +28,29 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as torch_dist
 
-from e5studio.engine.checkpoint import Checkpoint, load_checkpoint, read_weights, save_checkpoint
+from e5studio.engine.checkpoint import load_checkpoint
 from e5studio.engine.device import pick_device
 from e5studio.engine.encoder import BertEncoder, PackedBatch, load_encoder, pack
 from e5studio.engine.forward import encode
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
 from e5studio.jobs.train.checkpoints import (
+    check_resumable,
     latest_checkpoint,
     load_checkpoint_state,
     remove_temporary,
+    rng_state,
     save_checkpoint_state,
-    write_atomically,
+    set_rng_state,
 )
-from e5studio.jobs.train.evaluate import evaluate_module
+from e5studio.jobs.train.evaluate import ModuleEvaluator
+from e5studio.jobs.train.handover import Handover
 from e5studio.jobs.train.loss import false_negative_mask, info_nce, score_distillation
 from e5studio.jobs.train.passages import PassageStore, TrainData
-from e5studio.jobs.train.report import MetricsLog, Progress, plot_metrics
+from e5studio.jobs.train.report import MetricsLog, Progress
 from e5studio.jobs.train.sampling import Group, GroupSampler
-from e5studio.jobs.train.selection import (
-    AUTO_WITHOUT_SETS,
-    Candidate,
-    better,
-    changes,
-    eligible,
-    interpolate,
-    record_sets,
-    search_alpha,
-)
 from e5studio.jobs.train.settings import RunOptions, TrainSettings
-from e5studio.jobspec.deploy_gate import IN_DOMAIN, OUT_OF_DOMAIN, ModelEvaluation, SetResult, write_evaluation
-from e5studio.jobspec.layout import BEST_DIR, CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE, PLOT_FILE
-from e5studio.jobspec.train_params import parse_interpolation
+from e5studio.jobspec.layout import BEST_DIR, CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE
 from e5studio.retrieval.evaluate import EvalSet
 
 
@@ -236,26 +227,6 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.op
     return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-def export_model(encoder: BertEncoder, checkpoint: Checkpoint, directory: Path) -> Path:
-    """Write the encoder as a Hugging Face + sentence-transformers checkpoint, replacing ``directory`` atomically."""
-    state = {k: v.detach().float().cpu() for k, v in encoder.state_dict().items()}
-    return write_atomically(directory, lambda tmp: save_checkpoint(
-        tmp, checkpoint.config, state, tokenizer_from=checkpoint.path, max_length=checkpoint.max_length))
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ---------------------------------------------------------------------------------------------- the loop
 
 
@@ -313,48 +284,34 @@ class Trainer:
         self.output = job.output
         self.checkpoints_dir = job.output / CHECKPOINTS_DIR
         self.log = MetricsLog(job.output / METRICS_FILE)
-        self._base: dict[str, Any] | None = None  # the evaluation before training (_base_record)
-
-    # -- state ---------------------------------------------------------------------------------------
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
         return {"settings": asdict(self.job.settings), "model": self.job.model,
                 "dataset": dict(self.job.dataset_checksums), "world_size": self.dist.world_size}
 
-    def _check_resumable(self, saved: Mapping[str, Any]) -> None:
-        mine = self.fingerprint()
-        if isinstance(saved.get("settings"), dict):  # hyperparameters added since the checkpoint: their defaults
-            saved = {**saved, "settings": {**asdict(TrainSettings()), **saved["settings"]}}
-        changed = [key for key in mine if saved.get(key) != mine[key]]
-        if "settings" in changed:
-            old = saved.get("settings") or {}
-            fields = [k for k, v in mine["settings"].items() if old.get(k) != v]
-            raise InputError(f"cannot resume: hyperparameters differ from the checkpoint ({', '.join(fields)}); "
-                             "resume with the same ones or train into a new --output")
-        if changed:
-            raise InputError(f"cannot resume: {', '.join(changed)} differ from the checkpoint's")
-
-    # -- main: the phases of a run -------------------------------------------------------------------
-
     def run(self, resume: bool = False) -> TrainResult:
         """Build the model, restore a checkpoint (``resume``), evaluate the start, train every step left
-        (evaluating and saving at epoch ends), export the final model."""
+        (evaluating and saving at epoch ends), hand over the final model."""
         opt = self._build()
         at = self._restore(opt, resume)
         progress = Progress(self.total_steps, at.step, self.job.options.progress and self.dist.is_main,
                             self.output if self.dist.is_main else None, self.sampler.steps_per_epoch)
+        options = self.job.options  # rank 0 alone calls the hand-over
+        handover = Handover(self.job.model, self.job.evalsets, options, ModuleEvaluator(
+            self.checkpoint, options.eval_max_length or self.checkpoint.max_length, self.device, self.autocast,
+            options.eval_batch_tokens), self.log, self.output, progress, self.job.eval_corpus)
         if self.dist.is_main:
             self.reporter.on_start(self.total_steps, at.step)
             if resume:
                 progress.write(f"resuming from {at.resumed_from} (step {at.step})" if at.resumed_from
                                else "no checkpoint to resume from: starting at step 0")
         if at.step == 0 and self.job.evalsets and not at.history:
-            at.history.append(self._evaluate(opt.encoder, 0, 0, progress))
+            at.history.append(self._evaluated(lambda: handover.evaluate_start(opt.encoder), 0, 0))
         while at.step < self.total_steps:
             self._train_step(opt, at, progress)
-            self._after_step(opt, at, progress)
-        result = self._finish(opt, at, progress)
+            self._after_step(opt, at, handover)
+        result = self._finish(opt, at, handover)
         progress.close()
         return result
 
@@ -394,13 +351,12 @@ class Trainer:
                 self.log.reset()
             return _Position()
         state = load_checkpoint_state(latest)
-        self._check_resumable(state.get("fingerprint", {}))
+        check_resumable(state.get("fingerprint", {}), self.fingerprint())
         opt.encoder.load_state_dict(state["model"])
         opt.optimizer.load_state_dict(state["optimizer"])
         opt.scheduler.load_state_dict(state["scheduler"])
         opt.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        _set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+        set_rng_state(state["rng"], self.dist.rank)
         at = _Position(int(state["step"]), list(state["history"]), state["best"], resumed_from=latest.name)
         if self.dist.is_main:
             self.log.truncate_after(at.step)
@@ -436,157 +392,48 @@ class Trainer:
             progress.update(value, at.rate, epoch + 1)
             self.reporter.on_step(at.step, self.total_steps, value)
 
-    def _after_step(self, opt: _Optimisation, at: _Position, progress: Progress) -> None:
-        """At an epoch end: evaluate (keeping the best model by the combined score, :mod:`.selection`);
-        then a checkpoint when one is due."""
+    def _after_step(self, opt: _Optimisation, at: _Position, handover: Handover) -> None:
+        """At an epoch end: evaluate, and keep the best model (:mod:`.handover`); a checkpoint when one is due."""
         spe = self.sampler.steps_per_epoch
         epoch_end = at.step % spe == 0
         if epoch_end and self.job.evalsets:
-            record = self._evaluate(opt.encoder, at.step, at.step // spe, progress)
+            epoch = at.step // spe
+            record = self._evaluated(lambda: handover.evaluate_epoch(opt.encoder, at.step, epoch), at.step, epoch)
             at.history.append(record)
             if self.dist.is_main:
-                current = self._candidate(at.best) if at.best is not None else None
-                if better(self._candidate(record), current, *self._judging(at)):
-                    at.best = record
-                    best_dir = export_model(opt.encoder, self.checkpoint, self.output / BEST_DIR)
-                    self._write_evaluation(best_dir, at, record, f"best epoch ({record['epoch']})")
+                at.best = handover.keep_best(opt.encoder, record, at.best, at.history)
         save_every = self.job.options.save_every
         if epoch_end or (save_every and at.step % save_every == 0):
             self._save(at.step, opt, at.history, at.best)
 
-    def _finish(self, opt: _Optimisation, at: _Position, progress: Progress) -> TrainResult:
-        """Export the final model (interpolated with the base weights as ``--interpolate`` says) and the plot
-        (rank 0); every rank returns the result."""
-        overall = self.job.settings.batch_size * at.done_here / at.train_seconds if at.done_here else at.rate
-        final_dir = self.output / FINAL_DIR
-        final: dict[str, Any] | None = None
-        if self.dist.is_main:
-            final = self._interpolated_final(opt, at, progress)
-            export_model(opt.encoder, self.checkpoint, final_dir)
-            if final is not None:
-                self._write_evaluation(final_dir, at, final, final["label"])
-            plot_metrics(self.log.records(), self.output / PLOT_FILE)
-        if self.dist.world_size > 1:
-            torch_dist.barrier()
-        best_dir = self.output / BEST_DIR if at.best is not None else None
-        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return TrainResult(final_dir, best_dir, at.history, at.step, overall, peak, final)
-
-    # -- which model is handed over ------------------------------------------------------------------
-
-    def _judging(self, at: _Position) -> tuple[dict[str, dict[str, float]], str, list[str], float]:
-        """(base metrics per set, the in-domain set, the out-of-domain sets, the allowed loss)."""
-        names = [e.name for e in self.job.evalsets]
-        return record_sets(at.history[0]), names[0], names[1:], self.job.options.max_ood_loss
-
-    @staticmethod
-    def _candidate(record: Mapping[str, Any]) -> Candidate:
-        return Candidate(str(record.get("label", "")), record_sets(record), float(record.get("alpha", 1.0)))
-
-    def _interpolated_final(self, opt: _Optimisation, at: _Position, progress: Progress) -> dict[str, Any] | None:
-        """Load the final weights into ``opt.encoder``: the tuned ones, or their interpolation with the base
-        model; returns the final model's record (None without evaluation sets)."""
-        alpha = parse_interpolation(self.job.options.interpolate)
-        evaluated = bool(self.job.evalsets) and len(at.history) >= 2 and at.history[-1].get("step") == at.step
-        if alpha is None and not evaluated:
-            alpha = AUTO_WITHOUT_SETS
-            progress.write(f"--interpolate auto without evaluation sets: a = {alpha:g} (the default measured on "
-                           "SciFact, Cranfield and MED)")
-        if alpha == 1.0:
-            return self._final_record(at.history[-1], 1.0, "final (tuned weights)") if evaluated else None
-        tuned = {k: v.detach().clone() for k, v in opt.encoder.state_dict().items()}
-        base = read_weights(self.checkpoint)
-
-        def measure(a: float) -> dict[str, dict[str, float]]:
-            opt.encoder.load_state_dict(interpolate(tuned, base, a))
-            record = self._evaluate(opt.encoder, at.step, at.step // self.sampler.steps_per_epoch, progress,
-                                    event="candidate", title=f"interpolation a = {a:g}", alpha=a)
-            return record_sets(record)
-
-        sets: dict[str, dict[str, float]]
-        if alpha is None:
-            base_sets, in_domain, ood, max_loss = self._judging(at)
-            chosen, _ = search_alpha(measure, record_sets(at.history[-1]), base_sets, in_domain, ood, max_loss)
-            alpha, sets = chosen.alpha, {k: dict(v) for k, v in chosen.sets.items()}
-            progress.write(f"--interpolate auto: a = {alpha:g} (in-domain {in_domain} nDCG@10 "
-                           f"{sets[in_domain]['ndcg@10']:.4f}; out-of-domain losses within {max_loss:g}: "
-                           f"{eligible(sets, base_sets, ood, max_loss)})")
-        else:
-            sets = measure(alpha) if evaluated else {}
-        opt.encoder.load_state_dict(interpolate(tuned, base, alpha) if alpha > 0 else base)
-        if not evaluated:
-            return None
-        label = f"final (a = {alpha:g})" if alpha < 1 else "final (tuned weights)"
-        return self._final_record({**at.history[-1], "sets": sets}, alpha, label)
-
-    def _final_record(self, source: Mapping[str, Any], alpha: float, label: str) -> dict[str, Any]:
-        sets = record_sets(source)
-        first = sets[self.job.evalsets[0].name]
-        record = {"event": "final", "step": source["step"], "epoch": source["epoch"], "label": label,
-                  "alpha": alpha, **first, "sets": sets}
-        self.log.append(record)
-        return record
-
-    def _write_evaluation(self, directory: Path, at: _Position, record: Mapping[str, Any], label: str) -> None:
-        base_sets, in_domain, _, _ = self._judging(at)
-        sets = record_sets(record)
-        write_evaluation(directory, ModelEvaluation(
-            base_model=self.job.model, label=label,
-            sets=tuple(SetResult(e.name, IN_DOMAIN if e.name == in_domain else OUT_OF_DOMAIN, str(e.directory),
-                                 base_sets[e.name], sets[e.name]) for e in self.job.evalsets),
-            details={"step": record.get("step"), "epoch": record.get("epoch"), "alpha": record.get("alpha", 1.0),
-                     "max_ood_loss": self.job.options.max_ood_loss}))
-
-    def _evaluate(self, encoder: BertEncoder, step: int, epoch: int, progress: Progress, event: str = "eval",
-                  title: str | None = None, alpha: float | None = None) -> dict[str, Any]:
-        """Rank 0 evaluates every set and logs the record (the first set's metrics at its top level, every set's
-        under ``sets``, nDCG@10 changes against the base model under ``change``); every rank gets the record
-        (other ranks wait at a barrier)."""
+    def _evaluated(self, evaluate: Callable[[], dict[str, Any]], step: int, epoch: int) -> dict[str, Any]:
+        """Rank 0 evaluates (``evaluate``) and reports the record; every rank returns it (the others wait for
+        rank 0's broadcast), so every rank's history is the same."""
         record: dict[str, Any] = {}
-        if self.dist.is_main and self.job.evalsets:
-            t0 = time.perf_counter()
-            title = title or ("evaluation before training" if step == 0 else f"evaluation after epoch {epoch}")
-            max_length = self.job.options.eval_max_length or self.checkpoint.max_length
-            sets: dict[str, dict[str, float]] = {}
-            for i, evalset in enumerate(self.job.evalsets):
-                shown = title if len(self.job.evalsets) == 1 else f"{title} on {evalset.name}"
-                corpus = self.job.eval_corpus if step == 0 and i == 0 and event == "eval" else None
-                sets[evalset.name] = evaluate_module(encoder, self.checkpoint, max_length, evalset, self.device,
-                                                     self.autocast, self.job.options.eval_batch_tokens,
-                                                     progress=progress.evaluation(shown), corpus=corpus)
-            record = {"event": event, "step": step, "epoch": epoch, **sets[self.job.evalsets[0].name], "sets": sets}
-            if alpha is not None:
-                record["alpha"] = alpha
-            base = record_sets(self._base_record()) if step > 0 or event != "eval" else sets
-            record["change"] = {k: round(v, 5) for k, v in changes(sets, base).items()}
-            record["seconds"] = round(time.perf_counter() - t0, 2)
-            self.log.append(record)
-            for name, metrics in sets.items():
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                delta = f"  (nDCG@10 {record['change'][name]:+.4f} vs base)" if step > 0 or event != "eval" else ""
-                progress.write(f"{title} (step {step}) {name}: {shown}{delta}")
-            if event == "eval":
-                self.reporter.on_eval(step, epoch, record)
-            plot_metrics(self.log.records(), self.output / PLOT_FILE)
-        if self.dist.world_size > 1 and event == "eval":
+        if self.dist.is_main:
+            record = evaluate()
+            self.reporter.on_eval(step, epoch, record)
+        if self.dist.world_size > 1:
             box: list[Any] = [record]
             torch_dist.broadcast_object_list(box, src=0)
             record = box[0]
         return record
 
-    def _base_record(self) -> dict[str, Any]:
-        """The evaluation before training (step 0), read once from the metrics log (a resumed run reads it back)."""
-        if self._base is not None:
-            return self._base
-        for r in self.log.records():
-            if r.get("event") == "eval" and r.get("step") == 0:
-                self._base = r
-                return r
-        raise InputError(f"{self.log.path}: the evaluation before training is missing; train into a new --output")
+    def _finish(self, opt: _Optimisation, at: _Position, handover: Handover) -> TrainResult:
+        """Rank 0 hands over the final model (:meth:`.Handover.hand_over`); every rank returns the result."""
+        overall = self.job.settings.batch_size * at.done_here / at.train_seconds if at.done_here else at.rate
+        final: dict[str, Any] | None = None
+        if self.dist.is_main:
+            final = handover.hand_over(opt.encoder, at.history, at.step, at.step // self.sampler.steps_per_epoch)
+        if self.dist.world_size > 1:
+            torch_dist.barrier()
+        best_dir = self.output / BEST_DIR if at.best is not None else None
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return TrainResult(self.output / FINAL_DIR, best_dir, at.history, at.step, overall, peak, final)
 
     def _save(self, step: int, opt: _Optimisation, history: list[dict[str, Any]],
               best: dict[str, Any] | None) -> None:
-        rng = [_rng_state()]
+        rng = [rng_state()]
         if self.dist.world_size > 1:
             gathered: list[Any] = [None] * self.dist.world_size
             torch_dist.all_gather_object(gathered, rng[0])
