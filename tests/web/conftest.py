@@ -8,9 +8,12 @@ cannot work here). Screenshots of every page the browser tests visit are written
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -57,13 +60,74 @@ def browser() -> Iterator[object]:  # is open: closed with its module, so asynci
         chromium.close()
 
 
+LOAD_FAILED = re.compile(r"^Failed to load resource: the server responded with a status of (\d+)")
+
+
+class ConsoleErrors:
+    """Every console error and uncaught exception of every page of a browser context (a pattern the browser
+    cannot compile, a failed load such as a missing favicon, a script error): a page of the UI has none.
+
+    The one exception is declared by the test: a page it expects to be answered with an error status (a form
+    refused with 400, an upload over the limit with 413), which Chromium reports as a failed load."""
+
+    def __init__(self, context: Any) -> None:
+        self.seen: list[tuple[str, str]] = []  # (the resource the message is about, the message)
+        self.error_documents: set[tuple[str, int]] = set()
+        self.expected_statuses: set[int] = set()
+        context.on("console", self._console)
+        context.on("weberror", lambda error: self.seen.append(("", f"uncaught: {error.error}")))
+        context.on("response", self._response)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.seen.append((message.location.get("url", ""), message.text))
+
+    def _response(self, response: Any) -> None:
+        if response.request.resource_type == "document" and response.status >= 400:
+            self.error_documents.add((response.url, response.status))
+
+    def expect_error_page(self, status: int) -> None:
+        """The test navigates to a page that answers ``status`` on purpose."""
+        self.expected_statuses.add(status)
+
+    def errors(self) -> list[str]:
+        def expected(url: str, text: str) -> bool:
+            failed = LOAD_FAILED.match(text)
+            return bool(failed) and int(failed.group(1)) in self.expected_statuses and (
+                url, int(failed.group(1))) in self.error_documents
+        return [f"{url}: {text}" for url, text in self.seen if not expected(url, text)]
+
+    def assert_none(self) -> None:
+        errors = self.errors()
+        assert not errors, "console errors:\n" + "\n".join(errors)
+
+
+_WATCHED: dict[int, ConsoleErrors] = {}
+
+
+def console_errors(page: Any) -> ConsoleErrors:
+    """The console watcher of ``page``'s browser context."""
+    return _WATCHED[id(page.context)]
+
+
+@contextmanager
+def watched_context(browser: Any, base_url: str) -> Iterator[Any]:
+    """A browser context whose pages must end without a console error (checked when it closes)."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(60_000)
+    errors = _WATCHED[id(context)] = ConsoleErrors(context)
+    try:
+        yield context
+    finally:
+        context.close()
+        del _WATCHED[id(context)]
+    errors.assert_none()
+
+
 @pytest.fixture()
 def page(browser: object, ui_server: ServerProcess) -> Iterator[object]:
-    context = browser.new_context(base_url=ui_server.base_url, viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
-    context.set_default_timeout(60_000)
-    page = context.new_page()
-    yield page
-    context.close()
+    with watched_context(browser, ui_server.base_url) as context:
+        yield context.new_page()
 
 
 @pytest.fixture()

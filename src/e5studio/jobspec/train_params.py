@@ -98,6 +98,25 @@ FORM_FIELDS = ("epochs", "batch_size", "train_n_passages", "lr", "temperature", 
                "passage_max_length", "seed", "save_every", "threads", "interpolate", "max_ood_loss")
 TRAIN_PARAMS = {name: ALL_PARAMS[name] for name in FORM_FIELDS}
 
+# The web form's label of each field (the parameter's name stays the field's name and the flag's).
+FORM_LABELS = {
+    "epochs": "Epochs", "batch_size": "Batch size (queries per step)", "train_n_passages": "Passages per query",
+    "lr": "Learning rate", "temperature": "Temperature", "distill_weight": "Distillation weight",
+    "warmup_ratio": "Warm-up share", "query_max_length": "Query length (tokens)",
+    "passage_max_length": "Passage length (tokens)", "seed": "Random seed", "save_every": "Checkpoint every (steps)",
+    "threads": "CPU threads", "interpolate": "Interpolation weight", "max_ood_loss": "Largest out-of-domain loss",
+}
+# Rarely changed: the web form folds them under "Advanced".
+ADVANCED_FIELDS = frozenset({"warmup_ratio", "query_max_length", "passage_max_length", "seed", "save_every",
+                             "threads", "interpolate", "max_ood_loss"})
+
+# Base models whose measured defaults differ from the E5 recipe's. all-MiniLM-L6-v2 was trained with a softer
+# temperature (scale 20) than E5: on it the E5 recipe's lr and temperature lose in-domain quality, these were
+# measured better (README, "Fine-tuning": the lr/temperature table). The web form offers them for such a model.
+SMALL_MODEL_HUB_IDS = ("sentence-transformers/all-MiniLM-L6-v2",)
+SMALL_MODEL_DEFAULTS: dict[str, int | float | str] = {"lr": 1e-4, "temperature": 0.02}
+SMALL_MODEL_SOURCE = "measured on all-MiniLM-L6-v2 (README: Fine-tuning)"
+
 
 def train_param_defaults() -> dict[str, int | float | str | None]:
     """The form's train parameters and their defaults (None: the command's own choice)."""

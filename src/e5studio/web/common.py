@@ -13,6 +13,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
 
 from e5studio import __version__, http_body
+from e5studio.control.store import LIVE
 from e5studio.errors import ForbiddenError, LoginRequired
 from e5studio.http_body import limited
 from e5studio.web.sessions import COOKIE_NAME, Session, SessionStore
@@ -94,3 +95,23 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
     return response
+
+
+FOOTER_MODELS = 3  # models named in the footer; more are counted
+
+
+def served_models(request: Request) -> str:
+    """The footer's "serving ...": the models of the Live endpoints (the server's default model while none is
+    Live), so the page never names a model that is not the one answering."""
+    ui = web_state(request)
+    try:
+        models = sorted({e.model for e in ui.store.list_endpoints() if e.status == LIVE})
+    except Exception:  # noqa: BLE001 - a footer must not turn a page (or an error page) into a crash
+        models = []
+    if not models:
+        return ui.settings.default_model
+    shown = ", ".join(models[:FOOTER_MODELS])
+    return shown + (f" and {len(models) - FOOTER_MODELS} more" if len(models) > FOOTER_MODELS else "")
+
+
+templates.globals["served_models"] = served_models

@@ -9,11 +9,12 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
-from e5studio.control.store import Endpoint
+from e5studio.control.replicas import MODEL_FAILED, MODEL_READY, Replica
+from e5studio.control.store import LIVE, Endpoint
 from e5studio.engine.checkpoint import ALIASES
 from e5studio.errors import InputError
 from e5studio.jobspec import deploy_gate
-from e5studio.vocabulary import INPUT_TYPES, PRECISION_HELP, add_prefix
+from e5studio.vocabulary import INPUT_TYPES, PRECISION_HELP, add_prefix, one_of
 from e5studio.web.common import SessionDep, login_url, read_form, read_json, render, safe_next, text_field, ui_session
 from e5studio.web.sessions import COOKIE_NAME, SESSION_TTL_S
 from e5studio.web.state import UI, WebState, web_state
@@ -25,6 +26,11 @@ BATCH_SIZE_HELP = {
     32: "32: for vectorising a knowledge base (many texts per request, highest throughput)",
     1: "1: for a live service answering one query at a time (lowest latency per request)",
 }
+LOADING = "Loading"  # shown, never stored: Live in the store, the model not ready on any replica yet
+REASON_SHORT_CHARS = 120
+# the name rule of the store (control.database.NAME_PATTERN) as an HTML pattern: browsers compile it with the
+# ``v`` flag, where a "-" inside a class must be escaped
+NAME_INPUT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 MODELS_DIR = "models"  # checkpoints copied into <data dir>/models/<name>/ are offered in the model lists
 TRY_LIMIT_BYTES = 64 * 1024
 TRY_MAX_TEXTS = 8
@@ -83,7 +89,8 @@ async def projects(request: Request, ui: UI) -> Response:
     counts: dict[str, int] = {}
     for endpoint in store.list_endpoints():
         counts[endpoint.project_id] = counts.get(endpoint.project_id, 0) + 1
-    return render(request, "projects.html", projects=store.list_projects(), counts=counts, error="", form={})
+    return render(request, "projects.html", projects=store.list_projects(), counts=counts, error="", form={},
+                  name_pattern=NAME_INPUT_PATTERN)
 
 
 @router.post("/projects")
@@ -94,7 +101,8 @@ async def create_project(request: Request, ui: UI, session: SessionDep) -> Respo
         project = ui.store.create_project(name, description)
     except InputError as exc:
         return render(request, "projects.html", status_code=400, projects=ui.store.list_projects(), counts={},
-                      error=str(exc), form={"name": name, "description": description})
+                      error=str(exc), form={"name": name, "description": description},
+                      name_pattern=NAME_INPUT_PATTERN)
     return _redirect(f"/ui/projects/{project.name}")
 
 
@@ -102,7 +110,9 @@ async def create_project(request: Request, ui: UI, session: SessionDep) -> Respo
 async def project_page(request: Request, ui: UI, project: str) -> Response:
     store = ui.store
     found = store.get_project(project)
-    return render(request, "project.html", project=found, endpoints=store.list_endpoints(found.id))
+    endpoints, replicas = store.list_endpoints(found.id), store.list_replicas()
+    return render(request, "project.html", project=found, endpoints=endpoints,
+                  live={e.id: endpoint_json(ui, e, replicas) for e in endpoints})
 
 
 # ---------------------------------------------------------------------------------------------- endpoints
@@ -137,7 +147,7 @@ def _endpoint_form(request: Request, status_code: int = 200, error: str = "", **
     return render(request, "endpoint_new.html", status_code=status_code, error=error,
                   projects=ui.store.list_projects(), models=model_choices(request), batch_help=BATCH_SIZE_HELP,
                   precision_help=PRECISION_HELP, gate_refused=error.startswith("deploy gate:"),
-                  form={**defaults, **values})
+                  name_pattern=NAME_INPUT_PATTERN, form={**defaults, **values})
 
 
 @router.get("/endpoints/new")
@@ -167,13 +177,33 @@ async def create_endpoint(request: Request, ui: UI, session: SessionDep) -> Resp
     return _redirect(f"/ui/endpoints/{endpoint.id}")
 
 
-def _endpoint_json(ui: WebState, endpoint: Endpoint) -> dict[str, Any]:
+def endpoint_json(ui: WebState, endpoint: Endpoint, replicas: list[Replica] | None = None) -> dict[str, Any]:
+    """What the pages show of an endpoint and poll for: ``shown_status`` is the store's status, except that a
+    Live endpoint whose model is ready on no replica yet (right after creation) says it is loading."""
     stats = ui.endpoint_stats(endpoint.id)
-    readiness = ui.store.endpoint_readiness(endpoint.id)
+    states = [r.endpoints.get(endpoint.id) for r in (ui.store.list_replicas() if replicas is None else replicas)]
+    ready = states.count(MODEL_READY)
+    readiness = f"ready on {ready} of {len(states)} replica{'' if len(states) == 1 else 's'}"
+    shown = endpoint.status
+    if endpoint.status == LIVE and ready == 0 and MODEL_FAILED not in states:
+        shown, readiness = LOADING, f"loading the model: {readiness}"
     return {"id": endpoint.id, "name": endpoint.name, "project": endpoint.project_name, "status": endpoint.status,
-            "reason": endpoint.status_reason, "requests": stats.count, "errors": stats.errors,
-            "p50_ms": stats.p50_ms, "mean_ms": stats.mean_ms, "replicas": str(readiness),
-            "replicas_ready": readiness.ready, "replicas_total": readiness.replicas}
+            "shown_status": shown, "reason": endpoint.status_reason,
+            "reason_short": short_reason(endpoint.status_reason),
+            "requests": stats.count, "errors": stats.errors, "p50_ms": stats.p50_ms, "mean_ms": stats.mean_ms,
+            "replicas": readiness, "replicas_ready": ready, "replicas_total": len(states)}
+
+
+def short_reason(reason: str) -> str:
+    """A status reason as a table shows it: its first line, cut at a word, with an ellipsis when there is more
+    (the endpoint's page shows it whole)."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if len(first) > REASON_SHORT_CHARS:
+        first = first[:REASON_SHORT_CHARS].rsplit(" ", 1)[0]
+    return first if first == reason.strip() else first.rstrip(" :;,") + " …"
 
 
 @router.get("/endpoints/{endpoint_id}")
@@ -183,7 +213,7 @@ async def endpoint_page(request: Request, ui: UI, endpoint_id: str, session: Ses
     key = session.pop_flash(f"key:{endpoint.id}")
     return render(request, "endpoint.html", endpoint=endpoint, urls=urls, key=key,
                   gate=deploy_gate.summary(endpoint.deploy_gate),
-                  curl=ui.curl_line(urls["nlp"], key) if key else "", live=_endpoint_json(ui, endpoint),
+                  curl=ui.curl_line(urls["nlp"], key) if key else "", live=endpoint_json(ui, endpoint),
                   batch_help=BATCH_SIZE_HELP[endpoint.batch_size])
 
 
@@ -206,13 +236,25 @@ async def delete_endpoint(request: Request, ui: UI, endpoint_id: str, session: S
 @router.get("/api/endpoints")
 async def endpoints_status(ui: UI, project: str | None = None) -> dict[str, Any]:
     """Status, reason, request count and latency of every endpoint (polled by the pages)."""
-    return {"endpoints": [_endpoint_json(ui, e) for e in ui.store.list_endpoints(project)]}
+    replicas = ui.store.list_replicas()
+    return {"endpoints": [endpoint_json(ui, e, replicas) for e in ui.store.list_endpoints(project)]}
 
 
-def _try_texts(value: Any) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+def _try_texts(body: dict[str, Any]) -> list[str]:
+    """The texts with their E5 prefixes: each text has its own role (``input_types``, one per text: the sample
+    pairs a query with a passage, and E5 embeds each side with its own prefix); without roles, as typed."""
+    texts = body.get("texts")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise InputError("'texts' must be a non-empty list of strings")
-    return value
+    if len(texts) > TRY_MAX_TEXTS:
+        raise InputError(f"'texts' has {len(texts)} texts; the try box takes at most {TRY_MAX_TEXTS}")
+    roles = body.get("input_types", ["none"] * len(texts))
+    if not isinstance(roles, list) or len(roles) != len(texts):
+        raise InputError("'input_types' must be a list with one input type per text")
+    for role in roles:
+        if not isinstance(role, str) or role not in INPUT_TYPES:
+            raise InputError(f"each of 'input_types' must be {one_of(INPUT_TYPES)}, got {role!r}")
+    return [add_prefix(text, role) for text, role in zip(texts, roles, strict=True)]
 
 
 @router.post("/api/endpoints/{endpoint_id}/try")
@@ -221,13 +263,7 @@ async def try_endpoint(request: Request, ui: UI, endpoint_id: str, session: Sess
     first values, and the cosine similarity of the two."""
     body = await read_json(request, session, TRY_LIMIT_BYTES)
     endpoint = ui.store.get_endpoint_by_id(endpoint_id)
-    texts = _try_texts(body.get("texts"))
-    input_type = body.get("input_type", "none")
-    if not isinstance(input_type, str) or input_type not in INPUT_TYPES:
-        raise InputError(f"'input_type' must be one of {', '.join(INPUT_TYPES)}, got {input_type!r}")
-    texts = [add_prefix(t, input_type) for t in texts]
-    if len(texts) > TRY_MAX_TEXTS:
-        raise InputError(f"'texts' has {len(texts)} texts; the try box takes at most {TRY_MAX_TEXTS}")
+    texts = _try_texts(body)
     # batch-size-1 endpoints answer one text per call, as a client of theirs would send them
     parts = [await ui.embed(request, endpoint, texts[i:i + endpoint.batch_size])
              for i in range(0, len(texts), endpoint.batch_size)]

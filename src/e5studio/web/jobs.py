@@ -13,11 +13,19 @@ from fastapi.responses import RedirectResponse, Response
 from e5studio.control.job_records import JOB_RESUMABLE_STATUSES, JOB_RUNNING, KIND_BATCH_EMBED, KIND_TRAIN, JobRecord
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
+from e5studio.engine.checkpoint import ALIASES
 from e5studio.errors import InputError
 from e5studio.jobspec import deploy_gate
 from e5studio.jobspec.layout import eval_files
 from e5studio.jobspec.progress import read_status
-from e5studio.jobspec.train_params import TRAIN_PARAMS
+from e5studio.jobspec.train_params import (
+    ADVANCED_FIELDS,
+    FORM_LABELS,
+    SMALL_MODEL_DEFAULTS,
+    SMALL_MODEL_HUB_IDS,
+    SMALL_MODEL_SOURCE,
+    TRAIN_PARAMS,
+)
 from e5studio.web.common import SessionDep, read_form, render, text_field, ui_session
 from e5studio.web.endpoints import BATCH_SIZE_HELP, model_choices
 from e5studio.web.state import web_state
@@ -28,18 +36,59 @@ LOG_LINES = 40
 
 @dataclass(frozen=True)
 class FormField:
-    """One field of the train form, as the template shows it."""
+    """One field of the train form, as the template shows it: ``default`` is the command's (the E5 recipe's),
+    ``small_default`` the value measured for small base models where it differs (else the same)."""
 
     name: str
+    label: str
     default: str
+    small_default: str
+    empty: str  # what an empty field means ("" where the field has a default)
     help: str
+    advanced: bool
+
+    def default_for(self, small: bool) -> str:
+        return self.small_default if small else self.default
+
+    def note(self, small: bool) -> str:
+        """What the field's default is, as the form says it for a small or another base model."""
+        if self.empty and not self.default:
+            return f"Empty: {self.empty}."
+        if self.small_default == self.default:
+            return f"Default {self.default}."
+        if small:
+            return f"Default for this base model: {self.small_default}, {SMALL_MODEL_SOURCE}; E5 recipe {self.default}."
+        return f"Default {self.default}, the E5 recipe; {self.small_default} when the base model is all-MiniLM-L6-v2."
 
 
 def train_params() -> list[FormField]:
-    """The form fields of a train job: every parameter the runner takes, its default and one line of help
-    (all from the one spec, :mod:`e5studio.jobspec.train_params`)."""
-    return [FormField(p.name, "" if p.default is None else str(p.default),
-                  p.help + (f" (empty: {p.empty})" if p.empty else "")) for p in TRAIN_PARAMS.values()]
+    """The form fields of a train job: every parameter the runner takes, its label, defaults and one line of
+    help (all from the one spec, :mod:`e5studio.jobspec.train_params`)."""
+    fields = []
+    for p in TRAIN_PARAMS.values():
+        default = "" if p.default is None else str(p.default)
+        fields.append(FormField(p.name, FORM_LABELS[p.name], default, str(SMALL_MODEL_DEFAULTS.get(p.name, default)),
+                                p.empty, p.help, p.name in ADVANCED_FIELDS))
+    return fields
+
+
+def small_models(request: Request) -> set[str]:
+    """The model values (aliases, hub ids, fine-tuned model folders) whose base is a small model: the form
+    offers the measured small-model defaults for them."""
+    small = {name for name in (*ALIASES, *ALIASES.values()) if ALIASES.get(name, name) in SMALL_MODEL_HUB_IDS}
+    bases: dict[str, str] = {}
+    for job in _store(request).list_jobs(KIND_TRAIN):
+        final_dir = job.metrics.get("final_dir")
+        if final_dir:
+            bases[str(final_dir)] = job.model
+    for model in bases:
+        seen, base = {model}, bases[model]
+        while base in bases and base not in seen:  # a fine-tune of a fine-tune: its first base decides
+            seen.add(base)
+            base = bases[base]
+        if base in small:
+            small.add(model)
+    return small
 
 
 def _store(request: Request) -> Store:
@@ -78,12 +127,15 @@ def _job_json(request: Request, job: JobRecord, details: bool = False) -> dict[s
 
 def _train_form(request: Request, status_code: int = 200, error: str = "", form: dict[str, str] | None = None
                 ) -> Response:
-    defaults = {p.name: p.default for p in train_params()}
+    small = small_models(request)
+    chosen = (form or {}).get("model_other") or (form or {}).get("model") or web_state(request).settings.default_model
+    defaults = {p.name: p.default_for(chosen in small) for p in train_params()}
     defaults.update({"dataset": "", "model": web_state(request).settings.default_model, "model_other": "",
                      "eval_dir": ""})
     return render(request, "jobs.html", status_code=status_code, error=error,
                   jobs=_store(request).list_jobs(KIND_TRAIN), datasets=_store(request).list_datasets(),
                   models=model_choices(request), params=train_params(), eval_files=", ".join(eval_files()),
+                  small_models=sorted(small), chosen_small=chosen in small,
                   form={**defaults, **(form or {})})
 
 

@@ -7,7 +7,7 @@ the UI it asks :func:`error_page` for the HTML answer.
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from e5studio.errors import LoginRequired
@@ -40,6 +40,12 @@ def mount_ui(app: FastAPI, state: WebState) -> None:
     @app.get(UI_PREFIX, include_in_schema=False)
     async def ui_root() -> Response:
         return RedirectResponse(UI_PREFIX + "/", status_code=307)
+
+    # browsers ask for /favicon.ico on every site whatever the page links: a 404 there is a console error
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     app.include_router(endpoints.public, include_in_schema=False)
     app.include_router(endpoints.router, include_in_schema=False)

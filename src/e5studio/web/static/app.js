@@ -60,7 +60,8 @@ function setupConfirmations() {
 
 function updateEndpointRow(row, e) {
   const fields = {
-    status: e.status, reason: e.reason, requests: String(e.requests), errors: String(e.errors),
+    status: e.shown_status, reason: e.reason, reason_short: e.reason_short, requests: String(e.requests),
+    errors: String(e.errors),
     p50_ms: e.p50_ms === null ? "–" : String(e.p50_ms), mean_ms: e.mean_ms === null ? "–" : String(e.mean_ms),
     replicas: e.replicas,
   };
@@ -81,6 +82,10 @@ function setupEndpointPolling() {
       const data = await getJSON("/ui/api/endpoints?project=" + encodeURIComponent(project));
       data.endpoints.forEach((e) => {
         document.querySelectorAll('[data-endpoint-id="' + e.id + '"]').forEach((row) => updateEndpointRow(row, e));
+        // a Failed endpoint answers nothing: its page offers no box to try it
+        const tryBox = document.getElementById("try-it");
+        const tryForm = document.getElementById("try-form");
+        if (tryBox && tryForm && tryForm.dataset.endpoint === e.id) tryBox.hidden = e.status === "Failed";
       });
     } catch (err) { /* next poll tries again */ }
     setTimeout(poll, 1500);
@@ -96,12 +101,13 @@ function setupTryIt() {
   const result = document.getElementById("try-result");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const texts = [form.text_a.value, form.text_b.value].filter((t) => t.trim() !== "");
-    const inputType = form.querySelector('input[name="input_type"]:checked').value;
+    // each text with its own role: a query and the passage it should find get different prefixes
+    const pairs = [[form.text_a.value, form.role_a.value], [form.text_b.value, form.role_b.value]]
+      .filter(([text]) => text.trim() !== "");
     result.textContent = "Embedding…";
     try {
       const data = await postJSON("/ui/api/endpoints/" + form.dataset.endpoint + "/try",
-        { texts: texts, input_type: inputType });
+        { texts: pairs.map(([text]) => text), input_types: pairs.map(([, role]) => role) });
       result.replaceChildren();
       const summary = document.createElement("p");
       summary.id = "try-dimension";
@@ -128,6 +134,32 @@ function setupTryIt() {
       result.appendChild(p);
     }
   });
+}
+
+// -------------------------------------------------------------------------------- train form
+
+// The defaults of the train form follow the chosen base model (small models have their own measured values);
+// a field the user changed keeps its value.
+function setupTrainDefaults() {
+  const form = document.getElementById("new-job");
+  if (!form) return;
+  const smallModels = JSON.parse(form.dataset.smallModels || "[]");
+  function baseIsSmall() {
+    const other = form.model_other.value.trim();
+    return smallModels.includes(other !== "" ? other : form.model.value);
+  }
+  function apply() {
+    const small = baseIsSmall();
+    form.querySelectorAll("input[data-default]").forEach((input) => {
+      const wanted = small ? input.dataset.defaultSmall : input.dataset.defaultE5;
+      if (input.value === input.dataset.default) input.value = wanted;
+      input.dataset.default = wanted;
+      const note = input.parentElement.querySelector(".default-note");
+      if (note) note.textContent = small ? note.dataset.noteSmall : note.dataset.noteE5;
+    });
+  }
+  form.model.addEventListener("change", apply);
+  form.model_other.addEventListener("input", apply);
 }
 
 // -------------------------------------------------------------------------------- charts
@@ -265,6 +297,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupConfirmations();
   setupEndpointPolling();
   setupTryIt();
+  setupTrainDefaults();
   setupJobPage();
   setupJobListPolling();
 });
