@@ -97,7 +97,9 @@ def create_app(settings: ServeSettings, store: Store,
     inference = InferenceService(store, pool, settings.max_body_bytes)
     throttle = LoginThrottle(failures=store)  # failed logins counted in the store: every replica throttles them
 
-    app = FastAPI(title="e5studio", version=__version__,
+    # no /docs or /redoc: FastAPI's pages load Swagger's script from a public CDN on the UI's own origin, where
+    # a changed script could read the UI's pages; /openapi.json is served for any OpenAPI viewer
+    app = FastAPI(title="e5studio", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
                                                           metrics=metrics, inference=inference,
