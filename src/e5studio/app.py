@@ -34,6 +34,7 @@ from e5studio.serving.batcher import QueueLimits
 from e5studio.serving.edge import Edge, Metrics, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
 from e5studio.serving.inference import Embedded, InferenceService
+from e5studio.serving.inference import install as install_inference
 from e5studio.serving.models import ModelPool
 from e5studio.serving.replica import HEARTBEAT_S, ReplicaHeartbeat
 from e5studio.serving.routes import admin, health, openai, sambastudio
@@ -102,9 +103,8 @@ def create_app(settings: ServeSettings, store: Store,
     app = FastAPI(title="e5studio", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
-                                                          metrics=metrics, inference=inference,
-                                                          login_throttle=throttle))
-    app.state.inference = inference  # what the inference routes reach (``serving.inference.Service``)
+                                                          metrics=metrics, login_throttle=throttle))
+    install_inference(app, inference)
     for error in (E5StudioError, HTTPException, RequestValidationError):
         app.add_exception_handler(error, _answer_error)
     for module in (sambastudio, openai, health, admin):

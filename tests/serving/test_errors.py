@@ -95,7 +95,9 @@ def test_without_a_valid_key_the_body_is_not_judged(http: httpx.Client, banner: 
     json_type = {"Content-Type": "application/json"}
     assert_error(http.post(path, content=bad, headers=json_type), 401, "missing endpoint key")
     assert_error(http.post(path, content=bad, headers={**json_type, "key": "nonsense"}), 403, "not valid")
-    # the OpenAI shape names its endpoint in the body; its texts are judged after the key too
+    # the OpenAI shape names its endpoint in the body: without any key, the body is not even read
+    assert_error(http.post("/v1/embeddings", content=bad, headers=json_type), 401, "missing endpoint key")
+    # ... and with a key, its texts are judged after the key check
     assert_error(http.post("/v1/embeddings", json={"model": MINILM, "input": [None]},
                            headers={"Authorization": "Bearer nonsense"}), 403, "not valid")
     assert_error(http.post("/v1/embeddings", json={"model": MINILM, "input": [None]},

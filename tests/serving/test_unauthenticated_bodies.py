@@ -94,6 +94,16 @@ def test_a_stalled_login_body_gets_408_after_the_fixed_deadline(server: ServerPr
     assert BODY_TIMEOUT_S - 0.5 < elapsed < BODY_TIMEOUT_S + 2.0, elapsed
 
 
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/api/predict/nlp/default/all-minilm-l6-v2"])
+def test_an_inference_call_without_a_key_is_refused_before_its_body(server: ServerProcess, path: str) -> None:
+    """The OpenAI shape names its endpoint in the body, yet a caller without any key costs no body reading."""
+    with _connect(server) as sock:
+        sock.sendall(_head(path, 5_000_000_000, "application/json") + b'{"model"')
+        status, elapsed, data = _answer(sock)
+    assert status == 401, data
+    assert elapsed < BODY_TIMEOUT_S, elapsed
+
+
 def test_logging_in_still_works(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.base_url, trust_env=False, follow_redirects=False, timeout=30) as http:
         answer = http.post("/ui/login", data={"token": server.admin_token, "next": "/ui/"})

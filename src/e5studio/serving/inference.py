@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends
+from fastapi import Depends, FastAPI
 from starlette.requests import Request
 
 from e5studio.control.keys import verify_key
@@ -138,9 +138,17 @@ class InferenceService:
         return endpoints
 
 
+_APP_STATE_KEY = "inference"
+
+
+def install(app: FastAPI, service: InferenceService) -> None:
+    """Make ``service`` the one the inference routes of ``app`` reach (the composition root calls this)."""
+    setattr(app.state, _APP_STATE_KEY, service)
+
+
 async def _service(request: Request) -> InferenceService:
     # async: FastAPI runs a plain-function dependency on a thread pool, a hand-off per request
-    service: InferenceService = request.app.state.inference  # installed by the composition root
+    service: InferenceService = getattr(request.app.state, _APP_STATE_KEY)
     return service
 
 

@@ -11,7 +11,6 @@ from starlette.requests import Request
 
 from e5studio.control.store import Store
 from e5studio.serving.edge import Metrics
-from e5studio.serving.inference import InferenceService
 from e5studio.serving.models import ModelPool
 from e5studio.serving.throttle import LoginThrottle
 from e5studio.settings import ServeSettings
@@ -25,7 +24,6 @@ class ServingState:
     store: Store
     pool: ModelPool  # one loaded model (embedder + batcher) per model key
     metrics: Metrics
-    inference: InferenceService  # the one service call of the inference routes
     login_throttle: LoginThrottle  # failed admin logins per client address (shared with the web UI's login)
 
 
