@@ -38,7 +38,8 @@ def test_a_small_file_is_measured_in_rows_a_large_one_in_megabytes(tmp_path: Pat
     monkeypatch.setattr(batch_progress, "COUNT_LINES_UP_TO", 100)  # as if the file were too large to count
     large = Measure.of(InputSpec.create(small))
     assert large == Measure("MB", small.stat().st_size)
-    assert large.scale() is not None and large.scale()(12_345_678) == "12.3"  # type: ignore[misc]
+    scale = large.scale()
+    assert scale is not None and scale(12_345_678) == "12.3"
 
 
 def test_a_small_corpus_shows_rows_not_megabytes_and_its_record_gets_the_rows_done(tmp_path: Path, tiny_dir: Path

@@ -104,15 +104,20 @@ def test_sigkill_at_several_moments_then_resume(tmp_path: Path, tiny_dir: Path) 
                "--output", str(out), "--window-size", "4", "--no-progress"]
     kills = 0
     for target in (1, 12, 30, 45):
-        proc = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and _manifest_shards(out) < target and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if proc.poll() is not None:
-            break  # finished before this point: nothing left to interrupt
-        time.sleep((target % 4) * 0.004)  # land at different moments inside a window
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        # killed however this iteration ends: a failure here must not leave the job running after the test
+        with subprocess.Popen(command, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+            try:
+                deadline = time.monotonic() + 120
+                while proc.poll() is None and _manifest_shards(out) < target and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                if proc.poll() is not None:
+                    break  # finished before this point: nothing left to interrupt
+                time.sleep((target % 4) * 0.004)  # land at different moments inside a window
+                os.kill(proc.pid, signal.SIGKILL)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
         kills += 1
         assert json.loads((out / MANIFEST).read_text())["status"] == "running"
         _assert_only_complete_shards_visible(out)

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from e5studio.cli import build_parser
-from e5studio.control.job_runner import JobRunner
+from e5studio.control.job_launch import train_args
 from e5studio.errors import InputError, ParamError
 from e5studio.jobs.train.settings import RunOptions, TrainSettings
 from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
@@ -73,9 +73,7 @@ def test_the_runner_passes_every_form_value_as_the_commands_flag() -> None:
     checked = validate_params(values, TRAIN_PARAMS)
     job = dataclasses.make_dataclass("J", ["id", "dataset_id", "model", "output", "params"])(
         "j1", "ds", "m", "/o", checked)
-    runner = JobRunner.__new__(JobRunner)
-    runner.data_dir = __import__("pathlib").Path("/data")
-    args = vars(build_parser().parse_args(runner._train_args(job, resume=False)))
+    args = vars(build_parser().parse_args(train_args(job, __import__("pathlib").Path("/data"), resume=False)))
     assert {name: args[name] for name in TRAIN_PARAMS} == checked
 
 

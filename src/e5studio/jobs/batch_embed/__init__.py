@@ -7,9 +7,10 @@
   manifest file.
 - ``manifest_state``: what is done, kept consistent across crashes and reruns; ``model_identity``: the
   checksum of the model that shaped the vectors.
-- ``runner``: the job and its window executors: ``LocalExecutor`` (``--engine local``, with ``prefetch``
-  and ``progress``); ``ray_executor``: the same windows on Ray Data (``--engine ray``); ``summary``.
+- ``runner``: the job (under its lifecycle handle, :mod:`e5studio.jobs.lifecycle`) and its window executors:
+  ``LocalExecutor`` (``--engine local``, with ``prefetch``); ``ray_executor``: the same windows on Ray Data
+  (``--engine ray``); ``progress``: the job's line (rows, or MB of a large line file) and counts; ``summary``.
 - ``sinks``: the exact search index next to the shards and PostgreSQL/pgvector.
-- ``commands``: the CLI (``embed-corpus``, ``search``, ``eval``); only argparse at import time. ``eval``
-  runs the shared pipeline of :mod:`e5studio.retrieval.evaluate`.
+- ``commands``: the CLI (``embed-corpus``, with ``--job-id`` the server's job; ``search``, ``eval``); only
+  argparse at import time. ``eval`` runs the shared pipeline of :mod:`e5studio.retrieval.evaluate`.
 """

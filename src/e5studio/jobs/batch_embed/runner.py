@@ -8,10 +8,15 @@ uninterrupted run's, every id exactly once. A window executor embeds the windows
 every window is done the exact search index is built next to the shards (``index/``), the manifest is
 marked complete and the sinks (PostgreSQL) are written.
 
+The job runs under its lifecycle handle (:mod:`e5studio.jobs.lifecycle`; with ``--job-id`` the server's record,
+else none): its progress line, the rows done on its record, its end (Succeeded, Failed, Interrupted).
+
 A batch-embed window, top to bottom: :func:`run_job` -> :func:`local_executor` (reader thread:
-:func:`.windows.prepare_window`) -> :func:`.windows.embed_vectors` (engine ``Embedder.embed_ids``) -> writer
-thread (:mod:`.write_behind`): :func:`.windows.write_window` (:func:`.writer.write_shard`) ->
-:meth:`.manifest_state.ManifestState.commit`. Reading, embedding and writing overlap: three windows in flight.
+:func:`.windows.prepare_window`) -> :func:`.windows.embed_vectors` (engine ``Embedder.embed_ids``; the line
+moves by :meth:`.progress.EmbedTally.rows_done`) -> writer thread (:mod:`.write_behind`):
+:func:`.windows.write_window` (:func:`.writer.write_shard`) -> :meth:`.manifest_state.ManifestState.commit` ->
+:meth:`.progress.EmbedTally.update` (the job's record). Reading, embedding and writing overlap: three windows
+in flight.
 """
 
 from __future__ import annotations
