@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,7 +281,8 @@ class Trainer:
                 progress.write(f"resuming from {at.resumed_from} (step {at.step})" if at.resumed_from
                                else "no checkpoint to resume from: starting at step 0")
         if at.step == 0 and self.job.evalsets and not at.history:
-            at.history.append(self._evaluated(lambda: handover.evaluate_start(opt.encoder), 0, 0))
+            record = handover.evaluate_start(opt.encoder) if self.dist.is_main else {}
+            at.history.append(self._reported(record, 0, 0))
         while at.step < self.total_steps:
             self._train_step(opt, at, progress)
             self._after_step(opt, at, handover)
@@ -380,7 +381,8 @@ class Trainer:
         epoch_end = at.step % spe == 0
         if epoch_end and self.job.evalsets:
             epoch = at.step // spe
-            record = self._evaluated(lambda: handover.evaluate_epoch(opt.encoder, at.step, epoch), at.step, epoch)
+            record = handover.evaluate_epoch(opt.encoder, at.step, epoch) if self.dist.is_main else {}
+            record = self._reported(record, at.step, epoch)
             at.history.append(record)
             if self.dist.is_main:
                 at.best = handover.keep_best(opt.encoder, record, at.best, at.history)
@@ -388,12 +390,10 @@ class Trainer:
         if epoch_end or (save_every and at.step % save_every == 0):
             self._save(at.step, opt, at.history, at.best)
 
-    def _evaluated(self, evaluate: Callable[[], dict[str, Any]], step: int, epoch: int) -> dict[str, Any]:
-        """Rank 0 evaluates (``evaluate``) and reports the record; every rank returns it (the others wait for
-        rank 0's broadcast), so every rank's history is the same."""
-        record: dict[str, Any] = {}
+    def _reported(self, record: dict[str, Any], step: int, epoch: int) -> dict[str, Any]:
+        """Rank 0's evaluation ``record``, reported, on every rank (the others pass {} and wait for rank 0's
+        broadcast), so every rank's history is the same."""
         if self.dist.is_main:
-            record = evaluate()
             self.reporter.on_eval(step, epoch, record)
         if self.dist.world_size > 1:
             box: list[Any] = [record]
