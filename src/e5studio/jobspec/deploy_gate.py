@@ -27,7 +27,7 @@ GATE_METRIC = "ndcg@10"
 IN_DOMAIN = "in-domain"
 OUT_OF_DOMAIN = "out-of-domain"
 _FORMAT = 1
-_MAX_RECORD_BYTES = 1 << 20  # a real record is a few kB
+_MAX_RECORD_BYTES = 1 << 20  # far above a real record (a few metrics per evaluation set)
 
 
 @dataclass(frozen=True)

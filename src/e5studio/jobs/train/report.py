@@ -1,4 +1,5 @@
-"""What a train job shows: the metrics JSONL, the plot of loss and nDCG@10, the progress bar.
+"""What a train job shows: the metrics JSONL, the plot of loss and nDCG@10, the progress bar, and what it reports
+to whoever runs it (:class:`Reporter`: the CLI records it in the control store).
 
 ``metrics.jsonl`` holds one JSON object per line: ``{"event": "step", "step", "epoch", "loss", "lr",
 "grad_norm", "groups_per_s"}`` after every optimizer step and ``{"event": "eval", "step", "epoch",
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from e5studio.jobspec.layout import PROGRESS_FILE
 from e5studio.jobspec.progress import Progress as JobProgress
@@ -53,6 +54,29 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class Reporter(Protocol):
+    """Receives progress on the main rank (the CLI records it in the control store)."""
+
+    def on_start(self, total_steps: int, start_step: int) -> None: ...
+
+    def on_step(self, step: int, total_steps: int, loss: float) -> None: ...
+
+    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> None: ...  # the eval record
+
+
+class NullReporter:
+    """Reports to nobody (a run outside the CLI, e.g. in tests)."""
+
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        pass
+
+    def on_step(self, step: int, total_steps: int, loss: float) -> None:
+        pass
+
+    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> None:
+        pass
 
 
 def plot_metrics(records: list[dict[str, Any]], path: Path) -> bool:

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 METRIC = "ndcg@10"
-# --interpolate auto for a run without evaluation sets (nothing to search on): measured on SciFact train,
-# judged on SciFact test (in-domain), Cranfield and MED (out-of-domain); see README "Fine-tuning"
+# --interpolate auto for a run without evaluation sets (nothing to search on): the weight the README's section
+# "Fine-tuning that keeps what the base model knew" chose (its table holds the figures)
 AUTO_WITHOUT_SETS = 0.5
 AUTO_STEPS = 3  # bisection steps of --interpolate auto (0.5, then 0.25 or 0.75, ...): a to within 1/8
 

@@ -9,21 +9,19 @@ Every rank computes the same global loss; it backpropagates ``world_size * loss`
 average equals the gradient of the global loss (each rank contributes the exact gradient through its own
 embeddings). Gradients are clipped, AdamW steps, the LR follows linear warmup then linear decay.
 
-A run: restore the newest checkpoint (``--resume``), evaluate the base model, then step; at each epoch's end
-evaluate and keep ``best/``; save a checkpoint when one is due (:mod:`.checkpoints`: it carries every rank's RNG
-state, so dropout continues exactly after ``--resume``); at the end hand over ``final/``. Rank 0 alone
-evaluates, logs and exports (:mod:`.handover`: which model is handed over, with the records that say why) and
-broadcasts each evaluation record, so every rank keeps the same history.
+Checkpoints (:mod:`.checkpoints`) carry every rank's RNG state, so dropout continues exactly after ``--resume``.
+Rank 0 alone evaluates, logs and exports (:mod:`.handover`: which model is handed over, and the records that say
+why); it broadcasts each evaluation record, so every rank keeps the same history.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -47,7 +45,7 @@ from e5studio.jobs.train.evaluate import ModuleEvaluator
 from e5studio.jobs.train.handover import Handover
 from e5studio.jobs.train.loss import false_negative_mask, info_nce, score_distillation
 from e5studio.jobs.train.passages import PassageStore, TrainData
-from e5studio.jobs.train.report import MetricsLog, Progress
+from e5studio.jobs.train.report import MetricsLog, NullReporter, Progress, Reporter
 from e5studio.jobs.train.sampling import Group, GroupSampler
 from e5studio.jobs.train.settings import RunOptions, TrainSettings
 from e5studio.jobspec.layout import BEST_DIR, CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE
@@ -88,27 +86,6 @@ class DistContext:
             return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
         except ValueError:
             raise InputError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
-
-
-class Reporter(Protocol):
-    """Receives progress on the main rank (the CLI records it in the control store)."""
-
-    def on_start(self, total_steps: int, start_step: int) -> None: ...
-
-    def on_step(self, step: int, total_steps: int, loss: float) -> None: ...
-
-    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> None: ...  # the eval record
-
-
-class NullReporter:
-    def on_start(self, total_steps: int, start_step: int) -> None:
-        pass
-
-    def on_step(self, step: int, total_steps: int, loss: float) -> None:
-        pass
-
-    def on_eval(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> None:
-        pass
 
 
 @dataclass
@@ -297,17 +274,15 @@ class Trainer:
         at = self._restore(opt, resume)
         progress = Progress(self.total_steps, at.step, self.job.options.progress and self.dist.is_main,
                             self.output if self.dist.is_main else None, self.sampler.steps_per_epoch)
-        options = self.job.options  # rank 0 alone calls the hand-over
-        handover = Handover(self.job.model, self.job.evalsets, options, ModuleEvaluator(
-            self.checkpoint, options.eval_max_length or self.checkpoint.max_length, self.device, self.autocast,
-            options.eval_batch_tokens), self.log, self.output, progress, self.job.eval_corpus)
+        handover = self._handover(progress)
         if self.dist.is_main:
             self.reporter.on_start(self.total_steps, at.step)
             if resume:
                 progress.write(f"resuming from {at.resumed_from} (step {at.step})" if at.resumed_from
                                else "no checkpoint to resume from: starting at step 0")
         if at.step == 0 and self.job.evalsets and not at.history:
-            at.history.append(self._evaluated(lambda: handover.evaluate_start(opt.encoder), 0, 0))
+            record = handover.evaluate_start(opt.encoder) if self.dist.is_main else {}
+            at.history.append(self._reported(record, 0, 0))
         while at.step < self.total_steps:
             self._train_step(opt, at, progress)
             self._after_step(opt, at, handover)
@@ -336,6 +311,14 @@ class Trainer:
                                                                                   self.total_steps))
         scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
         return _Optimisation(encoder, model, optimizer, scheduler, scaler, distillation)
+
+    def _handover(self, progress: Progress) -> Handover:
+        """Evaluations and exports, for rank 0 to call."""
+        options = self.job.options
+        evaluator = ModuleEvaluator(self.checkpoint, options.eval_max_length or self.checkpoint.max_length,
+                                    self.device, self.autocast, options.eval_batch_tokens)
+        return Handover(self.job.model, self.job.evalsets, options, evaluator, self.log, self.output, progress,
+                        self.job.eval_corpus)
 
     def _restore(self, opt: _Optimisation, resume: bool) -> _Position:
         """The newest checkpoint's state (``resume``), else a fresh start; refuses to overwrite a run."""
@@ -398,7 +381,8 @@ class Trainer:
         epoch_end = at.step % spe == 0
         if epoch_end and self.job.evalsets:
             epoch = at.step // spe
-            record = self._evaluated(lambda: handover.evaluate_epoch(opt.encoder, at.step, epoch), at.step, epoch)
+            record = handover.evaluate_epoch(opt.encoder, at.step, epoch) if self.dist.is_main else {}
+            record = self._reported(record, at.step, epoch)
             at.history.append(record)
             if self.dist.is_main:
                 at.best = handover.keep_best(opt.encoder, record, at.best, at.history)
@@ -406,12 +390,10 @@ class Trainer:
         if epoch_end or (save_every and at.step % save_every == 0):
             self._save(at.step, opt, at.history, at.best)
 
-    def _evaluated(self, evaluate: Callable[[], dict[str, Any]], step: int, epoch: int) -> dict[str, Any]:
-        """Rank 0 evaluates (``evaluate``) and reports the record; every rank returns it (the others wait for
-        rank 0's broadcast), so every rank's history is the same."""
-        record: dict[str, Any] = {}
+    def _reported(self, record: dict[str, Any], step: int, epoch: int) -> dict[str, Any]:
+        """Rank 0's evaluation ``record``, reported, on every rank (the others pass {} and wait for rank 0's
+        broadcast), so every rank's history is the same."""
         if self.dist.is_main:
-            record = evaluate()
             self.reporter.on_eval(step, epoch, record)
         if self.dist.world_size > 1:
             box: list[Any] = [record]
