@@ -61,19 +61,22 @@ def browser() -> Iterator[object]:  # is open: closed with its module, so asynci
 
 
 LOAD_FAILED = re.compile(r"^Failed to load resource: the server responded with a status of (\d+)")
+REFUSED = "Failed to load resource: net::ERR_CONNECTION_REFUSED"
 
 
 class ConsoleErrors:
     """Every console error and uncaught exception of every page of a browser context (a pattern the browser
     cannot compile, a failed load such as a missing favicon, a script error): a page of the UI has none.
 
-    The one exception is declared by the test: a page it expects to be answered with an error status (a form
-    refused with 400, an upload over the limit with 413), which Chromium reports as a failed load."""
+    The exceptions are declared by the test: a page it expects to be answered with an error status (a form
+    refused with 400, an upload over the limit with 413), which Chromium reports as a failed load, and the
+    refused connections of a page polling a server the test stops."""
 
     def __init__(self, context: Any) -> None:
         self.seen: list[tuple[str, str]] = []  # (the resource the message is about, the message)
         self.error_documents: set[tuple[str, int]] = set()
         self.expected_statuses: set[int] = set()
+        self.server_stopped = False
         context.on("console", self._console)
         context.on("weberror", lambda error: self.seen.append(("", f"uncaught: {error.error}")))
         context.on("response", self._response)
@@ -90,8 +93,14 @@ class ConsoleErrors:
         """The test navigates to a page that answers ``status`` on purpose."""
         self.expected_statuses.add(status)
 
+    def expect_connection_refused(self) -> None:
+        """The test stops the server while a page polls it."""
+        self.server_stopped = True
+
     def errors(self) -> list[str]:
         def expected(url: str, text: str) -> bool:
+            if text == REFUSED:
+                return self.server_stopped
             failed = LOAD_FAILED.match(text)
             return bool(failed) and int(failed.group(1)) in self.expected_statuses and (
                 url, int(failed.group(1))) in self.error_documents

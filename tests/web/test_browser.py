@@ -68,7 +68,7 @@ def check_train_form(page: Any) -> None:
     assert len(labels) == len(TRAIN_PARAMS), labels
     assert not [label for label in labels if "_" in label or label in TRAIN_PARAMS], labels
     assert "Learning rate" in labels and "CPU threads" in labels, labels
-    threads_note = page.inner_text(f"{form} label:has(input[name=threads]) .default-note")
+    threads_note = page.text_content(f"{form} label:has(input[name=threads]) .default-note")
     assert threads_note == "Empty: one per core.", threads_note
     assert "(default )" not in page.inner_text(form)
     for name in ADVANCED_FIELDS:  # folded until Advanced is opened
@@ -289,6 +289,9 @@ def test_train_job_to_endpoint(page: Any, ui_server: ServerProcess, artifacts: P
     assert page.get_attribute("#loss-chart", "data-points") == "6"
     assert page.locator("#loss-chart svg path.line").count() == 1
     assert page.locator("#ndcg-chart svg circle.dot").count() == 6
+    colours = page.locator("#ndcg-chart svg path.line").evaluate_all(
+        "lines => lines.map((line) => getComputedStyle(line).stroke)")
+    assert len(set(colours)) == 2, colours  # one colour per evaluation set (from the stylesheet: CSP)
     header = page.inner_text("#evaluation-table thead")
     assert "train-data (in-domain)" in header and "ood" in header, header
     labels = page.locator("#evaluation-table tbody td:first-child").all_inner_texts()
@@ -363,6 +366,7 @@ def test_server_restart_interrupts_a_job_and_resume_finishes_it(browser: Any, tm
         job_url = page.url
         expect(page.locator("#job-steps")).not_to_have_text(re.compile(r"^0 / "), timeout=TRAIN_TIMEOUT_MS)
         page.wait_for_timeout(1500)
+        console_errors(page).expect_connection_refused()  # the open job page polls the stopped server
         server.stop()  # SIGTERM: the server stops its job processes, which record Interrupted
         server.start()
         log_in_again = context.new_page()
@@ -377,7 +381,8 @@ def test_server_restart_interrupts_a_job_and_resume_finishes_it(browser: Any, tm
         log_in_again.click("#job-actions button:text('Resume')")
         expect(log_in_again.locator("#job-status")).to_have_text("Succeeded", timeout=TRAIN_TIMEOUT_MS)
         expect(log_in_again.locator("#job-steps")).to_have_text("180 / 180")
-        assert "resum" in log_in_again.inner_text("#job-log").lower()
+        # the page reloads when the status changes: the log appears with its next poll
+        expect(log_in_again.locator("#job-log")).to_contain_text(re.compile("resum", re.I))
 
         # cancel (after the confirmation dialog): Cancelled, and Resume is offered
         log_in_again.goto("/ui/jobs")

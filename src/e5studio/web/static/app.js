@@ -143,7 +143,8 @@ function setupTryIt() {
 function setupTrainDefaults() {
   const form = document.getElementById("new-job");
   if (!form) return;
-  const smallModels = JSON.parse(form.dataset.smallModels || "[]");
+  // not form.dataset: a form's fields override its properties, and this form has a field named "dataset"
+  const smallModels = JSON.parse(form.getAttribute("data-small-models") || "[]");
   function baseIsSmall() {
     const other = form.model_other.value.trim();
     return smallModels.includes(other !== "" ? other : form.model.value);
@@ -165,6 +166,7 @@ function setupTrainDefaults() {
 // -------------------------------------------------------------------------------- charts
 
 const SVG_NS = "http://www.w3.org/2000/svg";
+const SERIES_COLOURS = 6; // .series-0 ... .series-5 in style.css
 
 function svgElement(name, attributes, text) {
   const element = document.createElementNS(SVG_NS, name);
@@ -207,19 +209,19 @@ function drawLineChart(container, points, xLabel, yLabel) {
   svg.appendChild(svgElement("text", { x: (left + width - right) / 2, y: height - 4, "text-anchor": "middle" }, xLabel));
   svg.appendChild(svgElement("text", { x: 12, y: (top + height - bottom) / 2, "text-anchor": "middle",
     transform: "rotate(-90 12 " + (top + height - bottom) / 2 + ")" }, yLabel));
-  const colours = ["#2f6fb5", "#c2571a", "#2e8540", "#7a4fb0", "#b3261e", "#5b6570"];
+  // one colour per series from the stylesheet (series-0 ...): the page's CSP forbids inline styles
   Object.entries(series).forEach(([name, line], k) => {
     if (line.length === 0) return;
-    const colour = colours[k % colours.length];
+    const colour = name ? " series-" + (k % SERIES_COLOURS) : "";
     const path = line.map((p, i) => (i ? "L" : "M") + sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ");
-    svg.appendChild(svgElement("path", { class: "line", d: path, style: name ? "stroke: " + colour : "" }));
+    svg.appendChild(svgElement("path", { class: "line" + colour, d: path }));
     if (line.length <= 40) {
-      line.forEach((p) => svg.appendChild(svgElement("circle", { class: "dot", cx: sx(p[0]), cy: sy(p[1]), r: 3,
-        style: name ? "fill: " + colour : "" })));
+      line.forEach((p) => svg.appendChild(svgElement("circle", { class: "dot" + colour, cx: sx(p[0]), cy: sy(p[1]),
+        r: 3 })));
     }
     if (name) {
-      svg.appendChild(svgElement("text", { x: width - right - 4, y: top + 10 + 13 * k, "text-anchor": "end",
-        style: "fill: " + colour }, name));
+      svg.appendChild(svgElement("text", { class: "legend" + colour, x: width - right - 4, y: top + 10 + 13 * k,
+        "text-anchor": "end" }, name));
     }
   });
 }
