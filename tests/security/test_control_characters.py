@@ -62,3 +62,37 @@ def test_a_dataset_folder_with_a_nul_is_a_400_and_records_nothing(server: Server
         assert answer.status_code == 400, answer.text
         assert "must not contain control characters" in answer.text
         assert "probe" not in http.get("/ui/datasets").text
+
+
+def _upload_dataset(http: httpx.Client, csrf: str) -> None:
+    files = {"passages": ("passages.jsonl", b'{"contents": "a"}\n{"contents": "b"}\n'),
+             "train": ("train.jsonl", b'{"query": "q", "positives": {"doc_id": [0]}}\n')}
+    answer = http.post("/ui/datasets/upload", data={"name": "ctl", "description": "", "csrf_token": csrf},
+                       files=files)
+    assert answer.status_code == 303, answer.text
+
+
+@pytest.mark.parametrize(("path", "field", "value"), [
+    ("/ui/jobs", "model_other", "data/\x00x"),
+    ("/ui/jobs", "model_other", "m\nINFO job finished"),
+    ("/ui/jobs", "eval_dir", "data/\x00x"),
+    ("/ui/batch-jobs", "model", "data/\x00x"),
+])
+def test_a_job_form_with_a_control_character_is_a_400_and_leaves_no_job(server: ServerProcess, path: str,
+                                                                        field: str, value: str) -> None:
+    job_link = re.compile(r"/ui/jobs/([0-9a-f]{16})")
+    with httpx.Client(base_url=server.base_url, timeout=60, trust_env=False, follow_redirects=False) as http:
+        assert http.post("/ui/login", data={"token": server.admin_token, "next": "/ui/"}).status_code == 303
+        csrf = CSRF_RE.search(http.get("/ui/datasets").text)
+        assert csrf
+        if "ctl" not in http.get("/ui/datasets").text:
+            _upload_dataset(http, csrf.group(1))
+        def jobs() -> set[str]:  # train jobs and batch jobs, each listed on its own page
+            return {j for page in ("/ui/jobs", "/ui/batch-jobs") for j in job_link.findall(http.get(page).text)}
+
+        jobs_before = jobs()
+        form = {"dataset": "ctl", "model": "all-minilm-l6-v2", "csrf_token": csrf.group(1), field: value}
+        answer = http.post(path, data=form)
+        assert answer.status_code == 400, answer.text[:2000]
+        assert f"{field.removesuffix('_other')}: must not contain control characters" in answer.text
+        assert jobs() == jobs_before  # no job recorded

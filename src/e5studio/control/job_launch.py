@@ -13,14 +13,14 @@ from e5studio.control.job_records import KIND_TRAIN, REASON_CHARS, JobRecord
 from e5studio.errors import ParamError
 from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
 from e5studio.jobspec.layout import VECTORS_DIR, eval_files
-from e5studio.jobspec.params import command_args
+from e5studio.jobspec.params import command_args, plain_text
 from e5studio.jobspec.train_params import TRAIN_PARAMS
 
 
 def check_model(model: object) -> str:
     if not isinstance(model, str) or not model.strip():
         raise ParamError("model", "must be a non-empty hub id, alias or local directory")
-    return model.strip()
+    return plain_text("model", model.strip())  # it becomes a process argument and is logged
 
 
 def check_eval_dirs(eval_dirs: str | Sequence[str] | None) -> list[str]:
@@ -34,6 +34,7 @@ def check_eval_dirs(eval_dirs: str | Sequence[str] | None) -> list[str]:
             raise ParamError("eval_dir", f"must be folder paths, got {eval_dir!r}")
         if not eval_dir.strip():
             continue
+        plain_text("eval_dir", eval_dir)  # a NUL cannot be in a path; line breaks separated the folders above
         path = Path(eval_dir.strip()).expanduser().resolve()
         files = eval_files()
         missing = [name for name in files if not (path / name).is_file()]
