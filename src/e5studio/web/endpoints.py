@@ -62,8 +62,14 @@ async def login(request: Request, ui: UI) -> Response:
     session_id, _ = ui.sessions.create()
     response = _redirect(target)
     response.set_cookie(COOKIE_NAME, session_id, max_age=int(SESSION_TTL_S), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/ui")
+                        secure=_secure(request, ui), path="/ui")
     return response
+
+
+def _secure(request: Request, ui: WebState) -> bool:
+    """The session cookie only over HTTPS: told so (``--cookie-secure``, an https public URL), or the request
+    came over HTTPS (directly, or through a proxy ``--forwarded-allow-ips`` trusts)."""
+    return ui.settings.secure_cookies or request.url.scheme == "https"
 
 
 @router.post("/logout")
@@ -71,7 +77,8 @@ async def logout(request: Request, ui: UI, session: SessionDep) -> Response:
     await read_form(request, session)
     ui.sessions.delete(request.cookies.get(COOKIE_NAME))
     response = _redirect(login_url("/ui/"))
-    response.delete_cookie(COOKIE_NAME, path="/ui")
+    # the same attributes as the cookie it ends (a browser may refuse to replace a Secure cookie otherwise)
+    response.delete_cookie(COOKIE_NAME, path="/ui", httponly=True, samesite="strict", secure=_secure(request, ui))
     return response
 
 
