@@ -69,6 +69,14 @@ def start_server(model: str, threads: int, data_dir: Path, extra: list[str] | No
         [sys.executable, "-m", "e5studio", "serve", "--model", model, "--port", str(port), "--data-dir",
          str(data_dir), "--threads", str(threads), *(extra or [])],
         stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        return _wait_ready(proc, model)
+    except BaseException:  # a start that failed must not leave the server running
+        proc.kill()
+        raise
+
+
+def _wait_ready(proc: subprocess.Popen[str], model: str) -> tuple[subprocess.Popen[str], str, str]:
     url = key = ""
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -84,10 +92,9 @@ def start_server(model: str, threads: int, data_dir: Path, extra: list[str] | No
         try:
             if requests.get(f"{base}/ready", timeout=1).status_code == 200:
                 return proc, url, key
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a busy machine answers /ready late: not ready yet
             pass
         time.sleep(0.5)
-    proc.kill()
     sys.exit(f"server for {model} did not become ready")
 
 
