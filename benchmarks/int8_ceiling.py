@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+from e5studio.engine.bert import LayerKernels, bert_block, embedding_layer, pack
+from e5studio.engine.device import set_threads
 from e5studio.engine.embedder import Embedder, micro_batches
-from e5studio.engine.encoder import pack
-from e5studio.engine.layer import LayerKernels, bert_block
 from e5studio.settings import EngineSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,7 +71,7 @@ def breakdown(embedder: Embedder, sequences: list) -> dict[str, float]:  # type:
         for idx in micro_batches([len(s) for s in sequences], embedder.max_batch_tokens):
             batch = pack([sequences[i] for i in idx])
             t = time.perf_counter()
-            x = runtime.encoder.embed(batch)  # type: ignore[attr-defined]
+            x = embedding_layer(runtime.inputs, batch.input_ids, batch.positions)  # type: ignore[attr-defined]
             times["embedding"] += time.perf_counter() - t
             for kernels in timed:
                 x = bert_block(kernels, x, batch)  # type: ignore[arg-type]
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=256, help="SciFact passages (MiniLM-sized models)")
     parser.add_argument("--large-passages", type=int, default=24, help="passages for 24-layer models")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    set_threads(1)
     ensure_e5_shape([str(Path(m).resolve()) for m in args.models])
     fp32_peak = int8_peak = 0.0
     for _ in range(3):  # interleaved: the machine's speed drifts

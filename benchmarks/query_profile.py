@@ -1,4 +1,4 @@
-"""Where the time of one single query goes, fp32 and int8: tokenising, the runtime's forward, pooling and
+"""Where the time of one single query goes, fp32 and int8: tokenising, the runtime (forward and pooling) and
 the Python around it, against two floors measured on this machine in the same run: reading the model's
 weights once (bytes / memory bandwidth of a large copy) and doing its arithmetic (FLOPs / the matmul peak).
 
@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from e5studio.engine.device import set_threads
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.encoder import pack
-from e5studio.engine.forward import encode
 from e5studio.settings import EngineSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,26 +48,23 @@ def profile(model: str, precision: str, queries: list[str], threads: int, gb_s: 
     ids = embedder.tokenize(queries)
     tokens = int(np.median([len(s) for s in ids]))
     query = queries[int(np.argsort([len(s) for s in ids])[len(ids) // 2])]
-    batch = pack(embedder.tokenize([query]))
-    runtime = embedder.plan.pick(embedder.tokenize([query]))
+    query_ids = embedder.tokenize([query])
+    runtime = embedder.runtime_for(query_ids)
     for _ in range(10):
         embedder.embed([query])
     total = p50(lambda: embedder.embed([query]), 100)
     tokenize = p50(lambda: embedder.tokenize([query]), 100)
-    with torch.inference_mode():
-        forward = p50(lambda: runtime(batch), 100)
-        hidden = runtime(batch)
-        pooling = p50(lambda: encode(lambda _: hidden, batch), 100)
+    compute = p50(lambda: runtime.rows(query_ids), 100)
     d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     dense_params = layers * (4 * d * d + 2 * d * f)
     weight_bytes = dense_params * (1 if precision == "int8" else 4)
     flops = 2 * tokens * dense_params
-    with torch.profiler.profile() as prof, torch.inference_mode():
-        runtime(batch)
+    with torch.profiler.profile() as prof:
+        runtime.rows(query_ids)
     ops = sum(e.count for e in prof.key_averages() if not e.key.startswith("ProfilerStep"))
     print(f"\n== {Path(model).name} {precision} ({runtime.name}), a {tokens}-token query, {threads} threads")
-    print(f"  embed([query]) p50 {total:7.2f} ms = tokenise {tokenize:.2f} + forward {forward:.2f} + pooling "
-          f"{pooling:.2f} + the rest (packing, Python, copies) {total - tokenize - forward - pooling:.2f}")
+    print(f"  embed([query]) p50 {total:7.2f} ms = tokenise {tokenize:.2f} + the runtime (packing, forward, pooling) "
+          f"{compute:.2f} + the rest (micro-batching, Python, copies) {total - tokenize - compute:.2f}")
     print(f"  floors: reading the dense weights once {weight_bytes / 1e6:.0f} MB at {gb_s:.1f} GB/s = "
           f"{weight_bytes / gb_s / 1e6:.2f} ms; their arithmetic {flops / 1e9:.2f} G(FL)OP at the "
           f"{peak:.0f} G/s peak = {flops / peak / 1e6:.2f} ms")
@@ -81,7 +77,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["all-minilm-l6-v2", "checkpoints/e5-large-v2-shape"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     ensure_e5_shape([str(Path(m).resolve()) for m in args.models])
     queries = read_jsonl(DATA / "scifact" / "queries.test.jsonl", "query", 100)
     queries = [f"query: {q}" for q in queries]

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from e5studio.engine.checkpoint import BertConfig
+from e5studio.engine.device import set_threads
 from e5studio.engine.embedder import Embedder
 from e5studio.settings import EngineSettings
 
@@ -74,7 +75,7 @@ def matmul_peak_per_core(threads: int) -> float:
         w.start()
     for w in workers:
         w.join()
-    torch.set_num_threads(threads)  # the workers' set_num_threads also changed torch's default for new threads
+    set_threads(threads)  # the workers' set_num_threads also changed torch's default for new threads
     return threads * rounds * 2 * n**3 / max(times) / 1e9
 
 
@@ -118,7 +119,7 @@ def bench_model(model: str, args: argparse.Namespace, peaks: list[float]) -> dic
     st.to(ours.encoder.word_embeddings.weight.dtype)  # same precision as ours (fp16/bf16 on CUDA)
     if st.max_seq_length != ours.max_length:
         sys.exit(f"truncation differs: sentence-transformers {st.max_seq_length}, e5studio {ours.max_length}")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     is_large = ours.checkpoint.config.num_hidden_layers >= 24 and device.type == "cpu"
     n_passages = args.large_passages if is_large else args.passages
@@ -322,7 +323,7 @@ def main() -> None:
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 rounds (CPU)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     ensure_e5_shape(args.models, args.tokenizer_from)
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
     peak_dtype = torch.float32 if device.type == "cpu" else torch.float16

@@ -406,9 +406,9 @@ def set_process_threads(args: argparse.Namespace) -> None:
         raise InputError(f"threads must be a whole number, got {threads!r}") from None
     if count < 1:
         raise InputError(f"threads must be at least 1, got {count}")
-    import torch
+    from e5studio.engine.device import set_threads
 
-    torch.set_num_threads(count)
+    set_threads(count)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from e5studio.engine.bert import pack
 from e5studio.engine.checkpoint import Checkpoint, read_weights
-from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
-from e5studio.engine.forward import encode
+from e5studio.engine.encoder import BertEncoder, encode
 
 
 def plain_encoder(checkpoint: Checkpoint) -> BertEncoder:
@@ -19,8 +19,7 @@ def plain_encoder(checkpoint: Checkpoint) -> BertEncoder:
     return encoder.eval()
 
 
-def encoder_embeddings(encoder: Callable[[PackedBatch], torch.Tensor], sequences: Sequence[np.ndarray]) -> np.ndarray:
-    """Token-id arrays -> float32 [B, d] through ``encoder`` (a module or a runtime) on one packed batch,
-    mean-pooled and normalised."""
+def encoder_embeddings(encoder: BertEncoder, sequences: Sequence[np.ndarray]) -> np.ndarray:
+    """Token-id arrays -> float32 [B, d] through the module (training's forward) on one packed batch."""
     with torch.inference_mode():
-        return encode(encoder, pack(sequences)).numpy()  # type: ignore[arg-type]
+        return encode(encoder, pack(sequences)).numpy()

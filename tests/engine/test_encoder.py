@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from e5studio.engine.bert import PackedBatch, pack
 from e5studio.engine.checkpoint import BertConfig, save_checkpoint
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.encoder import BertEncoder, PackedBatch, pack
+from e5studio.engine.encoder import BertEncoder
 from e5studio.settings import EngineSettings
 from tests.reference import bert_model_embeddings, words_text
 

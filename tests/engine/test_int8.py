@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from e5studio.engine import int8_kernels, runtimes
+from e5studio.engine.bert import LayersRuntime, pack
 from e5studio.engine.calibration import CALIBRATION_TEXTS
 from e5studio.engine.checkpoint import load_checkpoint
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.encoder import pack
 from e5studio.errors import ModelError
 from e5studio.retrieval.evaluate import load_eval_set, score
 from e5studio.settings import EngineSettings
@@ -96,18 +96,16 @@ def test_int8_linear_is_the_quantized_product_exactly(shape: tuple[int, int], ro
 
 def test_int8_runtime_without_smoothing_and_with_it(minilm_dir: Path, scifact_passages: list[str]) -> None:
     """Smoothing measured on the calibration texts makes int8 closer to fp32 on real weights."""
-    from e5studio.engine.runtimes import LayersRuntime
-
     checkpoint = load_checkpoint(str(minilm_dir))
     plain = plain_encoder(checkpoint).requires_grad_(False)
     embedder = Embedder.load(EngineSettings(model=str(minilm_dir), device="cpu"))
     ids = embedder.tokenize(scifact_passages[:60], "passage")
     reference = encoder_embeddings(plain, ids)
     calibration = [pack(embedder.tokenize(list(CALIBRATION_TEXTS)))]
-    smoothed = runtimes.BUILDERS["cpu-int8"](plain, 2, lambda: calibration)
+    smoothed = runtimes.build("cpu-int8", plain, 2, lambda: calibration)
     unsmoothed = LayersRuntime("cpu-int8", plain, int8_kernels.int8_layers(plain))
-    with_smoothing = row_cosines(encoder_embeddings(smoothed, ids), reference).mean()
-    without = row_cosines(encoder_embeddings(unsmoothed, ids), reference).mean()
+    with_smoothing = row_cosines(smoothed.rows(ids), reference).mean()
+    without = row_cosines(unsmoothed.rows(ids), reference).mean()
     assert without < 0.9999 and with_smoothing < 0.99999
     assert with_smoothing > without
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from e5studio.engine.pooling import l2_normalize, mean_pool
+from e5studio.engine.bert import l2_normalize, mean_pool
 
 
 def test_mean_pool_is_the_mean_of_each_sequence() -> None:

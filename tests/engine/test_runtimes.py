@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from e5studio.engine import cpu_kernels, onnx_graph, runtimes
-from e5studio.engine.checkpoint import BertConfig, load_checkpoint
+from e5studio.engine import bert, onnx_graph, runtimes
+from e5studio.engine.bert import activate, activate_, pack, pool
+from e5studio.engine.checkpoint import ACTIVATIONS, BertConfig, load_checkpoint
 from e5studio.engine.embedder import Embedder
-from e5studio.engine.encoder import BertEncoder, activation, pack
+from e5studio.engine.encoder import BertEncoder
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError, ModelError
 from e5studio.settings import EngineSettings
@@ -20,7 +21,7 @@ from tests.engine.plain import encoder_embeddings, plain_encoder
 from tests.reference import row_cosines, words_text
 
 CPU_FP32 = ["cpu-many-rows", "cpu-few-rows", "onnxruntime"]
-needs_onednn = pytest.mark.skipif(not cpu_kernels.onednn_available(), reason="this torch build has no oneDNN ops")
+needs_onednn = pytest.mark.skipif(not bert.onednn_available(), reason="this torch build has no oneDNN ops")
 
 
 def _ids(model_dir: Path, texts: list[str]) -> list[np.ndarray]:
@@ -32,18 +33,18 @@ def _ids(model_dir: Path, texts: list[str]) -> list[np.ndarray]:
 def test_every_cpu_runtime_equals_the_plain_encoder(request: pytest.FixtureRequest, model: str, name: str,
                                                     scifact_passages: list[str]) -> None:
     """One query alone (no padding), and a batch of different lengths (padding keys masked), many tokens."""
-    if name == "cpu-few-rows" and not cpu_kernels.onednn_available():
+    if name == "cpu-few-rows" and not bert.onednn_available():
         pytest.skip("this torch build has no oneDNN linear ops")
     model_dir: Path = request.getfixturevalue(f"{model}_dir")
     checkpoint = load_checkpoint(str(model_dir))
     ids = _ids(model_dir, ["query: how do statins lower cholesterol", "", "a",
                            *(p[:150] for p in scifact_passages[:4]), words_text(scifact_passages, 200)])
     plain = plain_encoder(checkpoint)
-    runtime = runtimes.BUILDERS[name](plain_encoder(checkpoint).requires_grad_(False), 2)
+    runtime = runtimes.build(name, plain_encoder(checkpoint).requires_grad_(False), 2)
     assert runtime.name == name
 
-    one = encoder_embeddings(runtime, ids[:1])
-    mixed = encoder_embeddings(runtime, ids)
+    one = runtime.rows(ids[:1])
+    mixed = runtime.rows(ids)
 
     assert len({len(s) for s in ids}) > 3 and sum(len(s) for s in ids) > runtimes.FEW_TOKENS
     assert one.dtype == mixed.dtype == np.float32
@@ -52,16 +53,28 @@ def test_every_cpu_runtime_equals_the_plain_encoder(request: pytest.FixtureReque
     np.testing.assert_allclose(mixed, encoder_embeddings(plain, ids), rtol=0, atol=1e-5)
     np.testing.assert_allclose(mixed[:1], one, rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(mixed, axis=1), 1.0, rtol=0, atol=1e-6)
-    # the runtime's own pooled rows (ONNX Runtime pools in numpy) equal the shared torch pooling
-    np.testing.assert_allclose(runtime.embed(pack(ids)), mixed, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(runtime.embed(pack(ids[:1])), one, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("lengths", [(7,), (5, 5), (9, 1, 4)])
+def test_onnxruntime_pools_as_the_shared_pooling(tiny_dir: Path, lengths: tuple[int, ...]) -> None:
+    """ONNX Runtime's rows are pooled in numpy: the same recipe as :func:`bert.pool` on its own hidden states."""
+    encoder = plain_encoder(load_checkpoint(str(tiny_dir))).requires_grad_(False)
+    runtime = onnx_graph.OrtRuntime(encoder, 1)
+    rng = np.random.default_rng(len(lengths))
+    ids = [np.array([101, *rng.integers(1000, 2000, n - 2), 102]) if n > 1 else np.array([101]) for n in lengths]
+    padded_ids, bias, real = onnx_graph.padded(ids)
+    batch = pack(ids)
+    hidden = torch.from_numpy(runtime.padded_hidden(padded_ids, bias))  # [B*L, d]
+    packed = hidden if real is None else hidden.index_select(0, batch.pad_index)  # [T, d]
+
+    np.testing.assert_allclose(runtime.rows(ids), pool(packed, batch).numpy(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", CPU_FP32)
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new", "relu"])
 def test_every_activation_and_layer_norm_eps(hidden_act: str, name: str) -> None:
     """Large random weights (GELU far from linear, peaked attention), odd eps, heads of size 16."""
-    if name == "cpu-few-rows" and not cpu_kernels.onednn_available():
+    if name == "cpu-few-rows" and not bert.onednn_available():
         pytest.skip("this torch build has no oneDNN linear ops")
     config = BertConfig(vocab_size=500, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
                         intermediate_size=96, max_position_embeddings=64, layer_norm_eps=1e-5,
@@ -72,7 +85,7 @@ def test_every_activation_and_layer_norm_eps(hidden_act: str, name: str) -> None
     rng = np.random.default_rng(0)
     ids = [rng.integers(0, 500, size=n) for n in (9, 1, 30, 17)]
 
-    got = encoder_embeddings(runtimes.BUILDERS[name](encoder, 1), ids)
+    got = runtimes.build(name, encoder, 1).rows(ids)
 
     np.testing.assert_allclose(got, encoder_embeddings(encoder, ids), rtol=0, atol=1e-5)
 
@@ -94,7 +107,7 @@ def test_the_graph_holds_no_weights(minilm_dir: Path) -> None:
 
 def test_many_rows_kernels_share_the_encoders_weights(tiny_dir: Path) -> None:
     encoder = plain_encoder(load_checkpoint(str(tiny_dir))).requires_grad_(False)
-    runtime = runtimes.BUILDERS["cpu-many-rows"](encoder, 1)
+    runtime = runtimes.build("cpu-many-rows", encoder, 1)
     kernels = runtime.layers[0]  # type: ignore[attr-defined]
     assert kernels.weights["qkv"][0].data_ptr() == encoder.layers[0].qkv.weight.data_ptr()
 
@@ -109,7 +122,7 @@ def test_few_rows_dense_kernels_equal_linear(shape: tuple[int, int], rows: int) 
     encoder = BertEncoder(config)
     encoder.init_weights(seed=1, std=0.1)
     layer = encoder.layers[0].eval().requires_grad_(False)
-    kernels = cpu_kernels.FewRowsKernels(layer)
+    kernels = bert.FewRowsKernels(layer)
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, shape[0], generator=gen)
     residual = torch.randn(rows, shape[1], generator=gen)
@@ -121,13 +134,15 @@ def test_few_rows_dense_kernels_equal_linear(shape: tuple[int, int], rows: int) 
                                    rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new", "relu"])
-def test_in_place_activation_equals_the_activation(hidden_act: str) -> None:
+@pytest.mark.parametrize("hidden_act", list(ACTIVATIONS))
+def test_activations_equal_transformers_and_in_place_equals_out_of_place(hidden_act: str) -> None:
+    from transformers.activations import ACT2FN
+
     x = torch.randn(50, 64, generator=torch.Generator().manual_seed(0)) * 3
-    plain = activation(hidden_act)
-    expected = plain(x)
+    expected = activate(x, ACTIVATIONS[hidden_act])
+    torch.testing.assert_close(expected, ACT2FN[hidden_act](x), rtol=0, atol=1e-5)
     y = x.clone()
-    out = cpu_kernels.in_place(plain)(y)
+    out = activate_(y, ACTIVATIONS[hidden_act])
     assert torch.equal(out, expected)
     assert out.data_ptr() == y.data_ptr()  # no new tensor
 
@@ -135,14 +150,14 @@ def test_in_place_activation_equals_the_activation(hidden_act: str) -> None:
 def test_cpu_kernels_take_only_float32(tiny_dir: Path) -> None:
     bf16 = plain_encoder(load_checkpoint(str(tiny_dir))).to(torch.bfloat16)
     with pytest.raises(ValueError, match="float32"):
-        cpu_kernels.ManyRowsKernels(bf16.layers[0])
+        bert.ManyRowsKernels(bf16.layers[0])
 
 
 def test_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, f32 = torch.device("cpu"), torch.float32
     assert runtimes.choose(cpu, f32, "auto") == ("cpu-many-rows", "onnxruntime")  # onnxruntime: a test dependency
     assert runtimes.choose(cpu, f32, "onnxruntime") == ("cpu-many-rows", "onnxruntime")
-    few_rows = "cpu-few-rows" if cpu_kernels.onednn_available() else None
+    few_rows = "cpu-few-rows" if bert.onednn_available() else None
     assert runtimes.choose(cpu, f32, "torch") == ("cpu-many-rows", few_rows)
     assert runtimes.choose(cpu, torch.bfloat16, "auto") == ("torch", None)
     assert runtimes.choose(torch.device("cuda"), torch.float16, "auto") == ("torch", None)
@@ -161,11 +176,11 @@ def test_the_plan_sends_only_few_token_micro_batches_to_the_few_runtime(tiny_dir
     assert "onnxruntime" in embedder.runtime
     short = [np.arange(1000, 1000 + n) for n in (20, 12, 5)]  # 3 x 20 padded tokens
     long = [np.arange(1000, 1000 + n) for n in (200, 60)]  # 2 x 200 padded tokens
-    assert plan.pick(short) is plan.few
-    assert plan.pick(long) is plan.large
-    assert plan.pick(long[1:]) is plan.few
-    np.testing.assert_allclose(embedder.compute(plan.few, short), embedder.compute(plan.large, short),
-                               rtol=0, atol=1e-5)
+    assert embedder.runtime_for(short) is plan.few
+    assert embedder.runtime_for(long) is plan.large
+    assert embedder.runtime_for(long[1:]) is plan.few
+    assert plan.few is not None
+    np.testing.assert_allclose(plan.few.rows(short), plan.large.rows(short), rtol=0, atol=1e-5)
 
 
 def test_torch_runtime_setting_and_other_dtypes(tiny_dir: Path) -> None:

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from e5studio.engine.embedder import Embedder, micro_batches
-from e5studio.engine.encoder import PackedBatch
-from e5studio.engine.runtimes import RuntimePlan, TorchPooling
+from e5studio.engine.runtimes import Runtime, RuntimePlan
 from e5studio.settings import EngineSettings
 from tests.reference import words_text
 
@@ -57,25 +56,25 @@ def test_workers_give_the_rows_of_one_thread_in_input_order(minilm_embedder: Emb
     np.testing.assert_allclose(two[:5], alone, rtol=0, atol=1e-5)
 
 
-class _Spy(TorchPooling):
+class _Spy:
     """A runtime that records which thread ran it with how many torch threads, then runs the real one."""
 
     name = "spy"
 
-    def __init__(self, real: object, fail_on_rows: int | None = None) -> None:
+    def __init__(self, real: Runtime, fail_on_rows: int | None = None) -> None:
         self.real = real
         self.fail_on_rows = fail_on_rows
         self.seen: list[tuple[str, int, int]] = []
         self.finished: list[int] = []
 
-    def __call__(self, batch: PackedBatch) -> torch.Tensor:
-        rows = batch.num_sequences
+    def rows(self, sequences: list[np.ndarray]) -> np.ndarray:
+        rows = len(sequences)
         self.seen.append((threading.current_thread().name, torch.get_num_threads(), rows))
         if rows == self.fail_on_rows:
             raise RuntimeError(f"micro-batch of {rows} failed")
         time.sleep(0.05)  # every worker gets a share
         self.finished.append(rows)
-        return self.real(batch)  # type: ignore[operator]
+        return self.real.rows(sequences)
 
 
 @pytest.mark.usefixtures("restore_threads")
@@ -83,7 +82,7 @@ def test_worker_and_caller_thread_counts(tiny_dir: Path) -> None:
     torch.set_num_threads(2)
     base = Embedder.load(EngineSettings(model=str(tiny_dir), device="cpu"))
     spy = _Spy(base.plan.large)
-    embedder = _with(base, RuntimePlan(spy), 8, 2, 2)  # type: ignore[arg-type]
+    embedder = _with(base, RuntimePlan(spy), 8, 2, 2)
     ids = [np.array([101, 7, 102])] * 2 + [np.array([101, 7, 8, 102])] * 2 + [np.array([101, 102])] * 4
 
     embedder.embed_ids(ids)  # 4 micro-batches
@@ -104,7 +103,7 @@ def test_worker_and_caller_thread_counts(tiny_dir: Path) -> None:
 def test_a_failing_micro_batch_fails_the_call_after_all_have_finished(tiny_dir: Path) -> None:
     base = Embedder.load(EngineSettings(model=str(tiny_dir), device="cpu"))
     spy = _Spy(base.plan.large, fail_on_rows=1)
-    embedder = _with(base, RuntimePlan(spy), 6, 2, 2)  # type: ignore[arg-type]
+    embedder = _with(base, RuntimePlan(spy), 6, 2, 2)
     ids = [np.array([101, 7, 8, 9, 10, 102]), np.array([101, 7, 102]), np.array([101, 7, 102]),
            np.array([101, 102]), np.array([101, 102]), np.array([101, 102])]
     assert [len(b) for b in micro_batches([len(s) for s in ids], 6)] == [1, 2, 3]

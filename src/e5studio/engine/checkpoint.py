@@ -35,7 +35,11 @@ PACKAGED: dict[str, tuple[str, str]] = {
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 HUB_PATTERNS = ["*.json", "vocab.txt", "model.safetensors", "model.safetensors.index.json"]
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# hidden_act -> (function, GELU's approximation): the one mapping every kernel set reads (torch's functions,
+# oneDNN's post-ops and ONNX's operators take these two words)
+ACTIVATIONS: dict[str, tuple[str, str]] = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"),
+                                           "gelu_pytorch_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
+SUPPORTED_ACTIVATIONS = tuple(ACTIVATIONS)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def activation(self) -> tuple[str, str]:
+        """The feed-forward activation: ("gelu", "none" | "tanh") or ("relu", "")."""
+        return ACTIVATIONS[self.hidden_act]
 
     @classmethod
     def from_file(cls, path: Path) -> BertConfig:

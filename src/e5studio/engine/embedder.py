@@ -8,6 +8,9 @@ runtime), and an input that makes one micro-batch (a single query, a small reque
 thread on all the threads, on the runtime the plan picks for its size. Each micro-batch is computed whole by
 one thread: the vectors do not depend on how many run at once or on which worker ran which (with one thread
 per worker they equal a one-thread sequential run bit for bit).
+
+A request runs here, in :mod:`~e5studio.engine.tokenizer`, and in its runtime's module: the runtime takes the
+micro-batch's token ids and returns its pooled rows (:mod:`e5studio.engine.runtimes`).
 """
 
 from __future__ import annotations
@@ -21,17 +24,15 @@ import numpy as np
 import torch
 
 from e5studio.engine import runtimes
+from e5studio.engine.bert import PackedBatch, pack
 from e5studio.engine.calibration import CALIBRATION_TEXTS
 from e5studio.engine.checkpoint import Checkpoint, load_checkpoint
-from e5studio.engine.device import pick_device, pick_dtype
-from e5studio.engine.encoder import BertEncoder, PackedBatch, load_encoder, pack
-from e5studio.engine.runtimes import Runtime, RuntimePlan
+from e5studio.engine.device import pick_device, pick_dtype, start_workers
+from e5studio.engine.encoder import BertEncoder, load_encoder
+from e5studio.engine.runtimes import FEW_TOKENS, Runtime, RuntimePlan
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
 from e5studio.settings import EngineSettings
-
-# Held while a worker pool starts: its threads' thread-count settings briefly change the process default.
-_THREAD_SETTINGS = threading.Lock()
 
 
 def micro_batches(lengths: Sequence[int], max_batch_tokens: int) -> Iterator[list[int]]:
@@ -72,7 +73,6 @@ class Embedder:
         self.workers = workers
         self.threads = threads or torch.get_num_threads()
         self.device = str(encoder.word_embeddings.weight.device)
-        self._device = encoder.word_embeddings.weight.device
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0  # the process that started the pool's threads (a forked child has none of them)
         self._lock = threading.Lock()
@@ -146,14 +146,14 @@ class Embedder:
         if len(batches) <= 1 or self.workers == 1:
             for idx in batches:  # in the calling thread, on all its threads
                 chunk = [sequences[i] for i in idx]
-                out[idx] = self.compute(self.plan.pick(chunk), chunk)
+                out[idx] = self.runtime_for(chunk).rows(chunk)  # [b, dim]
                 finished += len(idx)
                 if progress is not None:
                     progress(finished)
             return out
 
         def one_worker(idx: list[int]) -> None:
-            out[idx] = self.compute(self.plan.large, [sequences[i] for i in idx])  # [b, dim]
+            out[idx] = self.plan.large.rows([sequences[i] for i in idx])  # [b, dim]
 
         # longest micro-batches first (micro_batches' order), so the last ones to start are the shortest
         futures = {self._worker_pool().submit(one_worker, idx): len(idx) for idx in batches}
@@ -167,9 +167,13 @@ class Embedder:
             wait(futures)  # every micro-batch has finished, failed or not, before this call returns
         return out
 
-    def compute(self, runtime: Runtime, sequences: Sequence[np.ndarray]) -> np.ndarray:
-        """One micro-batch on ``runtime`` -> float32 [b, dim] unit rows."""
-        return runtime.embed(pack(sequences).to(self._device))
+    def runtime_for(self, sequences: Sequence[np.ndarray]) -> Runtime:
+        """The plan's runtime for one micro-batch computed on all the process's threads: the few-token one for
+        fewer than FEW_TOKENS padded tokens, where the plan has one."""
+        few = self.plan.few
+        if few is not None and len(sequences) * max(len(s) for s in sequences) < FEW_TOKENS:
+            return few
+        return self.plan.large
 
     def _worker_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -177,27 +181,3 @@ class Embedder:
                 self._pool = start_workers(self.workers, max(1, self.threads // self.workers))
                 self._pool_pid = os.getpid()
             return self._pool
-
-
-def start_workers(workers: int, threads_per_worker: int) -> ThreadPoolExecutor:
-    """``workers`` compute threads with ``threads_per_worker`` torch threads each, all started now.
-
-    torch keeps one thread count per thread, taken from a process-wide default the first time a thread uses
-    torch; ``set_num_threads`` sets both. Each worker sets its own count when it starts; once all have, the
-    calling thread puts the process default back to its own count (unchanged for itself).
-    """
-    with _THREAD_SETTINGS:
-        own = torch.get_num_threads()
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="e5studio-compute",
-                                  initializer=_worker_threads, initargs=(threads_per_worker,))
-        started = threading.Barrier(workers + 1)
-        for _ in range(workers):
-            pool.submit(started.wait)
-        started.wait()
-        torch.set_num_threads(own)
-    return pool
-
-
-def _worker_threads(threads: int) -> None:
-    torch.get_num_threads()  # make this thread's count its own before setting it
-    torch.set_num_threads(threads)

@@ -1,29 +1,7 @@
-"""The one forward path: a packed batch of token ids -> last hidden states -> pooled, L2-normalised embeddings.
+"""Training's import of the forward (:func:`e5studio.engine.encoder.encode`): a packed batch through the encoder
+module to pooled, L2-normalised rows, with gradients. Kept so that ``jobs/train`` need not change with the
+engine's modules; new code imports it from :mod:`e5studio.engine.encoder`."""
 
-Every user of the encoder (the serving runtimes, evaluation, training) goes through :func:`encode`; pooling
-is written once, in :mod:`e5studio.engine.pooling`.
-"""
+from e5studio.engine.encoder import encode
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-import torch
-
-from e5studio.engine.encoder import PackedBatch
-from e5studio.engine.pooling import pool
-
-Forward = Callable[[PackedBatch], torch.Tensor]  # a packed batch -> [T, d]: the encoder module or a runtime
-
-
-def hidden_states(encoder: Forward, batch: PackedBatch, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``batch`` (on the encoder's device) -> [T, d]; under ``torch.autocast`` in ``autocast_dtype`` when given
-    (training and evaluation on GPU), else in the encoder's own dtype."""
-    device_type = batch.input_ids.device.type
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        return encoder(batch)
-
-
-def encode(encoder: Forward, batch: PackedBatch, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``batch`` -> float32 [B, d] unit rows (mean pooling + L2). Gradients flow when the caller has them on."""
-    return pool(hidden_states(encoder, batch, autocast_dtype), batch)  # [B, d] fp32
+__all__ = ["encode"]

@@ -7,24 +7,23 @@ as inside any batch. The integer products run on FBGEMM (torch's x86 quantized l
 mapped to 0..127, enters as uint8 (zero point 0, scale 1), the weight as int8; the int32 sums come back as fp32
 times the weight's per-channel scale, and the row's scale, offset and the bias are applied after.
 
-Two measured choices (all-MiniLM-L6-v2, 300 SciFact passages and 100 queries, cosine to fp32):
+Two choices, each checked against fp32 on MiniLM by the tests' quality gate (``tests/engine/test_int8.py``):
 - **7-bit activations**: AVX2 has no 8-bit dot-product instruction; its u8 x s8 multiply (``vpmaddubsw``)
-  adds two products into a saturating int16, and 255 x 127 x 2 overflows it (9% relative error measured);
-  127 x 127 x 2 does not (exact integer sums). 8-bit weights with 7-bit activations beat 7-bit weights with
-  8-bit activations (mean 0.9976 vs 0.9972).
+  adds two products into a saturating int16, and 255 x 127 x 2 overflows it; 127 x 127 x 2 does not (exact
+  integer sums). 8-bit weights with 7-bit activations keep more of fp32's direction than 7-bit weights with
+  8-bit activations.
 - **Per-channel smoothing** (SmoothQuant, Xiao et al. 2023, alpha 0.5): BERT's LayerNorm outputs carry a few
-  channels far larger than the rest, which cost per-row activation quantization most of its range (the QKV
-  projection alone: mean cosine 0.9986). Each dense layer's input channel c is divided by
-  ``s_c = sqrt(max|x_c| / max|W_:,c|)`` and the weight's column multiplied by it (the product is unchanged);
-  ``max|x_c|`` is measured once at load by running :data:`~e5studio.engine.calibration.CALIBRATION_TEXTS` in
-  fp32. Mean cosine 0.9976 -> 0.9984 (passages), 0.9970 -> 0.9986 (queries). Only the layers whose input is
-  a LayerNorm output (QKV, feed-forward in) are smoothed; the other two quantize their input in place.
+  channels far larger than the rest, which cost per-row activation quantization most of its range. Each dense
+  layer's input channel c is divided by ``s_c = sqrt(max|x_c| / max|W_:,c|)`` and the weight's column
+  multiplied by it (the product is unchanged); ``max|x_c|`` is measured once at load by running
+  :data:`~e5studio.engine.calibration.CALIBRATION_TEXTS` in fp32. Only the layers whose input is a LayerNorm
+  output (QKV, feed-forward in) are smoothed; the other two quantize their input in place.
 Embeddings, LayerNorm, attention (softmax), the activation and pooling stay fp32.
 
 Attention runs sequence by sequence, each on its own length (no padding, no mask): rounding to integers turns
-the last-bit differences that a padded, masked attention kernel makes between batch shapes into visible ones
-(0.013 measured on a normalised MiniLM vector), so every computation a row goes through here is the same
-whatever batch it is in: a text alone and inside a mixed batch give the same vector.
+the last-bit differences that a padded, masked attention kernel makes between batch shapes into visible ones,
+so every computation a row goes through here is the same whatever batch it is in: a text alone and inside a
+mixed batch give the same vector.
 """
 
 from __future__ import annotations
@@ -33,11 +32,9 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from e5studio.engine.cpu_kernels import ManyRowsKernels
-from e5studio.engine.encoder import BertEncoder, EncoderLayer, PackedBatch
-from e5studio.engine.layer import DENSE_LAYERS, bert_block
+from e5studio.engine.bert import DENSE_LAYERS, LayersRuntime, ManyRowsKernels, PackedBatch, activate_, attend_padded
+from e5studio.engine.encoder import BertEncoder, EncoderLayer
 
 ACTIVATION_MAX = 127  # activations on 7 bits (0..127): no int16 saturation on AVX2 (module docstring)
 WEIGHT_MAX = 127
@@ -96,8 +93,8 @@ class Int8Linear:
 
 
 class Int8Kernels(ManyRowsKernels):
-    """One layer's :class:`~e5studio.engine.layer.LayerKernels` with int8 dense layers (module docstring);
-    attention and LayerNorm as :class:`~e5studio.engine.cpu_kernels.ManyRowsKernels`."""
+    """One layer's :class:`~e5studio.engine.bert.LayerKernels` with int8 dense layers (module docstring);
+    attention and LayerNorm as :class:`~e5studio.engine.bert.ManyRowsKernels`."""
 
     def __init__(self, layer: EncoderLayer, input_ranges: InputRanges | None = None) -> None:
         super().__init__(layer)
@@ -109,16 +106,13 @@ class Int8Kernels(ManyRowsKernels):
               residual: torch.Tensor | None = None) -> torch.Tensor:
         y = self.linear[name](x)  # [T, out]
         if activation:
-            return self.in_place_activation(y)
+            return activate_(y, self.activation)
         return y if residual is None else y.add_(residual)
 
     def attention(self, qkv: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         """Each sequence's attention on its own tokens alone: [T, 3d] -> [T, d] (module docstring)."""
-        d, h = qkv.shape[1] // 3, self.num_heads
-        out = []
-        for part in torch.split(qkv, batch.lengths.tolist()):  # [L, 3d] each
-            q, k, v = part.view(1, -1, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)  # each [1, H, L, Dh]
-            out.append(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, d))  # [L, d]
+        out = [attend_padded(part, 1, part.shape[0], self.num_heads)  # [L, d]
+               for part in torch.split(qkv, batch.lengths.tolist())]  # [L, 3d] each
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
@@ -139,11 +133,10 @@ class _RangeRecorder(ManyRowsKernels):
 def measure_input_ranges(encoder: BertEncoder, batches: Sequence[PackedBatch]) -> list[InputRanges]:
     """Run ``batches`` through the encoder in fp32; per layer, each dense layer's max |x_c| [in]."""
     recorders = [_RangeRecorder(layer) for layer in encoder.layers if isinstance(layer, EncoderLayer)]
+    runtime = LayersRuntime("calibration", encoder, recorders)
     with torch.inference_mode():
         for batch in batches:
-            x = encoder.embed(batch)  # [T, d]
-            for kernels in recorders:
-                x = bert_block(kernels, x, batch)
+            runtime.hidden(batch)
     return [r.ranges for r in recorders]
 
 

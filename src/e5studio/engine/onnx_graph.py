@@ -1,30 +1,38 @@
 """Few-token micro-batches (single queries) on ONNX Runtime's CPU kernels, the encoder's weights shared.
 
-A single E5 query is a few dozen tokens. For such products of a few rows with a large weight matrix,
-ONNX Runtime's MLAS GEMM on a weight it prepacks once runs about 1.4x faster on AVX2 than oneDNN's (the
-fastest torch kernel for few rows, :mod:`e5studio.engine.cpu_kernels`), and one ``session.run`` replaces some
-sixty torch operator calls. For many rows torch's padding-free encoder stays faster (no padding in the dense
-layers), so the runtime table (:mod:`e5studio.engine.runtimes`) sends only few-token micro-batches here.
+A single E5 query is a few dozen tokens. For such products of a few rows with a large weight matrix, ONNX
+Runtime's MLAS GEMM on a weight it prepacks once beats oneDNN's (the fastest torch kernel for few rows,
+:class:`~e5studio.engine.bert.FewRowsKernels`), and one ``session.run`` replaces some sixty torch operator
+calls. For many rows torch's padding-free encoder stays faster (no padding in the dense layers), so the runtime
+table (:mod:`e5studio.engine.runtimes`) sends only few-token micro-batches here (``benchmarks/query_profile.py``
+measures both).
 
-The ONNX graph is written here, from the same block description as the torch layers
-(:func:`~e5studio.engine.layer.bert_block` over :class:`GraphKernels`, no export tracing): the post-LayerNorm
-BERT block on the padded [B, L] layout with a key bias of 0 / -inf, hidden
-states kept 2-D [B*L, d] so that every dense layer is one ``Gemm`` with the torch weight [out, in] as is
-(``transB``). The graph's weights are external-data placeholders that the session fills with the encoder's
-own tensors (``add_external_initializers``): the weights are not copied, only prepacked by MLAS.
+The ONNX graph is written here from the encoder's one description (:func:`~e5studio.engine.bert.embedding_layer`
+and :func:`~e5studio.engine.bert.bert_block` over :class:`GraphKernels`, no export tracing): the post-LayerNorm
+BERT block on the padded [B, L] layout with a key bias of 0 / -inf, hidden states kept 2-D [B*L, d] so that
+every dense layer is one ``Gemm`` with the torch weight [out, in] as is (``transB``). The graph's weights are
+external-data placeholders that the session fills with the encoder's own tensors
+(``add_external_initializers``): the weights are not copied, only prepacked by MLAS.
+
+:class:`OrtRuntime` pads a micro-batch's token ids, runs the session and pools in numpy, all here: a request
+computed on ONNX Runtime runs in this module alone. Pooling in numpy rather than torch's
+:func:`~e5studio.engine.bert.pool` has two reasons: ONNX Runtime's threads keep spinning for a moment after a
+run, and a torch operator started then, on torch's own thread pool, competes with them for the cores; and the
+two libraries sum the squares of the L2 norm in different orders, so switching would change these vectors in
+their last bits. The arithmetic is the same recipe: the mean over each sequence's real tokens, then L2.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from e5studio.engine.encoder import BertEncoder, PackedBatch
-from e5studio.engine.layer import DENSE_LAYERS, NORM_LAYERS, bert_block
+from e5studio.engine.bert import DENSE_LAYERS, NORM_LAYERS, bert_block, embedding_layer
+from e5studio.engine.encoder import BertEncoder
 
 # emits the nodes of one dense layer: (node, input name, layer prefix such as "layers.3.qkv") -> output name
 DenseOp = Callable[[Callable[..., str], str, str], str]
@@ -47,7 +55,7 @@ def encoder_weights(encoder: BertEncoder) -> dict[str, torch.Tensor]:
     weights = {
         "word_embeddings": encoder.word_embeddings.weight,
         "position_embeddings": encoder.position_embeddings.weight,
-        "token_type_0": encoder.token_type_embeddings.weight[0],
+        "token_type_embeddings.0": encoder.token_type_embeddings.weight[0],
         "embeddings_norm.weight": encoder.embeddings_norm.weight,
         "embeddings_norm.bias": encoder.embeddings_norm.bias,
     }
@@ -60,15 +68,31 @@ def encoder_weights(encoder: BertEncoder) -> dict[str, torch.Tensor]:
 
 
 class GraphKernels:
-    """One layer's :class:`~e5studio.engine.layer.LayerKernels` that emit ONNX nodes (values are graph names):
-    dense layers are ``Gemm`` on the torch weight [out, in] as is (``transB``), or ``dense_op`` when given (the
-    int8 graph); attention runs on the padded [B, L] layout with the graph input ``key_bias``."""
+    """Kernels that emit ONNX nodes (values are graph names): the input layer's
+    (:class:`~e5studio.engine.bert.InputKernels`, on the padded [B, L] layout until :meth:`rows`) and one
+    layer's (:class:`~e5studio.engine.bert.LayerKernels`, weights under ``prefix``): dense layers are ``Gemm``
+    on the torch weight [out, in] as is (``transB``), or ``dense_op`` when given (the int8 graph); attention
+    runs on the padded [B, L] layout with the graph input ``key_bias``."""
 
-    def __init__(self, node: Callable[..., str], prefix: str, hidden_act: str, eps: float, heads_shape: str,
-                 flat: str, scale: str, idx: list[str], dense_op: DenseOp | None = None) -> None:
-        self.node, self.p, self.hidden_act, self.eps = node, prefix, hidden_act, eps
+    def __init__(self, node: Callable[..., str], prefix: str, activation: tuple[str, str], eps: float,
+                 heads_shape: str, flat: str, scale: str, idx: list[str], dense_op: DenseOp | None = None) -> None:
+        self.node, self.p, self.activation, self.eps = node, prefix, activation, eps
         self.heads_shape, self.flat, self.scale, self.idx = heads_shape, flat, scale, idx
         self.dense_op = dense_op
+        self._sums = 0
+
+    def lookup(self, table: str, ids: str) -> str:
+        return self.node("Gather", [table, ids], f"{table}_rows")
+
+    def first_row(self, table: str) -> str:
+        return f"{table}.0"  # a weight of its own (:func:`encoder_weights`)
+
+    def add(self, a: str, b: str) -> str:
+        self._sums += 1
+        return self.node("Add", [a, b], f"{self.p}sum_{self._sums}")
+
+    def rows(self, x: str) -> str:
+        return self.node("Reshape", [x, self.flat], f"{x}_flat")  # [B*L, d]
 
     def dense(self, x: str, name: str, activation: bool = False, residual: str | None = None) -> str:
         p, node = self.p, self.node
@@ -77,9 +101,9 @@ class GraphKernels:
         else:
             y = node("Gemm", [x, f"{p}{name}.weight", f"{p}{name}.bias"], f"{p}{name}", transB=1)
         if activation:
-            if self.hidden_act == "relu":
+            kind, approximate = self.activation
+            if kind == "relu":
                 return node("Relu", [y], f"{p}{name}_act")
-            approximate = "none" if self.hidden_act == "gelu" else "tanh"
             return node("Gelu", [y], f"{p}{name}_act", approximate=approximate)
         return y if residual is None else node("Add", [y, residual], f"{p}{name}_residual")
 
@@ -145,16 +169,13 @@ def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None
     heads_shape = node("Concat", [node("Shape", ["input_ids"], "ids_shape"), ints("heads_tail", [3, h, dh])],
                        "heads_shape", axis=0)
 
-    words = node("Gather", ["word_embeddings", "input_ids"], "words")  # [B, L, d]
-    positions = node("Gather", ["position_embeddings", "positions"], "position_vectors")  # [L, d]
-    x = node("Add", [node("Add", [words, positions], "embeddings_sum"), "token_type_0"], "embeddings")
-    x = node("Reshape", [x, flat], "embeddings_flat")  # [B*L, d]
-    x = node("LayerNormalization", [x, "embeddings_norm.weight", "embeddings_norm.bias"], "hidden_0",
-             axis=-1, epsilon=config.layer_norm_eps)
+    def kernels(prefix: str) -> GraphKernels:
+        return GraphKernels(node, prefix, config.activation, config.layer_norm_eps, heads_shape, flat, scale, idx,
+                            dense_op)
+
+    x = embedding_layer(kernels(""), "input_ids", "positions")  # [B*L, d]
     for i in range(config.num_hidden_layers):
-        kernels = GraphKernels(node, f"layers.{i}.", config.hidden_act, config.layer_norm_eps, heads_shape, flat,
-                               scale, idx, dense_op)
-        x = bert_block(kernels, x, None)
+        x = bert_block(kernels(f"layers.{i}."), x, None)
     nodes.append(helper.make_node("Identity", [x], ["hidden"], name="hidden"))
 
     graph = helper.make_graph(
@@ -171,7 +192,7 @@ def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None
 
 class OrtRuntime:
     """The encoder as an ONNX Runtime CPU session (:func:`build_graph`), reading the encoder's weights in place:
-    a packed batch in, the last hidden states of its real tokens out ([T, d] float32, as the torch encoder).
+    token ids in, float32 [b, d] unit rows out.
 
     ``encoder`` must stay alive and unchanged as long as this object: the session reads its tensors' memory.
     """
@@ -206,14 +227,9 @@ class OrtRuntime:
         return self.session.run(["hidden"], {"input_ids": input_ids, "positions": positions,
                                              "key_bias": key_bias})[0]
 
-    def embed(self, batch: PackedBatch) -> np.ndarray:
-        """A packed batch -> float32 [B, d] mean-pooled unit rows, pooled in numpy on the padded output.
-
-        Why not the torch pooling the other runtimes share: ONNX Runtime's threads keep spinning for a moment
-        after a run, and a torch operator started then (with torch's own thread pool) competes with them for the
-        cores: a single MiniLM query took 24-64 ms instead of 17 (measured here). The arithmetic is the same:
-        the mean over each sequence's real tokens, then L2 normalisation."""
-        ids, bias, real = self._padded(batch)
+    def rows(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """Token-id arrays -> float32 [b, d] mean-pooled unit rows (pooled here, in numpy: module docstring)."""
+        ids, bias, real = padded(sequences)
         b, length = ids.shape
         hidden = self.padded_hidden(ids, bias).reshape(b, length, -1)  # [B, L, d]
         if real is None:
@@ -224,20 +240,19 @@ class OrtRuntime:
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return (pooled / norms).astype(np.float32, copy=False)
 
-    def _padded(self, batch: PackedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """input_ids int64 [B, L], key_bias float32 [B, 1, 1, L], real-token mask [B, L] (None: all real)."""
-        b, length = batch.num_sequences, batch.max_len
-        if batch.key_mask is None:  # all of one length: the packed stream is the padded layout
-            return (batch.input_ids.numpy().reshape(b, length), np.zeros((b, 1, 1, length), dtype=np.float32),
-                    None)
-        flat = np.zeros(b * length, dtype=np.int64)
-        flat[batch.pad_index.numpy()] = batch.input_ids.numpy()
-        real = batch.key_mask.numpy()[:, 0, 0, :]  # [B, L]
-        bias = np.where(real, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)[:, None, None, :]
-        return flat.reshape(b, length), bias, real
 
-    def __call__(self, batch: PackedBatch) -> torch.Tensor:
-        """[T] packed tokens -> [T, d]: scattered into the padded [B, L] layout for the graph, gathered back."""
-        ids, bias, real = self._padded(batch)
-        hidden = torch.from_numpy(self.padded_hidden(ids, bias))  # [B*L, d]
-        return hidden if real is None else hidden.index_select(0, batch.pad_index)  # [T, d]
+def padded(sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Token-id arrays -> input_ids int64 [B, L] (padded with 0), key_bias float32 [B, 1, 1, L] and the
+    real-token mask [B, L] (None: all of one length, nothing padded)."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    if len(lengths) == 0 or lengths.min() < 1:
+        raise ValueError("padded() needs at least one non-empty sequence")
+    b, length = len(lengths), int(lengths.max())
+    if lengths.min() == length:
+        ids = np.concatenate(sequences).astype(np.int64, copy=False).reshape(b, length)
+        return ids, np.zeros((b, 1, 1, length), dtype=np.float32), None
+    real = np.arange(length)[None, :] < lengths[:, None]  # [B, L]
+    ids = np.zeros((b, length), dtype=np.int64)
+    ids[real] = np.concatenate(sequences)
+    bias = np.where(real, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)[:, None, None, :]
+    return ids, bias, real
