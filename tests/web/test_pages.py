@@ -17,12 +17,14 @@ import httpx
 import pytest
 
 from e5studio.control.database import NAME_PATTERN
+from e5studio.control.job_records import KIND_TRAIN
 from e5studio.control.replicas import MODEL_FAILED, MODEL_LOADING, MODEL_READY
 from e5studio.control.store import FAILED, LIVE, Store
 from e5studio.engine.embedder import Embedder
 from e5studio.jobspec.train_params import ALL_PARAMS, SMALL_MODEL_DEFAULTS
 from e5studio.serving.edge import EndpointStats
 from e5studio.web.endpoints import LOADING, NAME_INPUT_PATTERN, REASON_SHORT_CHARS, endpoint_json, short_reason
+from e5studio.web.jobs import small_models
 from tests import stores
 from tests.serving.server import ServerProcess
 from tests.web.test_auth import login
@@ -86,6 +88,22 @@ def test_the_small_model_defaults_are_the_readmes_measured_values() -> None:
     assert found, "the README no longer recommends an lr and a temperature for MiniLM"
     assert {"lr": float(found.group(1)), "temperature": float(found.group(2))} == SMALL_MODEL_DEFAULTS
     assert all(SMALL_MODEL_DEFAULTS[name] != ALL_PARAMS[name].default for name in SMALL_MODEL_DEFAULTS)
+
+
+def test_fine_tunes_of_a_small_model_get_its_defaults(store: Store) -> None:
+    """A fine-tune's base decides, through fine-tunes of fine-tunes; other models keep the E5 recipe's."""
+    def finished(model: str, final_dir: str) -> None:
+        job = store.create_job(KIND_TRAIN, model, final_dir + "-run", {})
+        store.update_job(job.id, metrics={"final_dir": final_dir})
+
+    finished("all-minilm-l6-v2", "/runs/a/final")
+    finished("/runs/a/final", "/runs/b/final")  # a fine-tune of the fine-tune
+    finished("e5-large-v2", "/runs/c/final")
+    finished("/runs/c/final", "/runs/d/final")
+    finished("/runs/e/final", "/runs/e/final")  # a job naming its own output as its base ends the walk
+    small = small_models(store.list_jobs(KIND_TRAIN))
+    assert {"all-minilm-l6-v2", "minilm", "sentence-transformers/all-MiniLM-L6-v2", "/runs/a/final",
+            "/runs/b/final"} == small
 
 
 def test_favicon(http: httpx.Client) -> None:

@@ -72,12 +72,12 @@ def train_params() -> list[FormField]:
     return fields
 
 
-def small_models(request: Request) -> set[str]:
-    """The model values (aliases, hub ids, fine-tuned model folders) whose base is a small model: the form
-    offers the measured small-model defaults for them."""
+def small_models(train_jobs: list[JobRecord]) -> set[str]:
+    """The model values (aliases, hub ids, the model folders of ``train_jobs``) whose base is a small model:
+    the form offers the measured small-model defaults for them."""
     small = {name for name in (*ALIASES, *ALIASES.values()) if ALIASES.get(name, name) in SMALL_MODEL_HUB_IDS}
     bases: dict[str, str] = {}
-    for job in _store(request).list_jobs(KIND_TRAIN):
+    for job in train_jobs:
         final_dir = job.metrics.get("final_dir")
         if final_dir:
             bases[str(final_dir)] = job.model
@@ -127,13 +127,14 @@ def _job_json(request: Request, job: JobRecord, details: bool = False) -> dict[s
 
 def _train_form(request: Request, status_code: int = 200, error: str = "", form: dict[str, str] | None = None
                 ) -> Response:
-    small = small_models(request)
+    train_jobs = _store(request).list_jobs(KIND_TRAIN)
+    small = small_models(train_jobs)
     chosen = (form or {}).get("model_other") or (form or {}).get("model") or web_state(request).settings.default_model
     defaults = {p.name: p.default_for(chosen in small) for p in train_params()}
     defaults.update({"dataset": "", "model": web_state(request).settings.default_model, "model_other": "",
                      "eval_dir": ""})
     return render(request, "jobs.html", status_code=status_code, error=error,
-                  jobs=_store(request).list_jobs(KIND_TRAIN), datasets=_store(request).list_datasets(),
+                  jobs=train_jobs, datasets=_store(request).list_datasets(),
                   models=model_choices(request), params=train_params(), eval_files=", ".join(eval_files()),
                   small_models=sorted(small), chosen_small=chosen in small,
                   form={**defaults, **(form or {})})
