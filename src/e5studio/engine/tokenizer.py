@@ -77,7 +77,7 @@ class Tokenizer:
             if surrogate is not None:
                 raise InputError(f"input {i} has a lone surrogate (U+{ord(surrogate.group()):04X}) at character "
                                  f"{surrogate.start()}: texts must be valid Unicode (encodable as UTF-8)")
-        prepared = [add_prefix(t, input_type) for t in texts]
+        prepared = texts if input_type is None else [add_prefix(t, input_type) for t in texts]
         short = [i for i, t in enumerate(prepared) if len(t) <= self._head_chars]
         ids: list[np.ndarray | None] = [None] * len(prepared)
         if short:
