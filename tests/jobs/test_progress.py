@@ -79,6 +79,9 @@ def test_one_phase_at_a_time_and_a_callback_for_the_evaluation_pipeline(tmp_path
     assert lines[-1].startswith("eval: before training: searching and scoring  3/3 queries 100%")
     assert len(lines) == 8
     assert read_status(tmp_path)["line"] == lines[-1]
+    shown("scoring", 0, 3)  # the same phase again (another evaluation under the same title): a new pass
+    assert progress.current is not None and not progress.current.closed
+    assert out.getvalue().splitlines()[-1].startswith("eval: before training: searching and scoring  0/3 queries")
 
 
 def test_the_train_job_names_its_phases_on_the_one_progress_type(tmp_path: Path,

@@ -155,9 +155,9 @@ class Progress:
             name = names.get(part, part)
             name = f"{prefix}: {name}" if prefix else name
             phase = self.current
-            if phase is None or phase.name != name:
+            if phase is None or phase.name != name or (phase.closed and done < total):  # a phase, or a new pass
                 phase = self.phase(name, total, (units or {}).get(part, "rows"))
-            elif phase.closed:
+            elif phase.closed:  # its end told again
                 return
             phase.update_to(done)
             if done >= total:
