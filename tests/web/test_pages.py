@@ -151,6 +151,7 @@ def test_try_it_embeds_each_text_with_its_own_role(http: httpx.Client, ui_server
 
     for body, message in (({"texts": texts, "input_types": ["query"]}, "one input type per text"),
                           ({"texts": texts, "input_types": "query"}, "one input type per text"),
+                          ({"texts": texts, "input_type": "query"}, "replaced by 'input_types'"),
                           ({"texts": texts, "input_types": ["query", "document"]}, "query, passage or none"),
                           ({"texts": [], "input_types": []}, "non-empty list of strings")):
         refused = try_it(body)

@@ -255,6 +255,8 @@ def _try_texts(body: dict[str, Any]) -> list[str]:
         raise InputError("'texts' must be a non-empty list of strings")
     if len(texts) > TRY_MAX_TEXTS:
         raise InputError(f"'texts' has {len(texts)} texts; the try box takes at most {TRY_MAX_TEXTS}")
+    if "input_type" in body:  # one role for every text was the old box's mistake: refused, not ignored
+        raise InputError("'input_type' is replaced by 'input_types': one input type per text")
     roles = body.get("input_types", ["none"] * len(texts))
     if not isinstance(roles, list) or len(roles) != len(texts):
         raise InputError("'input_types' must be a list with one input type per text")
