@@ -9,6 +9,7 @@ were first entered, and ``docs/architecture.md`` lists exactly these.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -135,3 +136,19 @@ def test_one_request_runs_in_at_most_ten_package_files(trace: Trace) -> None:
     print(trace.report())
     assert trace.engine, trace.report()  # the engine computed on a traced thread
     assert len(trace.request_files) <= MAX_FILES, trace.report()
+
+
+def documented_request_files() -> list[str]:
+    """The numbered file list of docs/architecture.md's request-flow section, in its order."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = doc.split("## How one inference request flows", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\d+\. `([\w/]+\.py)`", section, re.M)
+
+
+def test_the_map_lists_exactly_the_traced_files_in_their_order(trace: Trace) -> None:
+    documented = documented_request_files()
+    assert documented, "docs/architecture.md has no numbered file list under 'How one inference request flows'"
+    assert documented == trace.request_files, (
+        f"docs/architecture.md lists {documented}; the trace saw\n{trace.report()}")
+    assert f"flows ({len(documented)} files)" in (Path(__file__).resolve().parents[1] / "docs" /
+                                                 "architecture.md").read_text(encoding="utf-8")
