@@ -1,11 +1,15 @@
-"""Device and dtype choice."""
+"""Device and dtype choice, and who sets torch's threads."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from e5studio.engine.device import pick_device, pick_dtype
+import e5studio
+from e5studio.engine.device import pick_device, pick_dtype, set_threads
 from e5studio.errors import ModelError
 
 
@@ -30,3 +34,23 @@ def test_pick_dtype() -> None:
     assert pick_dtype("float16", cpu) == torch.float16
     with pytest.raises(ModelError, match="unknown dtype 'float64'"):
         pick_dtype("float64", cpu)
+
+
+def test_set_threads_sets_the_process_count_and_refuses_none() -> None:
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="at least 1"):
+            set_threads(0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_only_the_device_module_sets_torch_threads() -> None:
+    """Entry points call ``set_threads``; no other module of the package changes torch's thread counts."""
+    package = Path(e5studio.__file__).parent
+    setters = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if re.search(r"set_num(_interop)?_threads\(", p.read_text(encoding="utf-8")))
+    assert setters == ["engine/device.py"]

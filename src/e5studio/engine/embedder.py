@@ -83,7 +83,7 @@ class Embedder:
 
         ``workers``: micro-batches computed at once on CPU (default: one per thread of ``settings.threads``,
         else of the process's torch threads, each worker with one thread); always 1 on GPU. The process's
-        thread count is the entry point's to set (the CLI does, once); this reads it.
+        thread count is the entry point's to set (:func:`~e5studio.engine.device.set_threads`); this reads it.
         """
         if workers is not None and workers < 1:
             raise ValueError("workers must be at least 1")

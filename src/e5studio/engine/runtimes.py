@@ -77,7 +77,6 @@ _BUILDERS: dict[str, Callable[[BertEncoder, int, Calibration | None], Runtime]] 
     "torch": _torch, "cpu-many-rows": _cpu_many_rows, "cpu-few-rows": _cpu_few_rows,
     "onnxruntime": _onnxruntime, "cpu-int8": _cpu_int8,
 }
-NAMES = tuple(_BUILDERS)
 
 
 def build(name: str, encoder: BertEncoder, threads: int, calibration: Calibration | None = None) -> Runtime:
