@@ -75,7 +75,7 @@ def direct_runtimes(ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     batches = {"all": ids, "queries": list(ids[:3])}
     with torch.inference_mode():
-        from e5studio.engine.forward import encode
+        from e5studio.engine.encoder import encode
         for part, seqs in batches.items():
             out[f"training-forward/{part}"] = encode(encoder, pack(seqs)).numpy()
         for name in ("torch", "cpu-many-rows", "cpu-few-rows", "onnxruntime", "cpu-int8"):

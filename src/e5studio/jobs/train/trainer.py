@@ -28,8 +28,7 @@ import torch.distributed as torch_dist
 
 from e5studio.engine.checkpoint import load_checkpoint
 from e5studio.engine.device import pick_device
-from e5studio.engine.encoder import BertEncoder, PackedBatch, load_encoder, pack
-from e5studio.engine.forward import encode
+from e5studio.engine.encoder import BertEncoder, PackedBatch, encode, load_encoder, pack
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError
 from e5studio.jobs.train.checkpoints import (
