@@ -31,7 +31,7 @@ from e5studio.engine.device import pick_device, pick_dtype, start_workers
 from e5studio.engine.encoder import BertEncoder, load_encoder
 from e5studio.engine.runtimes import FEW_TOKENS, Runtime, RuntimePlan
 from e5studio.engine.tokenizer import Tokenizer
-from e5studio.errors import InputError
+from e5studio.errors import InputError, Terminated
 from e5studio.settings import EngineSettings
 
 
@@ -163,6 +163,10 @@ class Embedder:
                 finished += futures[future]
                 if progress is not None:
                     progress(finished)
+        except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: the micro-batches not started never start
+            for future in futures:
+                future.cancel()
+            raise
         finally:
             wait(futures)  # every micro-batch has finished, failed or not, before this call returns
         return out
