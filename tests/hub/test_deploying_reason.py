@@ -41,6 +41,9 @@ def test_ready_names_what_each_deploying_endpoint_is_doing(tmp_path: Path) -> No
         endpoint, _ = store.create_endpoint("p", "e", "e5-large-v2", 32)
         app = create_app(ServeSettings(data_dir=tmp_path), store)
         store.set_status(endpoint.id, DEPLOYING, "Deploying: downloading 412/1,340 MB")
-        answer = TestClient(app).get("/ready")  # no lifespan: nothing starts loading
+        token = store.ensure_admin_token()
+        assert token is not None
+        # no lifespan: nothing starts loading; the reasons are shown to the admin only
+        answer = TestClient(app).get("/ready", headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 503
         assert answer.json()["reasons"] == {"e": "Deploying: downloading 412/1,340 MB"}

@@ -55,8 +55,16 @@ def test_missing_key_is_401(http: httpx.Client, nlp_path: str) -> None:
 
 @pytest.mark.parametrize("headers", [{"key": "e5s_" + "A" * 43}, {"key": "nonsense"},
                                      {"Authorization": "Bearer e5s_" + "A" * 43}])
-def test_bad_key_is_403(http: httpx.Client, nlp_path: str, headers: dict[str, str]) -> None:
-    assert_error(http.post(nlp_path, json=GOOD, headers=headers), 403, "not valid", f"'{MINILM}'")
+def test_a_key_of_no_endpoint_is_401_and_names_nothing(http: httpx.Client, nlp_path: str, banner: Banner,
+                                                      headers: dict[str, str]) -> None:
+    """The same answer whether the endpoint exists or not (issue 26, point 5): no enumeration without a key."""
+    known = http.post(nlp_path, json=GOOD, headers=headers)
+    unknown = http.post(f"/api/predict/nlp/{banner.project_id}/nope", json=GOOD, headers=headers)
+    no_project = http.post(f"/api/predict/nlp/nope/{banner.endpoint_id}", json=GOOD, headers=headers)
+    openai = http.post("/v1/embeddings", json={"model": "nope", "input": "x"}, headers=headers)
+    for answer in (known, unknown, no_project, openai):
+        assert_error(answer, 401, "the key is not valid")
+        assert answer.json() == known.json() and MINILM not in answer.text and "nope" not in answer.text
 
 
 def test_bearer_key_works_on_the_sambastudio_route(http: httpx.Client, nlp_path: str, banner: Banner,
@@ -94,12 +102,12 @@ def test_without_a_valid_key_the_body_is_not_judged(http: httpx.Client, banner: 
     bad = b'{"inputs": [1, 2'
     json_type = {"Content-Type": "application/json"}
     assert_error(http.post(path, content=bad, headers=json_type), 401, "missing endpoint key")
-    assert_error(http.post(path, content=bad, headers={**json_type, "key": "nonsense"}), 403, "not valid")
+    assert_error(http.post(path, content=bad, headers={**json_type, "key": "nonsense"}), 401, "not valid")
     # the OpenAI shape names its endpoint in the body: without any key, the body is not even read
     assert_error(http.post("/v1/embeddings", content=bad, headers=json_type), 401, "missing endpoint key")
     # ... and with a key, its texts are judged after the key check
     assert_error(http.post("/v1/embeddings", json={"model": MINILM, "input": [None]},
-                           headers={"Authorization": "Bearer nonsense"}), 403, "not valid")
+                           headers={"Authorization": "Bearer nonsense"}), 401, "not valid")
     assert_error(http.post("/v1/embeddings", json={"model": MINILM, "input": [None]},
                            headers={"Authorization": f"Bearer {banner.key}"}), 400, "'input[0]' must be a string")
 
@@ -130,10 +138,11 @@ def test_failed_endpoint_answers_503_with_the_reason(http: httpx.Client, broken:
                            headers={"Authorization": f"Bearer {broken['key']}"}), 503, "does not exist")
 
 
-def test_a_failed_endpoint_does_not_block_readiness(http: httpx.Client, broken: dict[str, Any]) -> None:
-    ready = http.get("/ready")
+def test_a_failed_endpoint_does_not_block_readiness(http: httpx.Client, broken: dict[str, Any],
+                                                   banner: Banner) -> None:
+    ready = http.get("/ready", headers={"Authorization": f"Bearer {banner.admin_token}"})
     assert ready.status_code == 200, ready.text
-    assert ready.json()["endpoints"]["broken"] == "Failed"
+    assert ready.json()["endpoints"]["broken"] == "Failed" and ready.json()["counts"]["Failed"] >= 1
 
 
 # -- bodies ------------------------------------------------------------------------------------------

@@ -102,14 +102,17 @@ def test_rotate_key_then_delete(server: ServerProcess, http: httpx.Client, proje
     rotated = json_prefix(_ok(server.cli("endpoints", "rotate-key", PROJECT, "temp")))
     new_key = rotated["key"]
     assert new_key != old_key and new_key in rotated["curl"]
-    assert_error(http.post(path, json=body, headers={"key": old_key}), 403, "not valid", "'temp'")
+    assert_error(http.post(path, json=body, headers={"key": old_key}), 401, "the key is not valid")
     answer = http.post(path, json=body, headers={"key": new_key})
     assert answer.status_code == 200, answer.text
     assert_vectors(answer.json()["data"], embed(body["inputs"]))
 
     deleted = json_prefix(_ok(server.cli("endpoints", "delete", PROJECT, "temp")))
     assert deleted == {"deleted": created["endpoint"]["id"]}
-    assert_error(http.post(path, json=body, headers={"key": new_key}), 404, "not found")
+    # its key opens nothing now (401, the answer for any key of no endpoint); a client with a key of its own
+    # learns that the endpoint is gone
+    assert_error(http.post(path, json=body, headers={"key": new_key}), 401, "the key is not valid")
+    assert_error(http.post(path, json=body, headers={"key": server.banner().key}), 404, "not found")
     _cli_error(server.cli("endpoints", "show", PROJECT, "temp"), "HTTP 404", "'temp' not found")
     assert "temp" not in _ok(server.cli("endpoints", "list", "--project", PROJECT))
 

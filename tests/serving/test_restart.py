@@ -119,7 +119,7 @@ def story(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Story:
 
 
 def test_first_run_answers_with_current_keys_only(story: Story) -> None:
-    assert story.before == {MINILM: 200, "live": 200, "bulk": 200, "old bulk key": 403, "made-up key": 403}
+    assert story.before == {MINILM: 200, "live": 200, "bulk": 200, "old bulk key": 401, "made-up key": 401}
 
 
 def test_sigterm_lets_the_in_flight_request_finish(story: Story, embed: Embed) -> None:
@@ -175,7 +175,7 @@ def test_keys_still_work_after_restart(story: Story, embed: Embed) -> None:
         status, body = story.after[name]
         assert status == 200, (name, body)
         assert_vectors(body["data"], embed([TEXT]))
-    assert story.after["old bulk key"] == 403
+    assert story.after["old bulk key"] == 401
     assert "Expected a Tensor with batch size <= 1, got batch size: 2" in \
         story.after["live, two inputs"]["error"]["message"]
 

@@ -246,6 +246,15 @@ class EndpointTable(ProjectTable):
         row = self._read_one(sa.select(_E.key_hash).where(_E.id == endpoint_id))
         return row["key_hash"] if row is not None else _NO_HASH
 
+    def endpoints_opened_by(self, keys: list[str]) -> list[Endpoint]:
+        """The endpoints whose current key is one of ``keys``, in one query whatever the number of endpoints (a
+        key is found by its hash; keys are 256-bit random values, so an equality lookup leaks nothing usable)."""
+        hashes = [hash_key(key) for key in keys if isinstance(key, str)]
+        if not hashes:
+            return []
+        rows = self._read_all(_ENDPOINT_SELECT.where(_E.key_hash.in_(hashes)).order_by(*_ENDPOINT_ORDER))
+        return [_endpoint(row) for row in rows]
+
     def check_endpoint_key(self, endpoint_id: str, key: str) -> bool:
         """Whether ``key`` is the current key of the endpoint (False for an unknown endpoint)."""
         row = self._read_one(sa.select(_E.key_hash).where(_E.id == endpoint_id))

@@ -19,10 +19,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -179,8 +180,32 @@ class Metrics:
     def observer(self, model: str) -> ModelObserver:
         return ModelObserver(self, model)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, named: bool) -> bytes:
+        """The text exposition; ``named`` False: every series summed over its endpoint and model labels."""
+        return generate_latest(self.registry if named else _Unnamed(self.registry))
+
+
+class _Unnamed:
+    """A view of a registry with the ``endpoint`` and ``model`` labels summed away (a histogram's buckets and a
+    counter sum to the same kind of series; the ``_created`` timestamps, which do not sum, are left out)."""
+
+    HIDDEN = frozenset({"endpoint", "model"})
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in self.HIDDEN))
+                sums[(sample.name, labels)] = sums.get((sample.name, labels), 0.0) + sample.value
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            for (name, labels), value in sums.items():
+                merged.add_sample(name, dict(labels), value)
+            yield merged
 
 
 class ModelObserver:

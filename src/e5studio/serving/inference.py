@@ -20,13 +20,14 @@ from starlette.requests import Request
 
 from e5studio.control.keys import verify_key
 from e5studio.control.store import Endpoint, Store
-from e5studio.errors import AuthError, ForbiddenError, InputError
+from e5studio.errors import AuthError, ForbiddenError, InputError, NotFoundError
 from e5studio.serving.batcher import estimate_tokens
 from e5studio.serving.edge import CallRecord
 from e5studio.serving.models import ModelPool
 
 MISSING_KEY = ("missing endpoint key: send the header 'key: <endpoint key>' "
                "(or 'Authorization: Bearer <endpoint key>')")
+INVALID_KEY = "the key is not valid"  # the same for every route and endpoint: it says nothing of what exists
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,25 @@ class InferenceService:
         key) or ForbiddenError (403) otherwise. Read fresh from the store at every call, so a rotated key or a
         deleted endpoint is refused at once on every replica. ``note``: the request's access-log record, which
         names the endpoint once it is found (refusals too)."""
-        endpoint, key_hash = self.store.endpoint_for_call(ref.project, ref.endpoint)  # one query
+        require_keys(keys)  # before any lookup: without a key nothing is learnt of what exists
+        try:
+            endpoint, key_hash = self.store.endpoint_for_call(ref.project, ref.endpoint)  # one query
+        except (NotFoundError, InputError):  # unknown, or a name used in several projects
+            self._require_a_valid_key(keys)
+            raise
         if note is not None:
             note.endpoint, note.endpoint_id = endpoint.name, endpoint.id
-        require_keys(keys)
         if not any([verify_key(key, key_hash) for key in keys]):  # each one checked (constant time)
+            self._require_a_valid_key(keys)
             raise ForbiddenError(f"the key is not valid for endpoint {endpoint.name!r}")
         return endpoint
+
+    def _require_a_valid_key(self, keys: list[str]) -> None:
+        """AuthError (401, the same answer whatever was asked for) unless one of ``keys`` opens some endpoint:
+        a caller without a valid key learns nothing of which projects or endpoints exist; a client with a key
+        of its own is told what is missing (404) or not its own (403)."""
+        if not self.store.endpoints_opened_by(keys):
+            raise AuthError(INVALID_KEY)
 
     async def embed(self, endpoint: Endpoint, texts: list[str], dimensions: object = None,
                     client_left: Callable[[], Awaitable[None]] | None = None,
@@ -129,12 +142,11 @@ class InferenceService:
         """The endpoints ``keys`` open (the admin token opens all); AuthError if none."""
         if not keys:
             raise AuthError("missing key: send 'Authorization: Bearer <endpoint key>'")
-        endpoints = self.store.list_endpoints()
         if any([self.store.check_admin_token(key) for key in keys]):
-            return endpoints
-        endpoints = [e for e in endpoints if any([self.store.check_endpoint_key(e.id, key) for key in keys])]
+            return self.store.list_endpoints()
+        endpoints = self.store.endpoints_opened_by(keys)  # one query, however many endpoints there are
         if not endpoints:
-            raise AuthError("the key is not valid for any endpoint")
+            raise AuthError(INVALID_KEY)
         return endpoints
 
 

@@ -211,11 +211,13 @@ class ModelList(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool  # this replica has loaded (or failed) the model of every endpoint it found at start
-    deploying: list[str]  # endpoints whose model this replica is still loading (or has not started on)
-    endpoints: dict[str, str]  # endpoint -> its status on this replica (Live, Deploying, Failed)
-    reasons: dict[str, str]  # deploying endpoint -> what it is doing (loading, "downloading 412/1,340 MB")
     replica: str  # this replica's id
-    replicas: dict[str, str]  # endpoint -> "ready on N of M replicas" (replicas with a recent heartbeat)
+    counts: dict[str, int]  # status on this replica (Live, Deploying, Failed) -> how many endpoints
+    # with the admin token only (no endpoint is named to anyone else):
+    deploying: list[str] | None = None  # endpoints whose model this replica is still loading (or not started)
+    endpoints: dict[str, str] | None = None  # endpoint -> its status on this replica
+    reasons: dict[str, str] | None = None  # deploying endpoint -> what it is doing ("downloading 412/1,340 MB")
+    replicas: dict[str, str] | None = None  # endpoint -> "ready on N of M replicas" (recent heartbeats)
 
 
 REQUEST_MODELS: list[type[BaseModel]] = [NlpRequest, GenericRequest, V2Request, OpenAIRequest, ProjectCreate,

@@ -33,6 +33,20 @@ def require_admin(request: Request, state: State) -> None:
         raise ForbiddenError("the admin token is not valid")
 
 
+def is_admin(request: Request, state: ServingState) -> bool:
+    """Whether the request carries the admin token (``Authorization: Bearer``), for routes that show more to the
+    admin than to anyone; a wrong token counts as a failed login of the client's address (the same throttle)."""
+    token = bearer_token(request)
+    if token is None:
+        return False
+    address = client_address(request.client)
+    state.login_throttle.check(address)
+    if state.store.check_admin_token(token):
+        return True
+    state.login_throttle.failed(address)
+    return False
+
+
 router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)], responses=errors(*ADMIN_ERRORS))
 
 

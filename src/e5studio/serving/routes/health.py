@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from e5studio.control.replicas import MODEL_FAILED, MODEL_READY
 from e5studio.control.replicas import Readiness as ReplicaCount
 from e5studio.control.store import DEPLOYING, FAILED, LIVE
+from e5studio.serving.routes.admin import is_admin
 from e5studio.serving.schemas import PUBLIC_ERRORS, Readiness, errors
 from e5studio.serving.state import State
 
@@ -24,10 +25,11 @@ async def health() -> dict[str, Any]:
 
 @router.get("/ready", response_model=Readiness,
             responses={**errors(*PUBLIC_ERRORS), 503: {"model": Readiness, "description": "still deploying"}})
-async def ready(state: State) -> JSONResponse:
+async def ready(request: Request, state: State) -> JSONResponse:
     """Whether this replica has the models of the endpoints it serves: 503 until every model found at start is
     loaded here (or failed); then 200 (an endpoint created later answers 503 Deploying on a replica still
-    loading it, without taking the replica out of its load balancer)."""
+    loading it, without taking the replica out of its load balancer). Anyone gets the verdict and the counts
+    of endpoints by status; the endpoints' names, reasons and replica counts only with the admin token."""
     pool = state.pool
     endpoints = state.store.list_endpoints()
     here = {e.id: pool.state(e) for e in endpoints}
@@ -37,13 +39,18 @@ async def ready(state: State) -> JSONResponse:
     replicas = state.store.list_replicas()
     counts = {e.name: str(ReplicaCount(sum(r.endpoints.get(e.id) == MODEL_READY for r in replicas), len(replicas)))
               for e in endpoints}
-    body = {"ready": ready, "deploying": [e.name for e in deploying],
-            "endpoints": {e.name: status.get(here[e.id] or "", DEPLOYING) for e in endpoints},
-            "reasons": {e.name: e.status_reason for e in deploying}, "replica": pool.replica_id,
-            "replicas": counts}
+    named = {e.name: status.get(here[e.id] or "", DEPLOYING) for e in endpoints}
+    body: dict[str, Any] = {"ready": ready, "replica": pool.replica_id,
+                            "counts": {s: sum(v == s for v in named.values()) for s in (LIVE, DEPLOYING, FAILED)}}
+    if is_admin(request, state):
+        body.update({"deploying": [e.name for e in deploying], "endpoints": named,
+                     "reasons": {e.name: e.status_reason for e in deploying}, "replicas": counts})
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=errors(*PUBLIC_ERRORS))
-async def metrics(state: State) -> Response:
-    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics(request: Request, state: State) -> Response:
+    """Prometheus metrics; series per endpoint and per model only with the admin token (a scraper sends it as its
+    bearer credential), else summed over them: anyone else learns no endpoint or model name."""
+    return Response(state.metrics.render(named=is_admin(request, state)),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")

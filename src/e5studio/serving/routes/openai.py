@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from e5studio.errors import InputError
+from e5studio.errors import AuthError, InputError
 from e5studio.http_body import client_left, float64_rows, parse, read_json, vectors_answer
 from e5studio.serving.edge import call_record
 from e5studio.serving.inference import EndpointRef, Service, request_keys, require_keys
@@ -27,6 +27,8 @@ from e5studio.serving.schemas import (
     body,
     errors,
 )
+from e5studio.serving.state import State
+from e5studio.serving.throttle import client_address
 from e5studio.serving.urls import OPENAI_EMBEDDINGS_PATH, OPENAI_MODELS_PATH
 
 router = APIRouter()
@@ -64,10 +66,18 @@ async def embeddings(request: Request, service: Service) -> Response:
     })
 
 
-@router.get(OPENAI_MODELS_PATH, response_model=None, responses=errors(401, 403, 405, 500, ok=ModelList))
-async def models(request: Request, service: Service) -> dict[str, Any]:
-    """The endpoints this key opens (the admin token lists all)."""
+@router.get(OPENAI_MODELS_PATH, response_model=None, responses=errors(401, 403, 405, 429, 500, ok=ModelList))
+async def models(request: Request, service: Service, state: State) -> dict[str, Any]:
+    """The endpoints this key opens (the admin token lists all). The admin token is checked here too, so a
+    wrong key counts as a failed login of the client's address (the admin API's and web login's throttle)."""
+    address = client_address(request.client)
+    state.login_throttle.check(address)
+    try:
+        endpoints = service.endpoints_for_key(request_keys(request))
+    except AuthError:
+        state.login_throttle.failed(address)
+        raise
     return {"object": "list", "data": [
         {"id": e.name, "object": "model", "owned_by": e.project_name, "precision": e.precision,
          "created": int(datetime.fromisoformat(e.created_at).timestamp())}
-        for e in service.endpoints_for_key(request_keys(request))]}
+        for e in endpoints]}
