@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from e5studio.settings import ServeSettings
 from tests.serving.server import ServerProcess
 
 CSRF_RE = re.compile(r'name="csrf-token" content="([^"]+)"')
@@ -30,8 +31,16 @@ def _login_and_out(server: ServerProcess) -> tuple[str, str]:
         return login.headers["set-cookie"], logout.headers["set-cookie"]
 
 
-@pytest.mark.parametrize(("flags", "secure"), [((), False), (("--cookie-secure",), True),
-                                               (("--public-url", "https://e5.example.org"), True)])
+def test_an_https_public_url_means_secure_cookies_unless_told_otherwise() -> None:
+    assert not ServeSettings().secure_cookies
+    assert not ServeSettings(public_url="http://e5.example.org").secure_cookies
+    assert ServeSettings(public_url="https://e5.example.org").secure_cookies
+    assert ServeSettings(public_url="HTTPS://e5.example.org").secure_cookies
+    assert not ServeSettings(public_url="https://e5.example.org", cookie_secure=False).secure_cookies
+    assert ServeSettings(cookie_secure=True).secure_cookies
+
+
+@pytest.mark.parametrize(("flags", "secure"), [((), False), (("--cookie-secure",), True)])
 def test_cookie_attributes(tmp_path: Path, flags: tuple[str, ...], secure: bool) -> None:
     server = ServerProcess(tmp_path / "data", tmp_path / "logs", *flags, sqlite=True)
     server.start()

@@ -31,7 +31,7 @@ def _sigterm_while_deploying(data_dir: Path, log: Path) -> tuple[int, bool, str]
                 except httpx.TransportError:
                     time.sleep(0.02)
                     continue
-                deploying = answer.status_code == 503 and bool(answer.json()["deploying"])
+                deploying = answer.status_code == 503 and answer.json()["counts"]["Deploying"] > 0
                 break
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(120)
