@@ -57,6 +57,16 @@ class UnavailableError(E5StudioError):
     """The target exists but cannot serve now (endpoint deploying or failed)."""
 
 
+class StoreUnavailableError(UnavailableError):
+    """The control store cannot be reached or did not answer within its bound (HTTP 503 with Retry-After).
+
+    Retryable: nothing was changed by the call that met it."""
+
+    def __init__(self, message: str, retry_after_s: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class PayloadTooLargeError(InputError):
     """The request body is over the server's limit."""
 

@@ -197,6 +197,38 @@ def test_endpoint_for_call_reads_what_get_and_find_read(store: Store) -> None:
         store.endpoint_for_call("a", hostile)
 
 
+@pytest.mark.parametrize("ref", ["a\x00b", "\x00", "alpha\n", "", "x" * 65, "\u00e9t\u00e9"])
+def test_references_that_could_name_nothing_are_not_found_on_every_backend(store: Store, ref: str) -> None:
+    """A reference outside the name rule names nothing: not found, on SQLite and on PostgreSQL alike
+    (PostgreSQL refuses NUL in a text parameter; that was a 500 from the inference route's lookup)."""
+    store.create_project("a")
+    store.create_endpoint("a", "alpha", MODEL, 1)
+    with pytest.raises(NotFoundError):
+        store.endpoint_for_call(None, ref)
+    with pytest.raises(NotFoundError):
+        store.endpoint_for_call("a", ref)
+    with pytest.raises(NotFoundError):
+        store.endpoint_for_call(ref, "alpha")
+    for lookup in (store.get_project, store.find_endpoint, store.get_endpoint_by_id, store.get_dataset,
+                   store.get_job):
+        with pytest.raises(NotFoundError):
+            lookup(ref)
+    with pytest.raises(NotFoundError):
+        store.get_endpoint("a", ref)
+
+
+def test_a_value_the_database_cannot_hold_is_an_input_error(store: Store) -> None:
+    """The backstop under every statement: a NUL character reaching PostgreSQL is the caller's error (400), not
+    a crash; SQLite holds it."""
+    store.create_project("a")
+    endpoint, _ = store.create_endpoint("a", "alpha", MODEL, 1)
+    if store.is_sqlite:
+        assert store.check_endpoint_key(endpoint.id, "k\x00") is False
+    else:
+        with pytest.raises(InputError, match="store refused a value"):
+            store.update_job("j\x00", status_reason="x")
+
+
 def test_set_status_and_delete(store: Store) -> None:
     store.create_project("p")
     endpoint, key = store.create_endpoint("p", "ep", MODEL, 1)

@@ -54,8 +54,20 @@ def new_id() -> str:
     return secrets.token_hex(8)
 
 
+def could_name(ref: object) -> bool:
+    """Whether ``ref`` could be a name or an id the store holds (both follow :data:`NAME_PATTERN`): a reference
+    that could not is not found without a query (PostgreSQL refuses NUL characters in any text parameter)."""
+    return isinstance(ref, str) and _NAME_RE.fullmatch(ref) is not None
+
+
+def as_lookup(ref: object) -> str:
+    """``ref`` as a query parameter of a lookup by name or id: itself, or "" (which names nothing) when it could
+    not be a name or an id, so the lookup finds nothing and says so, on every backend."""
+    return ref if isinstance(ref, str) and could_name(ref) else ""
+
+
 def check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):  # fullmatch: "$" would let "name\n" in
+    if not could_name(name):  # fullmatch: "$" would let "name\n" in
         raise InputError(
             f"invalid {kind} name {name!r}: use 1-64 characters, letters, digits, '_', '.' or '-', "
             f"starting with a letter or digit (pattern {NAME_PATTERN})"
@@ -112,6 +124,25 @@ def _use_wal(cursor: Any) -> None:
             raise sqlite3.OperationalError("database is locked: could not switch the store to WAL mode "
                                            f"within {_BUSY_TIMEOUT_S:.0f} s")
         time.sleep(0.02)
+
+
+@contextmanager
+def _refused_values() -> Iterator[None]:
+    """A value the database cannot hold (PostgreSQL: a NUL character in text) is the caller's input error, not a
+    crash; the lookups avoid it (:func:`as_lookup`), this is the backstop for every other statement."""
+    try:
+        yield
+    except (sa.exc.DataError, sqlite3.DataError) as exc:
+        raise InputError(f"the store refused a value of the request: {_first_line(exc)}") from exc
+    except Exception as exc:
+        if type(exc).__name__ == "DataError":  # the driver's own, through a raw connection (psycopg.DataError)
+            raise InputError(f"the store refused a value of the request: {_first_line(exc)}") from exc
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Database:
@@ -200,7 +231,7 @@ class Database:
         SQLite: under this process's lock, begun with ``BEGIN IMMEDIATE`` (one writer across processes).
         PostgreSQL: ``serial`` transactions take the store's advisory lock first (one at a time across
         replicas), so a check and the write it guards see no concurrent change."""
-        with self._lock if self.is_sqlite else nullcontext(), self._engine.connect() as conn:
+        with _refused_values(), self._lock if self.is_sqlite else nullcontext(), self._engine.connect() as conn:
             if self.is_sqlite:
                 conn.execution_options(**{_IMMEDIATE: True})
             with conn.begin():
@@ -211,7 +242,7 @@ class Database:
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A connection for reads (a pooled one; in memory, the one connection under the lock)."""
-        with self._lock if self.in_memory else nullcontext(), self._engine.connect() as conn:
+        with _refused_values(), self._lock if self.in_memory else nullcontext(), self._engine.connect() as conn:
             yield conn
 
     def _driver_read(self, statement: sa.Select[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -232,7 +263,7 @@ class Database:
         sql, compiled = found
         values = compiled.construct_params(params)
         args: Any = [values[name] for name in compiled.positiontup or ()] if compiled.positional else values
-        with self._lock if self.in_memory else nullcontext():
+        with _refused_values(), self._lock if self.in_memory else nullcontext():
             raw = self._engine.raw_connection()
             try:
                 cursor = raw.cursor()

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import sqlalchemy as sa
 
-from e5studio.control.database import Database, check_name, new_id, now
+from e5studio.control.database import Database, as_lookup, check_name, new_id, now
 from e5studio.control.schema import datasets
 from e5studio.errors import InputError, NotFoundError
 
@@ -67,13 +67,13 @@ class DatasetTable(Database):
     def get_dataset(self, ref: str) -> Dataset:
         """A dataset by id, by ``name@version``, or by name (its newest version)."""
         name, _, version = ref.rpartition("@") if "@" in ref else (ref, "", "")
-        newest = sa.select(datasets).where(_D.name == name).order_by(_D.version.desc()).limit(1)
+        newest = sa.select(datasets).where(_D.name == as_lookup(name)).order_by(_D.version.desc()).limit(1)
         with self._read() as conn:
-            row = conn.execute(sa.select(datasets).where(_D.id == ref)).mappings().first()
+            row = conn.execute(sa.select(datasets).where(_D.id == as_lookup(ref))).mappings().first()
             if row is None and version:
                 if not version.isdigit():
                     raise InputError(f"dataset reference {ref!r}: the version after '@' must be a number")
-                row = conn.execute(sa.select(datasets).where(_D.name == name, _D.version == int(version))
+                row = conn.execute(sa.select(datasets).where(_D.name == as_lookup(name), _D.version == int(version))
                                    ).mappings().first()
             elif row is None:
                 row = conn.execute(newest).mappings().first()

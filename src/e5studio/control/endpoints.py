@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from e5studio.control.database import check_name, new_id, now
+from e5studio.control.database import as_lookup, check_name, new_id, now
 from e5studio.control.keys import ENDPOINT_KEY_PREFIX, display_prefix, hash_key, new_key, verify_key
 from e5studio.control.projects import ProjectTable, id_first
 from e5studio.control.schema import endpoints, projects
@@ -164,9 +164,9 @@ class EndpointTable(ProjectTable):
         with self._read() as conn:
             project = self._get_project(conn, project_ref)
             row = conn.execute(
-                _ENDPOINT_SELECT.where(_E.project_id == project.id, sa.or_(_E.id == endpoint_ref,
-                                                                           _E.name == endpoint_ref))
-                .order_by(id_first(_E.id, endpoint_ref)).limit(1)
+                _ENDPOINT_SELECT.where(_E.project_id == project.id, sa.or_(_E.id == as_lookup(endpoint_ref),
+                                                                           _E.name == as_lookup(endpoint_ref)))
+                .order_by(id_first(_E.id, as_lookup(endpoint_ref))).limit(1)
             ).mappings().first()
         if row is None:
             raise NotFoundError(f"endpoint {endpoint_ref!r} not found in project {project.name!r}{ENDPOINT_HINT}")
@@ -178,7 +178,7 @@ class EndpointTable(ProjectTable):
 
     @staticmethod
     def _get_endpoint_by_id(conn: Connection, endpoint_id: str) -> Endpoint:
-        row = conn.execute(_ENDPOINT_SELECT.where(_E.id == endpoint_id)).mappings().first()
+        row = conn.execute(_ENDPOINT_SELECT.where(_E.id == as_lookup(endpoint_id))).mappings().first()
         if row is None:
             raise NotFoundError(f"endpoint {endpoint_id!r} not found{ENDPOINT_HINT}")
         return _endpoint(row)
@@ -186,10 +186,11 @@ class EndpointTable(ProjectTable):
     def find_endpoint(self, ref: str) -> Endpoint:
         """The endpoint with id ``ref``, else the one endpoint named ``ref`` in any project."""
         with self._read() as conn:
-            row = conn.execute(_ENDPOINT_SELECT.where(_E.id == ref)).mappings().first()
+            row = conn.execute(_ENDPOINT_SELECT.where(_E.id == as_lookup(ref))).mappings().first()
             if row is not None:
                 return _endpoint(row)
-            rows = conn.execute(_ENDPOINT_SELECT.where(_E.name == ref).order_by(*_ENDPOINT_ORDER)).mappings().all()
+            named = _ENDPOINT_SELECT.where(_E.name == as_lookup(ref)).order_by(*_ENDPOINT_ORDER)
+            rows = conn.execute(named).mappings().all()
         if not rows:
             raise NotFoundError(f"endpoint {ref!r} not found{ENDPOINT_HINT}")
         if len(rows) > 1:
@@ -231,10 +232,11 @@ class EndpointTable(ProjectTable):
         hash (:func:`.keys.verify_key`). Not found or ambiguous: the errors of :meth:`get_endpoint` /
         :meth:`find_endpoint`."""
         if project_ref is None:
-            rows = self._driver_read(_ENDPOINT_FOR_BARE_CALL, {"endpoint_ref": endpoint_ref})
+            rows = self._driver_read(_ENDPOINT_FOR_BARE_CALL, {"endpoint_ref": as_lookup(endpoint_ref)})
             found = rows[0] if rows and (len(rows) == 1 or rows[0]["id"] == endpoint_ref) else None
         else:
-            rows = self._driver_read(_ENDPOINT_FOR_CALL, {"project_ref": project_ref, "endpoint_ref": endpoint_ref})
+            rows = self._driver_read(_ENDPOINT_FOR_CALL, {"project_ref": as_lookup(project_ref),
+                                                          "endpoint_ref": as_lookup(endpoint_ref)})
             found = rows[0] if rows else None
         if found is None:  # the slow paths say exactly what is missing or ambiguous
             endpoint = (self.find_endpoint(endpoint_ref) if project_ref is None

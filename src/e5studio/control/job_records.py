@@ -32,7 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from e5studio.control.database import Database, new_id, now
+from e5studio.control.database import Database, as_lookup, new_id, now
 from e5studio.control.schema import datasets, jobs
 from e5studio.errors import ConflictError, InputError, NotFoundError
 
@@ -297,7 +297,7 @@ class JobTable(Database):
             return self._locked_job(conn, job_id)
 
     def get_job(self, job_id: str) -> JobRecord:
-        row = self._read_one(sa.select(jobs).where(_J.id == job_id))
+        row = self._read_one(sa.select(jobs).where(_J.id == as_lookup(job_id)))
         if row is None:
             raise NotFoundError(f"job {job_id!r} not found{JOB_HINT}")
         return _job(row)

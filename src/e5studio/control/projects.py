@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from e5studio.control.database import Database, check_name, new_id, now
+from e5studio.control.database import Database, as_lookup, check_name, new_id, now
 from e5studio.control.schema import projects
 from e5studio.errors import ConflictError, NotFoundError
 
@@ -53,8 +53,8 @@ class ProjectTable(Database):
     @staticmethod
     def _get_project(conn: Connection, ref: str) -> Project:
         row = conn.execute(
-            sa.select(projects).where(sa.or_(projects.c.id == ref, projects.c.name == ref))
-            .order_by(id_first(projects.c.id, ref)).limit(1)
+            sa.select(projects).where(sa.or_(projects.c.id == as_lookup(ref), projects.c.name == as_lookup(ref)))
+            .order_by(id_first(projects.c.id, as_lookup(ref))).limit(1)
         ).mappings().first()
         if row is None:
             raise NotFoundError(f"project {ref!r} not found: create it with `e5studio projects create NAME` (or on "

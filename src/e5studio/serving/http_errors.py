@@ -59,7 +59,7 @@ def describe(exc: BaseException, method: str, path: str) -> ErrorAnswer:
     if isinstance(exc, errors.E5StudioError):
         status, kind = status_for(exc)
         headers = {}
-        if isinstance(exc, errors.CapacityError):
+        if isinstance(exc, errors.CapacityError | errors.StoreUnavailableError):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         return ErrorAnswer(status, kind, str(exc), headers)
     if isinstance(exc, HTTPException):
