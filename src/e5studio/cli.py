@@ -28,6 +28,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     texts = list(args.texts) if args.texts else [line.rstrip("\r\n") for line in sys.stdin]
     embedder = Embedder.load(engine_settings(args))
+    if args.verbose:  # on stderr: stdout stays the JSON
+        print(f"e5studio: {embedder.checkpoint.path}: {embedder.runtime}", file=sys.stderr, flush=True)
     vectors = embedder.embed(texts, input_type=args.input_type)
     json.dump({"data": vectors.tolist()}, sys.stdout)
     sys.stdout.write("\n")
@@ -290,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(embed)
     embed.add_argument("--input-type", choices=["query", "passage"], default=None,
                        help="add the E5 prefix ('query: ' / 'passage: ') where missing; default: texts as given")
+    embed.add_argument("--verbose", action="store_true", help="say on stderr which precision and kernels compute")
     embed.add_argument("texts", nargs="*", metavar="TEXT")
     embed.set_defaults(func=cmd_embed)
+    from e5studio.retrieval import precision_check
+
+    precision_check.add_parser(sub)
 
     serve = sub.add_parser("serve", help="run the endpoint server (SambaStudio- and OpenAI-compatible)",
                            description="Serve every endpoint in the data directory; with none yet, create a default "

@@ -35,11 +35,13 @@ def add_prefix(text: str, input_type: str | None) -> str:
     return text if not prefix or text.startswith(prefix) else prefix + text
 
 
-# inference precisions of the engine (``--precision``); the store and the web form offer the same list
-PRECISIONS = ("fp32", "int8")
+# inference precisions of the engine (``--precision``), the words the store accepts; which of them a machine
+# offers (bf16 only where the CPU has native bf16) is the engine's to say (``engine/cpu.py``)
+PRECISIONS = ("fp32", "bf16", "int8")
 DEFAULT_PRECISION = "fp32"
 PRECISION_HELP = {
     "fp32": "fp32: the model's own arithmetic (exact vectors)",
+    "bf16": "bf16 (CPUs with native bf16): dense layers in bf16 with fp32 sums, vectors within cosine 0.9999 of fp32",
     "int8": "int8 (CPU): dense layers in int8, faster, vectors within cosine 0.99 of fp32",
 }
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from e5studio.engine import int8_kernels, runtimes
+from e5studio.engine import int8_kernels, onnx_graph, runtimes
 from e5studio.engine.bert import LayersRuntime, pack
 from e5studio.engine.calibration import CALIBRATION_TEXTS
 from e5studio.engine.checkpoint import load_checkpoint
@@ -25,15 +25,29 @@ from tests.reference import row_cosines, words_text
 pytestmark = pytest.mark.skipif(not int8_kernels.available(), reason="this torch build has no FBGEMM kernels")
 
 
+needs_ort = pytest.mark.skipif(not onnx_graph.available(), reason="ONNX Runtime is not installed")
+
+
 @pytest.fixture(scope="module")
 def minilm_int8(minilm_dir: Path) -> Embedder:
     return Embedder.load(EngineSettings(model=str(minilm_dir), device="cpu", precision="int8"))
 
 
-def test_int8_loads_the_int8_runtime(minilm_int8: Embedder) -> None:
-    assert (minilm_int8.plan.large.name, minilm_int8.plan.few) == ("cpu-int8", None)
-    assert minilm_int8.precision == "int8"
-    assert "cpu-int8" in minilm_int8.runtime
+@pytest.fixture(scope="module")
+def minilm_int8_torch(minilm_dir: Path) -> Embedder:
+    return Embedder.load(EngineSettings(model=str(minilm_dir), device="cpu", precision="int8", cpu_runtime="torch"))
+
+
+def test_int8_loads_the_int8_runtime(minilm_int8: Embedder, minilm_int8_torch: Embedder) -> None:
+    compiled = "onnxruntime-int8" if onnx_graph.available() else "cpu-int8"
+    assert (minilm_int8.plan.large.name, minilm_int8.plan.few) == (compiled, None)
+    assert (minilm_int8_torch.plan.large.name, minilm_int8_torch.plan.few) == ("cpu-int8", None)
+    for embedder in (minilm_int8, minilm_int8_torch):
+        assert embedder.precision == "int8"
+        assert embedder.runtime.startswith("int8: ")
+        # only the int8 copy of the dense weights is held: the encoder's fp32 ones are released
+        assert all(getattr(layer, name).weight.numel() == 0 for layer in embedder.encoder.layers
+                   for name in ("qkv", "attn_out", "ffn_in", "ffn_out"))
 
 
 def test_quality_gate_on_minilm(minilm_embedder: Embedder, minilm_int8: Embedder, scifact_passages: list[str],
@@ -52,15 +66,55 @@ def test_quality_gate_on_minilm(minilm_embedder: Embedder, minilm_int8: Embedder
     assert p.mean() < 0.99999  # int8 really ran (not fp32 under another name)
 
 
-def test_a_text_alone_equals_the_same_text_in_a_mixed_batch(minilm_int8: Embedder,
+def test_a_text_alone_equals_the_same_text_in_a_mixed_batch(minilm_int8: Embedder, minilm_int8_torch: Embedder,
                                                             scifact_passages: list[str]) -> None:
-    """Activations are quantized per row: a row never depends on its neighbours."""
+    """Activations are quantized per row: a row never depends on its neighbours. On FBGEMM (attention per
+    sequence) the rows are equal; on the compiled graph (padded attention) within cosine 0.9999."""
     texts = ["query: how do statins lower cholesterol", "a", words_text(scifact_passages, 600),
              *scifact_passages[:12], "query: p53"]
-    together = minilm_int8.embed(texts)
-    alone = np.concatenate([minilm_int8.embed([t]) for t in texts])
-    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=0, atol=1e-5)
+    for embedder in (minilm_int8_torch, minilm_int8):
+        together = embedder.embed(texts)
+        alone = np.concatenate([embedder.embed([t]) for t in texts])
+        np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=0, atol=1e-5)
+        if embedder is minilm_int8_torch:
+            np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+        assert row_cosines(together, alone).min() >= 0.9999, embedder.runtime
+
+
+@needs_ort
+def test_the_compiled_dense_layer_is_the_fbgemm_layer() -> None:
+    """One int8 dense layer in the graph (int8_graph.dense_op) computes what Int8Linear computes, from the same
+    quantized weights, to float32 rounding (the integer sums are exact in both)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from e5studio.engine.int8_graph import dense_op
+
+    gen = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(512, 384, generator=gen) * 0.05, torch.randn(512, generator=gen)
+    x = torch.randn(20, 384, generator=gen)
+    x[:, 7] *= 30  # an outlier channel
+    layer = int8_kernels.Int8Linear(weight, bias, x.abs().amax(dim=0))
+    q, scales = layer.quantized()
+    assert layer.inv_smooth is not None
+    nodes: list[object] = []
+
+    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    out = dense_op(frozenset({"l"}))(node, "x", "l")
+    tensors = {"l.qweight": q.t().contiguous(), "l.w_scale": scales, "l.column_sums": layer.column_sums,
+               "l.bias": bias, "l.inv_smooth": layer.inv_smooth, "axis_1": torch.tensor([1]),
+               "tiny": torch.tensor(1e-12), "activation_max": torch.tensor(127.0)}
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 384])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(t.numpy(), n) for n, t in tensors.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=onnx.IR_VERSION)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, layer(x.clone()).numpy(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(64, 48), (384, 1536), (1536, 384)])

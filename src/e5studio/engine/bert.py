@@ -303,6 +303,35 @@ class FewRowsKernels(ManyRowsKernels):
         return attend(qkv, batch, self.num_heads, kernel=small_attention)
 
 
+class Bf16Kernels(ManyRowsKernels):
+    """One layer's kernels in bf16 (CPUs with native bf16 only: elsewhere oneDNN emulates it, ~100x slower):
+    each dense weight held in bf16 alone (the fp32 copy is released), the input rounded to bf16, the product
+    summed in fp32 by oneDNN's bf16 matmul and returned as bf16, then widened; bias, activation, residual,
+    attention and LayerNorm in fp32, as is pooling."""
+
+    def __init__(self, layer: EncoderLayer) -> None:
+        super().__init__(layer)
+        self.bf16 = {n: w.to(torch.bfloat16) for n, (w, _) in self.weights.items()}  # [out, in] each
+        self.bias = {n: b for n, (_, b) in self.weights.items()}
+        self.weights = {}
+
+    def dense(self, x: torch.Tensor, name: str, activation: bool = False,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+        y = F.linear(x.to(torch.bfloat16), self.bf16[name]).float().add_(self.bias[name])  # [T, out] fp32
+        if activation:
+            return activate_(y, self.activation)
+        return y if residual is None else y.add_(residual)
+
+
+def release_dense_weights(encoder: BertEncoder) -> None:
+    """Drop the encoder's fp32 dense weights (the bf16 and int8 kernel sets hold their own copies): each becomes
+    an empty tensor, so a kernel set built afterwards from them fails loudly instead of computing zeros."""
+    for layer in encoder.layers:
+        for name in DENSE_LAYERS:
+            module = getattr(layer, name)
+            module.weight = torch.nn.Parameter(torch.empty(0, dtype=module.weight.dtype), requires_grad=False)
+
+
 class LayersRuntime:
     """A CPU runtime: the encoder's input layer, then :func:`bert_block` over one kernel set per layer, then
     :func:`pool`. Token ids in, float32 [b, d] unit rows out."""

@@ -121,8 +121,8 @@ class Embedder:
 
     @property
     def precision(self) -> str:
-        """``int8`` when the dense layers compute in int8, else ``fp32`` (also for fp16/bf16 on GPU: see dtype)."""
-        return "int8" if self.plan.large.name == "cpu-int8" else "fp32"
+        """What the dense layers compute in: ``fp32`` (also for fp16/bf16 on GPU: see dtype), ``bf16`` or ``int8``."""
+        return self.plan.precision
 
     def tokenize(self, texts: Sequence[str], input_type: str | None = None) -> list[np.ndarray]:
         if isinstance(texts, str):

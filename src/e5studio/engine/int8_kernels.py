@@ -81,6 +81,12 @@ class Int8Linear:
         self.column_sums = dequantized.sum(dim=1)  # [out]: what a row offset adds to every output
         self.bias = bias
 
+    def quantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight as FBGEMM holds it (no copy is kept here): int8 [out, in] and fp32 per-channel scales
+        [out] (smoothing factors already applied)."""
+        qweight, _ = torch.ops.quantized.linear_unpack(self.packed)
+        return qweight.int_repr(), qweight.q_per_channel_scales().float()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """[T, in] fp32 -> [T, out] fp32 (overwrites ``x`` when the layer is not smoothed)."""
         if self.inv_smooth is not None:
@@ -101,6 +107,7 @@ class Int8Kernels(ManyRowsKernels):
         ranges = input_ranges or {}
         self.linear = {name: Int8Linear(*self.weights[name], ranges.get(name) if name in SMOOTHED else None)
                        for name in DENSE_LAYERS}
+        self.weights = {}  # the int8 layers hold all they need: no fp32 copy kept
 
     def dense(self, x: torch.Tensor, name: str, activation: bool = False,
               residual: torch.Tensor | None = None) -> torch.Tensor:

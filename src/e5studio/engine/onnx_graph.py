@@ -126,14 +126,15 @@ class GraphKernels:
 
 
 def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None = None,
-                dense_op: DenseOp | None = None) -> Any:
+                dense_op: DenseOp | None = None, embedded: frozenset[str] = frozenset()) -> Any:
     """The encoder as an ``onnx.ModelProto``: inputs ``input_ids`` int64 [B, L], ``positions`` int64 [L],
     ``key_bias`` float32 [B, 1, 1, L] (0 for a real key, -inf for padding); output ``hidden`` float32
     [B*L, d], the last hidden state of every position. Weights are external-data placeholders (no bytes):
     ``weights`` by graph name (default :func:`encoder_weights`); ``dense_op`` emits a dense layer's nodes
-    in place of ``Gemm`` (the int8 graph)."""
+    in place of ``Gemm`` (the int8 graph); the tensors named in ``embedded`` are stored in the model (bytes
+    copied: the session then owns them)."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     config = encoder.config
     d, h = config.hidden_size, config.num_attention_heads
@@ -153,8 +154,12 @@ def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None
         initializers.append(helper.make_tensor(name, dtype, [], [value]))
         return name
 
-    onnx_types = {torch.float32: TensorProto.FLOAT, torch.int8: TensorProto.INT8, torch.uint8: TensorProto.UINT8}
+    onnx_types = {torch.float32: TensorProto.FLOAT, torch.int8: TensorProto.INT8, torch.uint8: TensorProto.UINT8,
+                  torch.int64: TensorProto.INT64}
     for name, tensor in (encoder_weights(encoder) if weights is None else weights).items():  # no bytes here
+        if name in embedded:
+            initializers.append(numpy_helper.from_array(tensor.numpy(), name))
+            continue
         proto = TensorProto(name=name, data_type=onnx_types[tensor.dtype], dims=list(tensor.shape))
         proto.data_location = TensorProto.EXTERNAL
         proto.external_data.add(key="location", value="e5studio-encoder-weights")
@@ -200,14 +205,15 @@ class OrtRuntime:
     name = "onnxruntime"
 
     def __init__(self, encoder: BertEncoder, threads: int, weights: Mapping[str, torch.Tensor] | None = None,
-                 dense_op: DenseOp | None = None) -> None:
+                 dense_op: DenseOp | None = None, embedded: frozenset[str] = frozenset()) -> None:
         import onnxruntime as ort
 
         weights = encoder_weights(encoder) if weights is None else weights
         if any(w.device.type != "cpu" or w.dtype == torch.float16 or w.dtype == torch.bfloat16
                for w in weights.values()):
             raise ValueError("the ONNX Runtime path takes a float32 encoder on the CPU")
-        self._arrays = {k: np.ascontiguousarray(v.numpy()) for k, v in weights.items()}  # views, kept alive
+        self._arrays = {k: np.ascontiguousarray(v.numpy()) for k, v in weights.items()  # views, kept alive
+                        if k not in embedded}
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -217,8 +223,12 @@ class OrtRuntime:
         names = list(self._arrays)
         self._values = [ort.OrtValue.ortvalue_from_numpy(self._arrays[n]) for n in names]  # must outlive the session
         options.add_external_initializers(names, self._values)
-        self.session = ort.InferenceSession(build_graph(encoder, weights, dense_op).SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
+        model = build_graph(encoder, weights, dense_op, embedded).SerializeToString()
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        # the Python wrapper keeps the model's bytes (to rebuild the session on a provider fallback, which a
+        # CPU-only session never does): with weights stored in the model that is a second copy of them
+        self.session._model_bytes = None
+        del model
         self.threads = threads
 
     def padded_hidden(self, input_ids: np.ndarray, key_bias: np.ndarray) -> np.ndarray:
