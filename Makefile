@@ -9,7 +9,7 @@ MODEL ?= all-minilm-l6-v2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: browser install serve run test test-postgres test-fast test-slow lint bench bench-serve e5-large-shape clean
+.PHONY: browser install serve run test test-postgres test-fast test-slow lint bench bench-serve bench-peers e5-large-shape clean
 
 # torch first, from the CPU build on this disk, where no torch is present; then the project with its extras.
 $(VENV)/.installed: pyproject.toml
@@ -58,6 +58,13 @@ e5-large-shape: install
 
 bench: install e5-large-shape
 	$(PY) benchmarks/throughput.py
+
+# the peers (OpenVINO + NNCF, ONNX Runtime, CTranslate2) in their own venv, never the product's dependencies
+benchmarks/.peers-venv/.installed: scripts/make_peers_venv.sh
+	scripts/make_peers_venv.sh $(PY) benchmarks/.peers-venv
+
+bench-peers: install e5-large-shape benchmarks/.peers-venv/.installed
+	$(PY) benchmarks/peers.py
 
 bench-serve: install e5-large-shape
 	$(PY) benchmarks/serve_load.py

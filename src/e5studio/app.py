@@ -212,7 +212,11 @@ def first_start(store: Store, settings: ServeSettings, endpoint_name: str) -> li
 def start_banner(base_url: str, secrets: list[str], where: object) -> str:
     """What ``serve`` prints once the store is open: one block, set apart by blank lines so the secrets shown
     once are not lost among log lines, that ends with the 'Serving on' line."""
+    from e5studio.engine.cpu import cpu_features
+
+    cpu = cpu_features()
     lines = ["", f"Web UI: {base_url}/ui/ (log in with the admin token)", *secrets,
+             f"CPU: {cpu.describe()}; precisions offered here: {', '.join(cpu.precisions)}",
              f"Serving on {base_url} (data in {where})", ""]
     return "\n".join(lines)
 

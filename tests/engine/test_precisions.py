@@ -105,3 +105,17 @@ def test_bf16_gate_on_minilm(minilm_embedder: Embedder, scifact_passages: list[s
         fp32 = score(minilm_embedder, evalset, ("ndcg@10",), 100, "", "").metrics["ndcg@10"]
         got = score(bf16, evalset, ("ndcg@10",), 100, "", "").metrics["ndcg@10"]
         assert abs(got - fp32) <= 0.002, (collection, got, fp32)
+
+
+@pytest.mark.slow
+def test_precision_check_measures_every_precision_offered(capsys: pytest.CaptureFixture[str]) -> None:
+    from e5studio.cli import main
+
+    assert main(["precision-check", "--model", "all-minilm-l6-v2", "--rounds", "1", "--no-prefixes"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in
+            ("fp32", "bf16", "int8")]
+    assert [r[0] for r in rows] == list(cpu_features().precisions), out
+    fp32 = rows[0]
+    assert fp32[5:7] == ["1.00000", "1.00000"]  # fp32 against itself
+    assert all(0.99 <= float(r[5]) <= 1.0 and 0.3 <= float(r[7]) <= 1.0 for r in rows), out

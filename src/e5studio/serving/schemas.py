@@ -201,6 +201,7 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     owned_by: str
     precision: str
+    kernels: str  # the CPU kernel set this replica computes with (engine/cpu.py: CpuFeatures.describe)
     created: int
 
 

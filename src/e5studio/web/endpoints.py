@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from e5studio.control.replicas import MODEL_FAILED, MODEL_READY, Replica
 from e5studio.control.store import LIVE, Endpoint
 from e5studio.engine.checkpoint import ALIASES
+from e5studio.engine.cpu import cpu_features
 from e5studio.errors import InputError
 from e5studio.jobspec import deploy_gate
 from e5studio.vocabulary import INPUT_TYPES, PRECISION_HELP, add_prefix, one_of
@@ -153,7 +154,8 @@ def _endpoint_form(request: Request, status_code: int = 200, error: str = "", **
                 "model_other": "", "batch_size": "32", "precision": ui.settings.engine.precision}
     return render(request, "endpoint_new.html", status_code=status_code, error=error,
                   projects=ui.store.list_projects(), models=model_choices(request), batch_help=BATCH_SIZE_HELP,
-                  precision_help=PRECISION_HELP, gate_refused=error.startswith("deploy gate:"),
+                  precision_help={p: h for p, h in PRECISION_HELP.items() if p in cpu_features().precisions},
+                  gate_refused=error.startswith("deploy gate:"),
                   name_pattern=NAME_INPUT_PATTERN, form={**defaults, **values})
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from e5studio.engine.cpu import cpu_features
 from e5studio.errors import AuthError, InputError
 from e5studio.http_body import client_left, float64_rows, parse, read_json, vectors_answer
 from e5studio.serving.edge import call_record
@@ -77,7 +78,8 @@ async def models(request: Request, service: Service, state: State) -> dict[str, 
     except AuthError:
         state.login_throttle.failed(address)
         raise
+    kernels = cpu_features().describe()
     return {"object": "list", "data": [
-        {"id": e.name, "object": "model", "owned_by": e.project_name, "precision": e.precision,
+        {"id": e.name, "object": "model", "owned_by": e.project_name, "precision": e.precision, "kernels": kernels,
          "created": int(datetime.fromisoformat(e.created_at).timestamp())}
         for e in endpoints]}
