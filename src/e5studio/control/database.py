@@ -152,13 +152,14 @@ class Database:
 
     ``target``: a file path, ``:memory:``, or a URL (:func:`store_url`). ``migrate``: apply the migrations this
     code knows (always refuses a store whose schema is newer than this code: :class:`~e5studio.errors.SchemaError`).
-    ``timeouts``: the bounds on every call (:mod:`.store_guard`); a store that cannot answer within them raises
+    ``timeouts``: the bounds on every call (:mod:`.store_guard`; None: ``$E5STUDIO_STORE_*_TIMEOUT``, which a
+    server gives its job processes, else the defaults); a store that cannot answer within them raises
     :class:`~e5studio.errors.StoreUnavailableError`.
     """
 
     def __init__(self, target: str | Path, *, migrate: bool = True, timeouts: StoreTimeouts | None = None) -> None:
         self.url = store_url(target)
-        self.timeouts = timeouts or StoreTimeouts()
+        self.timeouts = timeouts or StoreTimeouts.from_env()
         self.dialect = self.url.get_backend_name()  # "sqlite" or "postgresql"
         self.is_sqlite = self.dialect == "sqlite"
         database = self.url.database or ""
