@@ -48,7 +48,7 @@ _ANSWERED_SQLSTATES = {"57014", "55P03", "40P01", "40001"}
 _SQLITE_MESSAGES = [
     ("database or disk is full", "cannot be written: its disk is full"),
     ("readonly database", "cannot be written: it (or its directory) is read-only"),
-    ("disk i/o error", "cannot be written: disk I/O error (a full or read-only file system?)"),
+    ("disk i/o error", "cannot be written: a disk I/O error (its file system full or read-only?)"),
     ("unable to open database file", "cannot be opened (its directory is missing, unreadable or read-only)"),
     ("locked", "is busy: another process held its write lock past the busy timeout"),
     ("busy", "is busy: another process held its write lock past the busy timeout"),
