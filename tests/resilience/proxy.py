@@ -2,7 +2,8 @@
 
 - ``forward()``: bytes flow both ways (the normal state);
 - ``hang()``: connections stay open and new ones are accepted, but no byte goes through either way: a server
-  whose processes are stopped (SIGSTOP) or a partition that drops packets;
+  whose processes are stopped (SIGSTOP) or a partition that drops packets (a connection accepted meanwhile gets no
+  upstream connection: the server never sees it; it is reset when forwarding resumes);
 - ``kill()``: every connection is reset and new ones are refused: a server that was killed.
 
 It listens on 127.0.0.1 and forwards to the server's Unix socket (or a TCP address), so only the clients that
@@ -28,6 +29,7 @@ class PgProxy:
         self.mode = FORWARD
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._limbo: list[socket.socket] = []  # accepted while hanging: no upstream
         self._listener: socket.socket | None = None
         self.port = 0
         self._stop = False
@@ -74,6 +76,9 @@ class PgProxy:
     def forward(self) -> None:
         with self._lock:
             self.mode = FORWARD
+            for sock in self._limbo:
+                _reset(sock)
+            self._limbo.clear()
             if self._listener is None:
                 self._open_listener()
         self._wake()
@@ -91,6 +96,9 @@ class PgProxy:
                 for sock in pair:
                     _reset(sock)
             self._pairs.clear()
+            for sock in self._limbo:
+                _reset(sock)
+            self._limbo.clear()
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
@@ -146,6 +154,10 @@ class PgProxy:
             client, _ = listener.accept()
         except OSError:
             return
+        with self._lock:
+            if self.mode == HANG:
+                self._limbo.append(client)
+                return
         try:
             upstream = self._connect_target()
         except OSError:

@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from e5studio.control.migrations import SchemaState, schema_state, upgrade
-from e5studio.control.store_guard import StoreGuard, pg_connect_args
+from e5studio.control.store_guard import StoreGuard, is_driver_outage, pg_connect_args
 from e5studio.errors import InputError, StoreUnavailableError
 from e5studio.jobspec.layout import store_path
 from e5studio.settings import StoreTimeouts
@@ -329,6 +329,10 @@ class Database:
                     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
                 finally:
                     cursor.close()
+            except Exception as exc:
+                if is_driver_outage(exc):  # the connection is lost: discarded, not reset into the pool
+                    raw.invalidate(exc)
+                raise
             finally:
                 raw.close()  # back to the pool, which rolls back whatever the driver began
 

@@ -105,7 +105,8 @@ class _Watchdog:
 WATCHDOG = _Watchdog()
 
 
-def _is_driver_outage(exc: BaseException) -> bool:
+def is_driver_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is the driver's own connection-level error (psycopg's OperationalError, InterfaceError)."""
     return any(cls.__name__ in ("OperationalError", "InterfaceError") and cls.__module__.startswith("psycopg")
                for cls in type(exc).__mro__)
 
@@ -225,7 +226,7 @@ class StoreGuard:
             cause: BaseException = exc
             if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
                 cause = exc.orig
-            outage = isinstance(cause, sqlite3.OperationalError) or _is_driver_outage(cause) \
+            outage = isinstance(cause, sqlite3.OperationalError) or is_driver_outage(cause) \
                 or isinstance(exc, sa.exc.DisconnectionError)
             translated = self._translate(cause, call) if outage else None
             if translated is None:
