@@ -15,8 +15,9 @@ processes of one job at once, sampled from /proc every 50 ms). Targets: 0 other,
 recovery <= 3 s, 0 writes lost, 0 overlapping runs; inference during a store outage succeeds as far as the
 replicas serve from their last state (fail static), else it answers 503 with Retry-After.
 
-A client behaves like a load balancer: a connection refused by a replica that is down (nothing was sent) is
-retried on the other replica; requests cut by the SIGKILL of the replica they were on are counted apart.
+A client behaves like a load balancer: a connection refused by a replica that is down (nothing was sent), or a
+stale keep-alive connection to a replica known to be down, is retried on the other replica; requests cut by the
+SIGKILL of the replica they were on are counted apart.
 
     python benchmarks/chaos.py                  # about three minutes on the tiny test model
     python benchmarks/chaos.py --quick          # shorter phases (the slow test)
@@ -86,6 +87,7 @@ class Run:
     write_outcomes: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     killed_at: dict[str, float] = field(default_factory=dict)  # replica -> when it was SIGKILLed
+    down: set[str] = field(default_factory=set)  # replicas known to be down (killed, not ready again)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -160,6 +162,9 @@ def clients(run: Run, replicas: dict[str, Replica], path: str, key: str,
                         continue
                     except httpx.TransportError as exc:  # sent, and no answer came
                         killed = run.killed_at.get(name)
+                        if name in run.down and (killed is None or sent > killed):
+                            continue  # a stale connection to a replica known to be down: the other one
+
                         outcome = "cut" if killed is not None and sent <= killed <= time.monotonic() else "unanswered"
                         error = f"{name}: {type(exc).__name__}: {exc}"
                         break
@@ -279,11 +284,13 @@ def chaos(args: argparse.Namespace) -> Run:
         fault("(b) PostgreSQL killed and restarted", start, time.monotonic())
 
         start = time.monotonic()  # (c)
+        run.down.add("b")
         run.killed_at["b"] = time.monotonic()
         replicas["b"].stop(signal.SIGKILL)
         replicas["b"].proc = None
         replicas["b"].start()
         replicas["b"].wait_ready()
+        run.down.discard("b")
         run.notes.append(f"(c) replica b took {time.monotonic() - start:.1f} s from SIGKILL to ready again")
         fault("(c) replica b killed and restarted", start, time.monotonic())
 

@@ -40,6 +40,7 @@ from e5studio.settings import StoreTimeouts
 
 log = logging.getLogger("e5studio")
 PROBE_EVERY_S = 0.5  # an open circuit tries the server this often
+MAX_PROBES = 8  # probes waiting at once on a store that does not answer
 WATCH_EVERY_S = 0.05  # the watchdog's tick
 RETRY_AFTER_S = 2.0
 # PostgreSQL errors of a server that answers (a statement or lock wait over the server's own timeout)
@@ -167,20 +168,31 @@ class StoreGuard:
             self._prober.start()
 
     def _probe_loop(self) -> None:
-        while not self._closed:
-            time.sleep(PROBE_EVERY_S)
+        """A probe every PROBE_EVERY_S, each in its own thread (one may wait out its bounds on a store that is
+        still away while the next already finds it back); the first that answers closes the circuit."""
+        answered = threading.Event()
+        in_flight: list[threading.Thread] = []
+
+        def probe() -> None:
             try:
                 assert self._probe is not None
                 self._probe()
-            except Exception:  # noqa: BLE001 - still away: try again
-                continue
-            with self._state:
-                since = self._open_since
-                self._open_since, self._open_reason = None, ""
-            if since is not None:
-                log.warning("the control store %s answers again (after %.1f s)", self.where,
-                            time.monotonic() - since)
-            return
+            except Exception:  # noqa: BLE001 - still away: a later probe tries again
+                return
+            answered.set()
+
+        while not self._closed and not answered.is_set():
+            in_flight = [thread for thread in in_flight if thread.is_alive()]
+            if len(in_flight) < MAX_PROBES:
+                thread = threading.Thread(target=probe, daemon=True, name="e5studio-store-probe")
+                thread.start()
+                in_flight.append(thread)
+            answered.wait(PROBE_EVERY_S)
+        with self._state:
+            since = self._open_since
+            self._open_since, self._open_reason = None, ""
+        if since is not None and answered.is_set():
+            log.warning("the control store %s answers again (after %.1f s)", self.where, time.monotonic() - since)
 
     def close(self) -> None:
         self._closed = True
