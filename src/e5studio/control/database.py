@@ -231,8 +231,12 @@ class Database:
             engine = sa.create_engine("sqlite://", connect_args=args, poolclass=StaticPool)
         else:  # readable by the owner only: sessions and job records are in there
             assert self.path is not None
-            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite's -wal/-shm take its mode
+            try:
+                Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite's -wal/-shm take its mode
+            except OSError as exc:  # a read-only or full file system, a directory of someone else's
+                raise StoreUnavailableError(f"the control store {self.path} cannot be opened for writing: "
+                                            f"{exc.strerror or exc}; retry once it can") from exc
             engine = sa.create_engine(self.url, connect_args=args, pool_size=4, max_overflow=8)
         in_memory = self.in_memory
 

@@ -23,6 +23,7 @@ error names the file; reads are unaffected by what stops writes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -264,6 +265,13 @@ class StoreGuard:
 
     # -- PostgreSQL: the pool's events -----------------------------------------------------------------
 
+    def _expired(self) -> StoreUnavailableError:
+        """A call past its bound (its connection's ping or statement killed by the watchdog) goes no further; the
+        store is away."""
+        reason = f"did not answer within {self.timeouts.statement_s:g} s"
+        self._trip(reason)
+        return self._unavailable(reason)
+
     def install(self, engine: sa.Engine, probe: Callable[[], None]) -> None:
         """Watch ``engine``'s connections (PostgreSQL): each checked-out connection belongs to the call of its
         thread (the watchdog may shut it down), is pinged on checkout unless new, and leaves the call when it
@@ -275,12 +283,24 @@ class StoreGuard:
         def _connect(dbapi_connection: Any, _record: object) -> None:
             fresh.add(id(dbapi_connection))
 
+        @sa.event.listens_for(engine, "do_connect")
+        def _do_connect(_dialect: object, _record: object, _cargs: object, cparams: dict[str, Any]) -> None:
+            """A new connection within a call gets no more than the call's time left (a ping that timed out
+            must not be followed by a full connect timeout)."""
+            call: _Call | None = getattr(self._local, "call", None)
+            if call is None:
+                return
+            left = call.deadline - time.monotonic()
+            if call.expired or left <= 0:
+                raise self._expired()
+            cparams["connect_timeout"] = max(1, min(int(cparams.get("connect_timeout", 1)), math.ceil(left)))
+
         @sa.event.listens_for(engine, "checkout")
         def _checkout(dbapi_connection: Any, _record: object, _proxy: object) -> None:
             call: _Call | None = getattr(self._local, "call", None)
             if call is not None:
                 if call.expired or time.monotonic() >= call.deadline:
-                    raise self._unavailable(f"did not answer within {self.timeouts.statement_s:g} s")
+                    raise self._expired()
                 with WATCHDOG.lock:
                     call.connections[id(dbapi_connection)] = dbapi_connection
             if id(dbapi_connection) in fresh:
