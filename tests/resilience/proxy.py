@@ -18,6 +18,8 @@ import selectors
 import socket
 import struct
 import threading
+import time
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 FORWARD, HANG, KILLED = "forward", "hang", "killed"
@@ -122,32 +124,33 @@ class PgProxy:
 
     def _run(self) -> None:
         while not self._stop:
-            with self._lock:
-                mode = self.mode
-                sockets = [s for pair in self._pairs for s in pair]
-                listener = self._listener
-            readers = [self._wake_r]
-            if listener is not None:
-                readers.append(listener)  # type: ignore[arg-type]
-            if mode == FORWARD:
-                readers.extend(sockets)  # type: ignore[arg-type]
-            selector = selectors.DefaultSelector()
+            try:
+                self._round()
+            except (OSError, ValueError):  # a socket closed by kill() or close() meanwhile: the next round
+                time.sleep(0.01)
+
+    def _round(self) -> None:
+        with self._lock:
+            mode = self.mode
+            sockets = [s for pair in self._pairs for s in pair]
+            listener = self._listener
+        readers: list[Any] = [self._wake_r]
+        if listener is not None:
+            readers.append(listener)
+        if mode == FORWARD:
+            readers.extend(sockets)
+        with selectors.DefaultSelector() as selector:
             for item in readers:
                 selector.register(item, selectors.EVENT_READ)
-            try:
-                events = selector.select(0.5)
-            except (OSError, ValueError):
-                selector.close()
-                continue
-            selector.close()
-            for key, _ in events:
-                item = key.fileobj
-                if item == self._wake_r:
-                    os.read(self._wake_r, 1024)
-                elif item is listener:
-                    self._accept(listener)
-                else:
-                    self._pump(item)  # type: ignore[arg-type]
+            events = selector.select(0.5)
+        for key, _ in events:
+            item = key.fileobj
+            if item == self._wake_r:
+                os.read(self._wake_r, 1024)
+            elif item is listener:
+                self._accept(listener)
+            else:
+                self._pump(item)  # type: ignore[arg-type]
 
     def _accept(self, listener: socket.socket) -> None:
         try:
