@@ -19,6 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from e5studio import __version__
@@ -31,7 +32,7 @@ from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
 from e5studio.serving.allocator import tune_malloc
 from e5studio.serving.batcher import QueueLimits
-from e5studio.serving.edge import Edge, Metrics, call_record
+from e5studio.serving.edge import DirectRoute, Edge, Metrics, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
 from e5studio.serving.inference import Embedded, InferenceService
 from e5studio.serving.inference import install as install_inference
@@ -105,7 +106,8 @@ def create_app(settings: ServeSettings, store: Store,
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
                                                           metrics=metrics, login_throttle=throttle))
     install_inference(app, inference)
-    for error in (E5StudioError, HTTPException, RequestValidationError):
+    handled = (E5StudioError, HTTPException, RequestValidationError)
+    for error in handled:
         app.add_exception_handler(error, _answer_error)
     for module in (sambastudio, openai, health, admin):
         app.include_router(module.router)
@@ -115,8 +117,17 @@ def create_app(settings: ServeSettings, store: Store,
                            endpoint_stats=metrics.endpoint_stats.get, embed=partial(_try_embed, inference),
                            login_guard=throttle))
     app.add_middleware(Edge, metrics=metrics, timeout_s=settings.body_timeout_s, answer=_answer_crash,
-                       unauthenticated=UNAUTHENTICATED_BODIES)
+                       unauthenticated=UNAUTHENTICATED_BODIES, direct=_direct_routes(inference), handled=handled,
+                       answer_error=_answer_error)
     return app
+
+
+def _direct_routes(inference: InferenceService) -> list[DirectRoute]:
+    """The inference routes that take a body (POST), called by the edge itself with the service bound (the
+    other methods of their paths, and ``/v1/models``, go through the framework)."""
+    return [DirectRoute(route, partial(route.endpoint, service=inference))
+            for module in (sambastudio, openai) for route in module.router.routes
+            if isinstance(route, APIRoute) and route.methods == {"POST"}]
 
 
 async def _try_embed(inference: InferenceService, request: Request, endpoint: Endpoint, texts: list[str]) -> Embedded:

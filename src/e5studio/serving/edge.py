@@ -8,6 +8,12 @@ request metrics of the inference routes.
 
 What a request did (its endpoint, how many texts and tokens, the kind of error it got) is written into its
 :class:`CallRecord` as the request proceeds; the edge reads it when the request is over.
+
+The inference routes (:class:`DirectRoute`) are called from here straight away, their dependencies bound once
+when the app is built: the framework's router (which re-checks every included router's route list per
+request), its dependency solving and its exception layers cost more CPU than the rest of a small query. The
+same routes stay declared on the app (the OpenAPI document; any other method goes to the framework and gets its
+405); their errors get the app's one error answer (``answer_error``).
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from e5studio.errors import BodyTimeoutError, PayloadTooLargeError
@@ -48,6 +56,14 @@ class CallRecord:
     error_type: str | None = None
 
 
+@dataclass(frozen=True)
+class DirectRoute:
+    """A route the edge calls itself: ``call(request, **path_params)`` answers it (dependencies bound)."""
+
+    route: BaseRoute  # what matches the request (and names its route in the log and metrics)
+    call: Callable[..., Awaitable[Response]]
+
+
 def call_record(request: Request) -> CallRecord:
     """The record of ``request`` (made on first use; kept in the request's ASGI scope state)."""
     state = request.scope.setdefault("state", {})
@@ -64,15 +80,22 @@ class Edge:
     ``MIN_BODY_RATE``, so a client that sends half a body holds its connection for seconds, not forever.
     ``unauthenticated``: path -> body limit of the routes that read a body before any credential is checked;
     there the deadline is ``timeout_s`` whatever the declared length, and a body over the limit is refused
-    (HTTP 413) before it is read. ``answer``: the error answer of a crash (logs it, JSON 500 with the id)."""
+    (HTTP 413) before it is read. ``answer``: the error answer of a crash (logs it, JSON 500 with the id).
+    ``direct``: routes called from here (see the module's docstring); the exceptions of ``handled`` they raise
+    get ``answer_error``'s answer, as the app's handler gives them."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, timeout_s: float, answer: Answer,
-                 unauthenticated: Mapping[str, int]) -> None:
+                 unauthenticated: Mapping[str, int], direct: Sequence[DirectRoute] = (),
+                 handled: tuple[type[Exception], ...] = (), answer_error: Callable[..., Awaitable[Response]]
+                 | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.answer = answer
         self.unauthenticated = dict(unauthenticated)
+        self.direct = tuple(direct) if answer_error is not None else ()
+        self.handled = handled
+        self.answer_error = answer_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,7 +111,11 @@ class Edge:
                     status = message["status"]
                 await send(message)
 
-            await self.app(scope, self._body_reader(scope, receive), tracked)
+            direct = self._direct_route(scope)
+            if direct is None:
+                await self.app(scope, self._body_reader(scope, receive), tracked)
+            else:
+                await self._call_direct(scope, self._body_reader(scope, receive), tracked, *direct)
         except ClientDisconnect:  # the client left while its body was read: no one to answer
             status, record.error_type = 499, "client_disconnected"
         except Exception as exc:  # noqa: BLE001 - the one place nothing may escape
@@ -99,6 +126,25 @@ class Edge:
             await response(scope, receive, send)
         finally:
             self._note(scope, record, status or 500, time.perf_counter() - started)
+
+    def _direct_route(self, scope: Scope) -> tuple[DirectRoute, dict[str, Any]] | None:
+        """The direct route that fully matches (path and method) the request, with its path parameters."""
+        for direct in self.direct:
+            match, child = direct.route.matches(scope)
+            if match is Match.FULL:
+                return direct, child["path_params"]
+        return None
+
+    async def _call_direct(self, scope: Scope, receive: Receive, send: Send, direct: DirectRoute,
+                           params: dict[str, Any]) -> None:
+        scope["route"], scope["path_params"] = direct.route, params
+        request = Request(scope, receive)
+        try:
+            response = await direct.call(request, **params)
+        except self.handled as exc:
+            assert self.answer_error is not None
+            response = await self.answer_error(request, exc)
+        await response(scope, receive, send)
 
     def _body_reader(self, scope: Scope, receive: Receive) -> Receive:
         """``receive`` under the body's deadline (and, on an unauthenticated route, its size limit)."""
