@@ -34,7 +34,7 @@ from e5studio.serving.allocator import tune_malloc
 from e5studio.serving.batcher import QueueLimits
 from e5studio.serving.edge import DirectRoute, Edge, Metrics, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
-from e5studio.serving.inference import Embedded, InferenceService
+from e5studio.serving.inference import Embedded, EndpointDirectory, InferenceService
 from e5studio.serving.inference import install as install_inference
 from e5studio.serving.models import ModelPool
 from e5studio.serving.replica import HEARTBEAT_S, ReplicaHeartbeat
@@ -96,13 +96,13 @@ def create_app(settings: ServeSettings, store: Store,
     pool = ModelPool(store, settings.engine, metrics, limits, loader=loader, replica_id=Store.new_job_id())
     replica = ReplicaHeartbeat(store, pool, settings.base_url)
     jobs = JobRunner(store, settings.data_dir, lease_s=settings.job_lease_s)
-    inference = InferenceService(store, pool, settings.max_body_bytes)
+    inference = InferenceService(store, pool, settings.max_body_bytes, EndpointDirectory(store, metrics))
     throttle = LoginThrottle(failures=store)  # failed logins counted in the store: every replica throttles them
 
     # no /docs or /redoc: FastAPI's pages load Swagger's script from a public CDN on the UI's own origin, where
     # a changed script could read the UI's pages; /openapi.json is served for any OpenAPI viewer
     app = FastAPI(title="e5studio", version=__version__, docs_url=None, redoc_url=None,
-                  lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica))
+                  lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica, directory=inference.directory))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
                                                           metrics=metrics, login_throttle=throttle))
     install_inference(app, inference)
@@ -118,7 +118,7 @@ def create_app(settings: ServeSettings, store: Store,
                            login_guard=throttle))
     app.add_middleware(Edge, metrics=metrics, timeout_s=settings.body_timeout_s, answer=_answer_crash,
                        unauthenticated=UNAUTHENTICATED_BODIES, direct=_direct_routes(inference), handled=handled,
-                       answer_error=_answer_error)
+                       answer_error=_answer_error, on_write=inference.directory.changed)
     return app
 
 
@@ -136,14 +136,16 @@ async def _try_embed(inference: InferenceService, request: Request, endpoint: En
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner,
-                    replica: ReplicaHeartbeat) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner, replica: ReplicaHeartbeat,
+                    directory: EndpointDirectory) -> AsyncIterator[None]:
+    directory.start()  # the replica's copy of the endpoints and keys, read on a thread from now on
     pool.restore()  # every endpoint of the store starts deploying
     await asyncio.to_thread(replica.beat)  # this replica counts from now on
     await asyncio.to_thread(jobs.recover)  # jobs of a previous server: Interrupted (resumable)
     watcher = asyncio.create_task(_watch(jobs, pool, replica))
     yield
     watcher.cancel()
+    await asyncio.to_thread(directory.close)
     await asyncio.to_thread(jobs.close, JOB_STOP_TIMEOUT_S)  # children record Interrupted
     # models still loading are waited for (exiting while a loader is inside the engine aborts the process);
     # queued requests finish before the workers stop

@@ -43,6 +43,7 @@ access_log = logging.getLogger("e5studio.access")
 Answer = Callable[[Request, Exception, str], Awaitable[Response]]
 MIN_BODY_RATE = 64 * 1024  # bytes/s a client must keep up beyond the base timeout (large uploads)
 _SCOPE_KEY = "call"
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
@@ -82,13 +83,15 @@ class Edge:
     there the deadline is ``timeout_s`` whatever the declared length, and a body over the limit is refused
     (HTTP 413) before it is read. ``answer``: the error answer of a crash (logs it, JSON 500 with the id).
     ``direct``: routes called from here (see the module's docstring); the exceptions of ``handled`` they raise
-    get ``answer_error``'s answer, as the app's handler gives them."""
+    get ``answer_error``'s answer, as the app's handler gives them. ``on_write``: called when the answer to a
+    request that may change something (not GET/HEAD/OPTIONS, not inference) starts, before it is sent."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, timeout_s: float, answer: Answer,
                  unauthenticated: Mapping[str, int], direct: Sequence[DirectRoute] = (),
                  handled: tuple[type[Exception], ...] = (), answer_error: Callable[..., Awaitable[Response]]
-                 | None = None) -> None:
+                 | None = None, on_write: Callable[[], None] | None = None) -> None:
         self.app = app
+        self.on_write = on_write
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.answer = answer
@@ -104,11 +107,15 @@ class Edge:
         started = time.perf_counter()
         record = scope.setdefault("state", {})[_SCOPE_KEY] = CallRecord()
         status = 0  # 0: no answer started
+        writes = self.on_write is not None and scope["method"] not in _READS \
+            and not scope["path"].startswith(INFERENCE_PREFIXES)
         try:
             async def tracked(message: Message) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
+                    if writes:  # what it changed holds for the next request this client sends
+                        self.on_write()  # type: ignore[misc]
                 await send(message)
 
             direct = self._direct_route(scope)
@@ -123,7 +130,7 @@ class Edge:
                 raise
             response = await self.answer(Request(scope, receive), exc, uuid.uuid4().hex[:16])
             status = response.status_code
-            await response(scope, receive, send)
+            await response(scope, receive, tracked)
         finally:
             self._note(scope, record, status or 500, time.perf_counter() - started)
 
@@ -221,6 +228,14 @@ class Metrics:
         self.batch_tokens = Histogram("e5studio_batch_tokens", "Real tokens per engine batch", ["model"],
                                       buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768), registry=r)
 
+        self.store_reachable = Gauge("e5studio_store_reachable", "1 while the control store answers, 0 while "
+                                     "inference is answered from the replica's last copy of it", registry=r)
+        self.store_reachable.set(1)
+        self.store_outages = Counter("e5studio_store_outages", "Times the control store could not be read",
+                                     registry=r)
+        self.fail_static_requests = Counter("e5studio_fail_static_requests", "Inference requests let in from the "
+                                            "replica's last copy of the endpoints and keys (the store away)",
+                                            registry=r)
         self.endpoint_stats = EndpointStats()
 
     def observer(self, model: str) -> ModelObserver:
