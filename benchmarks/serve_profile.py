@@ -51,7 +51,9 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
                                       "torch", "onnxruntime")),
     ("framework (starlette/fastapi: routing, dependencies, request/response)", ("starlette", "fastapi")),
     ("HTTP (uvicorn, httptools)", ("uvicorn", "httptools", "h11")),
-    ("event loop (asyncio/uvloop, sockets)", ("asyncio", "uvloop", "selectors", "socket")),
+    ("event loop (asyncio/uvloop, sockets; without --native also its idle waits)",
+     ("uv__", "UVStream", "loop.c", "_asynciomodule", "asyncio", "uvloop", "selectors", "socket", "write (libc",
+      "read (libc")),
 ]
 
 
@@ -78,7 +80,14 @@ def group(pid: int, tid: int, name: str) -> str:
     return f"other ({name})"
 
 
+IDLE_LEAVES = ("epoll_pwait", "epoll_wait", "pthread_cond_wait", "pthread_cond_timedwait", "sem_wait",
+               "sem_timedwait", "futex", "select (", "poll (")
+IDLE = "idle (waiting: not CPU)"
+
+
 def part_of(stack: list[str]) -> str:
+    if stack and any(leaf in stack[-1] for leaf in IDLE_LEAVES):
+        return IDLE
     for frame in reversed(stack):
         for part, needles in PARTS:
             if any(n in frame for n in needles):
@@ -119,7 +128,8 @@ def profile(model: str, args: argparse.Namespace) -> dict:
             if Path(spy).exists() and not args.no_spy:
                 sampler = subprocess.Popen(
                     [spy, "record", "--pid", str(proc.pid), "--rate", "250", "--format", "raw", "--threads",
-                     "--nonblocking", "--duration", str(int(args.seconds)), "--output", str(raw)],
+                     *(["--native"] if args.native else ["--nonblocking"]), "--duration", str(int(args.seconds)),
+                     "--output", str(raw)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 time.sleep(0.5)
             before = thread_cpu_ns(proc.pid)
@@ -154,6 +164,7 @@ def report(r: dict) -> None:
     loop_ms = cpu.get("event loop (main thread)", 0.0)
     for title, parts, scale in (("event loop, split by py-spy samples", r["loop_parts"], loop_ms),
                                 ("other Python threads, share of their samples", r["rest_parts"], None)):
+        parts = {k: v for k, v in parts.items() if k != IDLE}
         total = sum(parts.values())
         if not total:
             continue
@@ -175,6 +186,8 @@ def main() -> None:
     parser.add_argument("--store", default="", help="a PostgreSQL URL (default: the SQLite file of a new data dir)")
     parser.add_argument("--no-spy", action="store_true", help="only the CPU per thread (no py-spy sampling)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too (pauses the server "
+                        "at each sample, so the figures are slower; for where the event loop's C time goes)")
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
     args = parser.parse_args()
     print(f"CPU: {os.cpu_count()} cores; flags: {' '.join(cpu_flags())}", flush=True)

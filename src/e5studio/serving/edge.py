@@ -190,10 +190,10 @@ class Edge:
             metrics = self.metrics
             if record.endpoint_id:
                 metrics.endpoint_stats.record(record.endpoint_id, status, elapsed)
-            metrics.requests.labels(route, record.endpoint, str(status)).inc()
-            metrics.request_seconds.labels(route).observe(elapsed)
+            metrics.child(metrics.requests, route, record.endpoint, str(status)).inc()
+            metrics.child(metrics.request_seconds, route).observe(elapsed)
             if status >= 400:
-                metrics.failures.labels(route, record.endpoint, record.error_type or str(status)).inc()
+                metrics.child(metrics.failures, route, record.endpoint, record.error_type or str(status)).inc()
         access_log.info(json.dumps({
             "method": scope["method"], "route": route, "status": status, "ms": round(elapsed * 1000, 2),
             "endpoint": record.endpoint, "inputs": record.inputs, "tokens": record.tokens,
@@ -237,6 +237,16 @@ class Metrics:
                                             "replica's last copy of the endpoints and keys (the store away)",
                                             registry=r)
         self.endpoint_stats = EndpointStats()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: prometheus_client checks and locks at every ``labels`` call, which
+        costs more than the observation itself (the series of a metric are few: routes x endpoints x statuses)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observer(self, model: str) -> ModelObserver:
         return ModelObserver(self, model)
@@ -275,17 +285,22 @@ class ModelObserver:
     def __init__(self, metrics: Metrics, model: str) -> None:
         self._m = metrics
         self._model = model
+        self._batch_items = metrics.batch_items.labels(model)
+        self._batch_tokens = metrics.batch_tokens.labels(model)
+        self._compute_seconds = metrics.compute_seconds.labels(model)
+        self._queue_seconds = metrics.queue_seconds.labels(model)
+        self._queue_depth = metrics.queue_depth.labels(model)
 
     def batch_done(self, items: int, tokens: int, compute_s: float) -> None:
-        self._m.batch_items.labels(self._model).observe(items)
-        self._m.batch_tokens.labels(self._model).observe(tokens)
-        self._m.compute_seconds.labels(self._model).observe(compute_s)
+        self._batch_items.observe(items)
+        self._batch_tokens.observe(tokens)
+        self._compute_seconds.observe(compute_s)
 
     def queue_wait(self, seconds: float) -> None:
-        self._m.queue_seconds.labels(self._model).observe(seconds)
+        self._queue_seconds.observe(seconds)
 
     def queue_depth(self, depth: int) -> None:
-        self._m.queue_depth.labels(self._model).set(depth)
+        self._queue_depth.set(depth)
 
 
 @dataclass(frozen=True)
