@@ -26,7 +26,7 @@ from e5studio import __version__
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Endpoint, Store
 from e5studio.engine.embedder import Embedder
-from e5studio.errors import ConflictError, E5StudioError, InputError
+from e5studio.errors import ConflictError, E5StudioError, InputError, StoreUnavailableError
 from e5studio.http_body import client_left
 from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
@@ -80,11 +80,11 @@ def open_store(settings: ServeSettings) -> Store:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _private(settings.data_dir)
     if settings.store:
-        return Store.open(settings.store)
+        return Store.open(settings.store, timeouts=settings.store_timeouts)
     for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):
         if (settings.data_dir / name).exists():
             os.chmod(settings.data_dir / name, 0o600)
-    return Store.open(settings.data_dir / STORE_FILE)
+    return Store.open(settings.data_dir / STORE_FILE, timeouts=settings.store_timeouts)
 
 
 def create_app(settings: ServeSettings, store: Store,
@@ -160,21 +160,25 @@ async def _watch(jobs: JobRunner, pool: ModelPool, replica: ReplicaHeartbeat) ->
     """Every second: the background jobs (ended processes, expired leases, queued jobs), endpoints created on
     another replica (their models load here too); every HEARTBEAT_S: this replica's heartbeat."""
     last_beat = 0.0
+    away: set[str] = set()  # the rounds that met the store away (said once per outage; the store says when back)
     while True:
         await asyncio.sleep(JOB_POLL_S)
+        now = asyncio.get_running_loop().time()
+        beat = now - last_beat >= HEARTBEAT_S
+        last_beat = now if beat else last_beat
         for what, step in (("polling the background jobs", jobs.poll),
-                           ("deploying new endpoints, unloading unused models", pool.sync)):
+                           ("deploying new endpoints, unloading unused models", pool.sync),
+                           ("writing this replica's heartbeat", replica.beat if beat else None)):
             try:
-                await asyncio.to_thread(step)
+                if step is not None:
+                    await asyncio.to_thread(step)
+                    away.discard(what)
+            except StoreUnavailableError as exc:
+                if what not in away:
+                    away.add(what)
+                    log.warning("%s failed: %s", what, exc)
             except Exception:  # a failed round must not end the watching
                 log.exception("%s failed", what)
-        now = asyncio.get_running_loop().time()
-        if now - last_beat >= HEARTBEAT_S:
-            last_beat = now
-            try:
-                await asyncio.to_thread(replica.beat)
-            except Exception:
-                log.exception("writing this replica's heartbeat failed")
 
 
 async def _answer_error(request: Request, exc: Exception, request_id: str | None = None) -> Response:
