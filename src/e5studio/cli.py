@@ -13,6 +13,7 @@ from e5studio import __version__
 from e5studio.engine.flags import add_engine_flags, engine_settings
 from e5studio.errors import E5StudioError, InputError
 from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
+from e5studio.jobs.kb.commands import add_parsers as add_kb_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
 from e5studio.settings import DEFAULT_MODEL, ServeSettings
 from e5studio.vocabulary import PRECISIONS
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parsers(sub)
     add_batch_embed_parsers(sub)
+    add_kb_parsers(sub)
     return parser
 
 
