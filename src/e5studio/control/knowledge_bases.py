@@ -100,7 +100,7 @@ def check_store_url(url: str) -> str:
         raise InputError("--store-url must be a postgres:// or postgresql:// URL")
     if "\x00" in url or any(ord(c) < 32 for c in url):
         raise InputError("--store-url has control characters")
-    if urllib.parse.urlsplit(url).password is not None:
+    if urllib.parse.urlsplit(url).password:
         raise InputError("--store-url must not hold a password (the control store keeps the URL): put it in "
                          "PGPASSWORD or ~/.pgpass")
     return url

@@ -6,7 +6,7 @@ output whose shards carry the chunk columns (``doc_id``, ``chunk``, ``text``, ``
 ``metadata``); only batches whose manifest says complete are read, so a batch being added is invisible until
 it is whole. ``deleted.json`` maps a deleted document id to the last batch it was deleted after (a document
 added again in a later batch is live). In PostgreSQL a version is one table (``id, doc_id, chunk, text,
-start_char, end_char, metadata jsonb, embedding vector(dim)``, HNSW cosine index) named in the version record.
+start_char, end_char, metadata jsonb, embedding vector(dim)``, HNSW cosine index) named in the version record; a filtered search needs pgvector 0.8 or later (iterative index scans).
 
 A search names one version and reads only it: a search never mixes versions.
 """
@@ -253,6 +253,8 @@ def search_table(conn: Any, table: str, request: SearchRequest) -> list[ChunkHit
         fetch = min(limit, 40_000)
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(40, min(fetch, 1000)))))
+            if request.filter:  # pgvector >= 0.8: scan on until enough rows pass the filter, in distance order
+                conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
             params: list[Any] = [vector]
             if request.filter:
                 params.append(json.dumps(request.filter))

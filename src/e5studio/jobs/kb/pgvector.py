@@ -70,6 +70,7 @@ def write_batch(url: str, table: str, output: Path, stamp: dict[str, Any], kb: s
     """Upsert a complete batch's chunks (those of documents not deleted after it); returns the rows written."""
     import pyarrow.parquet as pq
     from psycopg import sql
+    from psycopg.types.json import Jsonb
 
     manifest = read_manifest(output)
     if manifest is None or manifest.get("status") != "complete":
@@ -95,7 +96,8 @@ def write_batch(url: str, table: str, output: Path, stamp: dict[str, Any], kb: s
                             if deleted.get(cols["doc_id"][i], -1) >= batch:
                                 continue
                             copy.write_row((cols["id"][i], cols["doc_id"][i], cols["chunk"][i], cols["text"][i],
-                                            cols["start"][i], cols["end"][i], cols["metadata"][i], vector))
+                                            cols["start"][i], cols["end"][i], Jsonb(json.loads(cols["metadata"][i])),
+                                            vector))
                             written += 1
                     cur.execute(sql.SQL(
                         "INSERT INTO {} AS t SELECT * FROM e5studio_kb_staging ON CONFLICT (id) DO UPDATE SET "
