@@ -6,7 +6,8 @@ output whose shards carry the chunk columns (``doc_id``, ``chunk``, ``text``, ``
 ``metadata``); only batches whose manifest says complete are read, so a batch being added is invisible until
 it is whole. ``deleted.json`` maps a deleted document id to the last batch it was deleted after (a document
 added again in a later batch is live). In PostgreSQL a version is one table (``id, doc_id, chunk, text,
-start_char, end_char, metadata jsonb, embedding vector(dim)``, HNSW cosine index) named in the version record; a filtered search needs pgvector 0.8 or later (iterative index scans).
+start_char, end_char, metadata jsonb, embedding vector(dim)``, HNSW cosine index) named in the version
+record; a filtered search needs pgvector 0.8 or later (iterative index scans).
 
 A search names one version and reads only it: a search never mixes versions.
 """
