@@ -136,3 +136,23 @@ def test_stamp_mismatch_is_refused_on_write_and_search(kb_store: Store, tmp_path
             ops.search(kb_store, "default", "kb1", "more", 3, None, False, options.engine)
     finally:
         weights.write_bytes(original)
+
+
+def test_folder_of_files_chunking_none_and_a_10mb_document(kb_store: Store, tmp_path: Path,
+                                                            options: ops.BuildOptions) -> None:
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.md").write_text("# Title\n\n" + "protein kinase " * 400, encoding="utf-8")
+    (folder / "sub" / "b.txt").write_text("short note", encoding="utf-8")
+    (folder / "huge.txt").write_text("x " * (5 * 1024 * 1024), encoding="utf-8")  # 10 MB
+    (folder / "bad.txt").write_bytes(b"\xff\xfe not utf-8")
+    (folder / "image.png").write_bytes(b"\x89PNG")
+    report = ops.create(kb_store, "default", "files", "ep", Source(folder), {"mode": "none", "overlap": 0}, options,
+                        tmp_path / "data")
+    assert "truncated (--chunking none): 1 document(s): a.md" in report
+    assert "rejected: 1 document(s)" in report and "over the limit of 4,194,304" in report
+    _, version = kb_store.current_kb_version("default", "files")
+    rows = {str(r["doc_id"]): r for r in _chunks(Path(version.path))}
+    assert sorted(rows) == ["a.md", "sub/b.txt"]
+    assert rows["a.md"]["text"] == (folder / "a.md").read_text() and rows["a.md"]["truncated"]
+    assert json.loads(str(rows["sub/b.txt"]["metadata"])) == {"path": "sub/b.txt"}
