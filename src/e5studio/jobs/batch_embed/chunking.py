@@ -77,8 +77,8 @@ class ChunkPolicy:
             raise InputError(f"--chunk-tokens {size} does not fit the model's window: at most {fits} "
                              f"({max_length} tokens less [CLS], [SEP] and a {prefix_tokens}-token prefix)")
         overlap = min(self.overlap, size // 4) if self.chunk_tokens is None else self.overlap
-        if self.mode == "tokens" and overlap * 2 >= size:
-            raise InputError(f"--overlap {overlap} must be less than half of the chunk ({size} tokens)")
+        if self.mode == "tokens" and overlap * 2 > size:
+            raise InputError(f"--overlap {overlap} must be at most half of the chunk ({size} tokens)")
         return size, overlap
 
 
