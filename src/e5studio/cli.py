@@ -139,6 +139,8 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
                 "description": args.description, "model": args.model or DEFAULT_MODEL}
         if args.precision:  # else the server's default (serve --precision)
             body["precision"] = args.precision
+        if args.input_type != "none":
+            body["input_type"] = args.input_type
         if args.force:
             body["force"] = True
         result = _admin(args, "POST", "/api/admin/endpoints", body)
@@ -362,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fp32 or int8 (CPU: dense layers in int8); fixed at creation (default: the server's "
                          "--precision)")
     ec.add_argument("--description", default="")
+    ec.add_argument("--input-type", choices=["query", "passage", "none"], default="none",
+                    help="E5 prefix added by role where a request names none (\"input_type\" in the OpenAI body, "
+                         "params.input_type in SambaStudio's) and a text lacks it (default none: texts as sent)")
     ec.add_argument("--force", action="store_true",
                     help="deploy a fine-tuned model even if it lost more than 0.01 nDCG@10 against its base model on "
                          "an out-of-domain evaluation set of its train job (the deploy gate; the choice is recorded)")

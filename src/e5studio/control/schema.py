@@ -44,6 +44,7 @@ endpoints = sa.Table(
     sa.Column("key_prefix", sa.Text, nullable=False),
     sa.Column("precision", sa.Text, nullable=False, server_default="fp32"),
     sa.Column("deploy_gate", sa.Text, nullable=False, server_default=""),
+    sa.Column("input_type", sa.Text, nullable=False, server_default="none"),  # 0010: the default E5 prefix role
     sa.UniqueConstraint("project_id", "name"),
     sa.CheckConstraint("batch_size IN (1, 32)"),
     sa.Index("endpoints_by_name", "name"),

@@ -1,4 +1,5 @@
-"""Knowledge bases of projects and their versions (one per embedding of the documents)."""
+"""Knowledge bases of projects and their versions (one per embedding of the documents); an endpoint's default
+input_type (the E5 prefix by role)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # an endpoint's default input_type (query, passage or none: texts as sent), overridable per request
+    with op.batch_alter_table("endpoints") as batch:
+        batch.add_column(sa.Column("input_type", sa.Text, nullable=False, server_default="none"))
     op.create_table(
         "knowledge_bases",
         sa.Column("id", sa.Text, primary_key=True),
@@ -51,5 +55,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("endpoints") as batch:
+        batch.drop_column("input_type")
     op.drop_table("kb_versions")
     op.drop_table("knowledge_bases")
