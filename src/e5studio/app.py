@@ -38,7 +38,7 @@ from e5studio.serving.inference import Embedded, EndpointDirectory, InferenceSer
 from e5studio.serving.inference import install as install_inference
 from e5studio.serving.models import ModelPool
 from e5studio.serving.replica import HEARTBEAT_S, ReplicaHeartbeat
-from e5studio.serving.routes import admin, health, openai, sambastudio
+from e5studio.serving.routes import admin, health, kb, openai, sambastudio
 from e5studio.serving.schemas import install_openapi
 from e5studio.serving.throttle import LoginThrottle
 from e5studio.serving.urls import INFERENCE_PATHS, curl_line, endpoint_urls
@@ -109,8 +109,9 @@ def create_app(settings: ServeSettings, store: Store,
     handled = (E5StudioError, HTTPException, RequestValidationError)
     for error in handled:
         app.add_exception_handler(error, _answer_error)
-    for module in (sambastudio, openai, health, admin):
+    for module in (sambastudio, openai, health, admin, kb):
         app.include_router(module.router)
+    app.include_router(kb.admin_router)
     install_openapi(app, INFERENCE_PATHS, admin.router.prefix)
     mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(store), deploy=pool.deploy,
                            endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,

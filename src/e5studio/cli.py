@@ -13,6 +13,7 @@ from e5studio import __version__
 from e5studio.engine.flags import add_engine_flags, engine_settings
 from e5studio.errors import E5StudioError, InputError, StoreUnavailableError
 from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
+from e5studio.jobs.kb.commands import add_parsers as add_kb_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
 from e5studio.settings import DEFAULT_MODEL, ServeSettings, StoreTimeouts
 from e5studio.vocabulary import PRECISIONS
@@ -154,6 +155,8 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
                 "description": args.description, "model": args.model or DEFAULT_MODEL}
         if args.precision:  # else the server's default (serve --precision)
             body["precision"] = args.precision
+        if args.input_type != "none":
+            body["input_type"] = args.input_type
         if args.force:
             body["force"] = True
         result = _admin(args, "POST", "/api/admin/endpoints", body)
@@ -377,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fp32 or int8 (CPU: dense layers in int8); fixed at creation (default: the server's "
                          "--precision)")
     ec.add_argument("--description", default="")
+    ec.add_argument("--input-type", choices=["query", "passage", "none"], default="none",
+                    help="E5 prefix added by role where a request names none (\"input_type\" in the OpenAI body, "
+                         "params.input_type in SambaStudio's) and a text lacks it (default none: texts as sent)")
     ec.add_argument("--force", action="store_true",
                     help="deploy a fine-tuned model even if it lost more than 0.01 nDCG@10 against its base model on "
                          "an out-of-domain evaluation set of its train job (the deploy gate; the choice is recorded)")
@@ -405,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parsers(sub)
     add_batch_embed_parsers(sub)
+    add_kb_parsers(sub)
     return parser
 
 
