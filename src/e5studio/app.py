@@ -19,6 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from e5studio import __version__
@@ -31,13 +32,13 @@ from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
 from e5studio.serving.allocator import tune_malloc
 from e5studio.serving.batcher import QueueLimits
-from e5studio.serving.edge import Edge, Metrics, call_record
+from e5studio.serving.edge import DirectRoute, Edge, Metrics, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
-from e5studio.serving.inference import Embedded, InferenceService
+from e5studio.serving.inference import Embedded, EndpointDirectory, InferenceService
 from e5studio.serving.inference import install as install_inference
 from e5studio.serving.models import ModelPool
 from e5studio.serving.replica import HEARTBEAT_S, ReplicaHeartbeat
-from e5studio.serving.routes import admin, health, openai, sambastudio
+from e5studio.serving.routes import admin, health, kb, openai, sambastudio
 from e5studio.serving.schemas import install_openapi
 from e5studio.serving.throttle import LoginThrottle
 from e5studio.serving.urls import INFERENCE_PATHS, curl_line, endpoint_urls
@@ -95,28 +96,39 @@ def create_app(settings: ServeSettings, store: Store,
     pool = ModelPool(store, settings.engine, metrics, limits, loader=loader, replica_id=Store.new_job_id())
     replica = ReplicaHeartbeat(store, pool, settings.base_url)
     jobs = JobRunner(store, settings.data_dir, lease_s=settings.job_lease_s)
-    inference = InferenceService(store, pool, settings.max_body_bytes)
+    inference = InferenceService(store, pool, settings.max_body_bytes, EndpointDirectory(store, metrics))
     throttle = LoginThrottle(failures=store)  # failed logins counted in the store: every replica throttles them
 
     # no /docs or /redoc: FastAPI's pages load Swagger's script from a public CDN on the UI's own origin, where
     # a changed script could read the UI's pages; /openapi.json is served for any OpenAPI viewer
     app = FastAPI(title="e5studio", version=__version__, docs_url=None, redoc_url=None,
-                  lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica))
+                  lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica, directory=inference.directory))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
                                                           metrics=metrics, login_throttle=throttle))
     install_inference(app, inference)
-    for error in (E5StudioError, HTTPException, RequestValidationError):
+    handled = (E5StudioError, HTTPException, RequestValidationError)
+    for error in handled:
         app.add_exception_handler(error, _answer_error)
-    for module in (sambastudio, openai, health, admin):
+    for module in (sambastudio, openai, health, admin, kb):
         app.include_router(module.router)
+    app.include_router(kb.admin_router)
     install_openapi(app, INFERENCE_PATHS, admin.router.prefix)
     mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(store), deploy=pool.deploy,
                            endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,
                            endpoint_stats=metrics.endpoint_stats.get, embed=partial(_try_embed, inference),
                            login_guard=throttle))
     app.add_middleware(Edge, metrics=metrics, timeout_s=settings.body_timeout_s, answer=_answer_crash,
-                       unauthenticated=UNAUTHENTICATED_BODIES)
+                       unauthenticated=UNAUTHENTICATED_BODIES, direct=_direct_routes(inference), handled=handled,
+                       answer_error=_answer_error, on_write=inference.directory.changed)
     return app
+
+
+def _direct_routes(inference: InferenceService) -> list[DirectRoute]:
+    """The inference routes that take a body (POST), called by the edge itself with the service bound (the
+    other methods of their paths, and ``/v1/models``, go through the framework)."""
+    return [DirectRoute(route, partial(route.endpoint, service=inference))
+            for module in (sambastudio, openai) for route in module.router.routes
+            if isinstance(route, APIRoute) and route.methods == {"POST"}]
 
 
 async def _try_embed(inference: InferenceService, request: Request, endpoint: Endpoint, texts: list[str]) -> Embedded:
@@ -125,14 +137,16 @@ async def _try_embed(inference: InferenceService, request: Request, endpoint: En
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner,
-                    replica: ReplicaHeartbeat) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner, replica: ReplicaHeartbeat,
+                    directory: EndpointDirectory) -> AsyncIterator[None]:
+    directory.start()  # the replica's copy of the endpoints and keys, read on a thread from now on
     pool.restore()  # every endpoint of the store starts deploying
     await asyncio.to_thread(replica.beat)  # this replica counts from now on
     await asyncio.to_thread(jobs.recover)  # jobs of a previous server: Interrupted (resumable)
     watcher = asyncio.create_task(_watch(jobs, pool, replica))
     yield
     watcher.cancel()
+    await asyncio.to_thread(directory.close)
     await asyncio.to_thread(jobs.close, JOB_STOP_TIMEOUT_S)  # children record Interrupted
     # models still loading are waited for (exiting while a loader is inside the engine aborts the process);
     # queued requests finish before the workers stop
