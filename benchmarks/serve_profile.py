@@ -82,7 +82,7 @@ def group(pid: int, tid: int, name: str) -> str:
 
 
 IDLE_LEAVES = ("epoll_pwait", "epoll_wait", "pthread_cond_wait", "pthread_cond_timedwait", "sem_wait",
-               "sem_timedwait", "futex", "select (", "poll (")
+               "sem_timedwait", "futex", "wait_slow", "select (", "poll (", "acquire_lock_timed", "nanosleep")
 IDLE = "idle (waiting: not CPU)"
 
 
