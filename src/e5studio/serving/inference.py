@@ -170,8 +170,8 @@ class EndpointDirectory:
         copy, now, reading = self._copy, time.monotonic(), self._reading_since
         if reading is not None and now - reading > STORE_WAIT_S and self._away_since is None:
             self.failed(TimeoutError(f"a read of it has not been answered for {now - reading:.1f} s"))
-        if self._away_since is not None:
-            return copy, AWAY
+        if self._away_since is not None and self._thread is not None:  # (without the reader, nothing would
+            return copy, AWAY                                            # notice the store back: ask it again)
         if copy is not None and copy.generation == self._generation and now - copy.read_at <= self.fresh_s:
             return copy, FRESH
         return copy, CHECK
