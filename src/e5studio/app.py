@@ -26,7 +26,7 @@ from e5studio import __version__
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Endpoint, Store
 from e5studio.engine.embedder import Embedder
-from e5studio.errors import ConflictError, E5StudioError, InputError
+from e5studio.errors import ConflictError, E5StudioError, InputError, StoreUnavailableError
 from e5studio.http_body import client_left
 from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
@@ -38,7 +38,7 @@ from e5studio.serving.inference import Embedded, EndpointDirectory, InferenceSer
 from e5studio.serving.inference import install as install_inference
 from e5studio.serving.models import ModelPool
 from e5studio.serving.replica import HEARTBEAT_S, ReplicaHeartbeat
-from e5studio.serving.routes import admin, health, openai, sambastudio
+from e5studio.serving.routes import admin, health, kb, openai, sambastudio
 from e5studio.serving.schemas import install_openapi
 from e5studio.serving.throttle import LoginThrottle
 from e5studio.serving.urls import INFERENCE_PATHS, curl_line, endpoint_urls
@@ -80,11 +80,11 @@ def open_store(settings: ServeSettings) -> Store:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _private(settings.data_dir)
     if settings.store:
-        return Store.open(settings.store)
+        return Store.open(settings.store, timeouts=settings.store_timeouts)
     for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):
         if (settings.data_dir / name).exists():
             os.chmod(settings.data_dir / name, 0o600)
-    return Store.open(settings.data_dir / STORE_FILE)
+    return Store.open(settings.data_dir / STORE_FILE, timeouts=settings.store_timeouts)
 
 
 def create_app(settings: ServeSettings, store: Store,
@@ -109,8 +109,9 @@ def create_app(settings: ServeSettings, store: Store,
     handled = (E5StudioError, HTTPException, RequestValidationError)
     for error in handled:
         app.add_exception_handler(error, _answer_error)
-    for module in (sambastudio, openai, health, admin):
+    for module in (sambastudio, openai, health, admin, kb):
         app.include_router(module.router)
+    app.include_router(kb.admin_router)
     install_openapi(app, INFERENCE_PATHS, admin.router.prefix)
     mount_ui(app, WebState(settings=settings, store=store, jobs=jobs, sessions=SessionStore(store), deploy=pool.deploy,
                            endpoint_urls=partial(endpoint_urls, settings.base_url), curl_line=curl_line,
@@ -160,21 +161,25 @@ async def _watch(jobs: JobRunner, pool: ModelPool, replica: ReplicaHeartbeat) ->
     """Every second: the background jobs (ended processes, expired leases, queued jobs), endpoints created on
     another replica (their models load here too); every HEARTBEAT_S: this replica's heartbeat."""
     last_beat = 0.0
+    away: set[str] = set()  # the rounds that met the store away (said once per outage; the store says when back)
     while True:
         await asyncio.sleep(JOB_POLL_S)
+        now = asyncio.get_running_loop().time()
+        beat = now - last_beat >= HEARTBEAT_S
+        last_beat = now if beat else last_beat
         for what, step in (("polling the background jobs", jobs.poll),
-                           ("deploying new endpoints, unloading unused models", pool.sync)):
+                           ("deploying new endpoints, unloading unused models", pool.sync),
+                           ("writing this replica's heartbeat", replica.beat if beat else None)):
             try:
-                await asyncio.to_thread(step)
+                if step is not None:
+                    await asyncio.to_thread(step)
+                    away.discard(what)
+            except StoreUnavailableError as exc:
+                if what not in away:
+                    away.add(what)
+                    log.warning("%s failed: %s", what, exc)
             except Exception:  # a failed round must not end the watching
                 log.exception("%s failed", what)
-        now = asyncio.get_running_loop().time()
-        if now - last_beat >= HEARTBEAT_S:
-            last_beat = now
-            try:
-                await asyncio.to_thread(replica.beat)
-            except Exception:
-                log.exception("writing this replica's heartbeat failed")
 
 
 async def _answer_error(request: Request, exc: Exception, request_id: str | None = None) -> Response:

@@ -319,11 +319,12 @@ class InferenceService:
 
     async def embed(self, endpoint: Endpoint, texts: list[str], dimensions: object = None,
                     client_left: Callable[[], Awaitable[None]] | None = None,
-                    note: CallRecord | None = None) -> Embedded:
+                    note: CallRecord | None = None, input_type: str | None = None) -> Embedded:
         """Rows (float32 [n, dim]) of ``texts`` for a caller whose right to ``endpoint`` is settled (by
         :meth:`authorize`, or by the web UI's admin session). ``dimensions``, when given, must equal the model's
         (checked before any compute). If ``client_left`` returns while the request is queued, the request is
-        dropped before compute (ClientGone). ``note`` gets the number of texts and tokens."""
+        dropped before compute (ClientGone). ``note`` gets the number of texts and tokens. ``input_type``
+        (``query``, ``passage``, ``none``; default the endpoint's own) adds that E5 prefix where a text lacks it."""
         if len(texts) > endpoint.batch_size:
             raise InputError(f"Expected a Tensor with batch size <= {endpoint.batch_size}, "
                              f"got batch size: {len(texts)}")
@@ -332,11 +333,13 @@ class InferenceService:
             raise InputError(f"'dimensions' must be {embedder.dim} for this model (it has no shortened "
                              f"embeddings), got {dimensions!r}")
         # admission before any work: an overloaded model says no before the texts are tokenised
+        role = input_type or endpoint.input_type
+        prefix = None if role == "none" else role
         with batcher.reserve(estimate_tokens(texts, embedder.max_length)) as reservation:
             if len(texts) <= INLINE_TOKENIZE_TEXTS and sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-                sequences = embedder.tokenize(texts)
+                sequences = embedder.tokenize(texts, prefix)
             else:
-                sequences = await asyncio.to_thread(embedder.tokenize, texts)
+                sequences = await asyncio.to_thread(embedder.tokenize, texts, prefix)
             rows = await batcher.submit(sequences, disconnected=client_left, reservation=reservation)
         tokens = sum(len(s) for s in sequences)
         if note is not None:
