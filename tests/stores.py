@@ -10,10 +10,14 @@ store-level tests' ``store_target``. Tests about SQLite itself (its files, their
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from e5studio.control.store import Store
 
 TEST_STORE_ENV = "E5STUDIO_TEST_STORE"
 KINDS = ("sqlite", "postgres")
@@ -50,6 +54,23 @@ def store_for(data_dir: Path) -> str:
 def store_env(data_dir: Path) -> dict[str, str]:
     """Environment for an e5studio process working on ``data_dir``: ``E5STUDIO_STORE`` on PostgreSQL runs."""
     return {"E5STUDIO_STORE": store_for(data_dir)} if on_postgres() else {}
+
+
+def opened_store(request: Any, sqlite_target: str | Path) -> Iterator[Store]:
+    """A store for a fixture parametrised by database: ``request.param`` "postgres" is a migrated database of
+    its own on the session's server (dropped afterwards), anything else the SQLite store at ``sqlite_target``.
+    Fixtures ``yield from`` it."""
+    from e5studio.control.store import Store
+
+    if request.param != "postgres":
+        with Store(sqlite_target) as store:
+            yield store
+        return
+    databases = request.getfixturevalue("pg_databases")
+    url = databases.migrated()
+    with Store(url) as store:
+        yield store
+    databases.drop(url)
 
 
 def dump(url: str) -> bytes:

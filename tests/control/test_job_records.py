@@ -22,6 +22,7 @@ from e5studio.control.job_records import (
 )
 from e5studio.control.store import Store
 from e5studio.errors import ConflictError, InputError
+from tests.stores import opened_store
 
 LEGAL = {
     (JOB_QUEUED, JOB_RUNNING), (JOB_QUEUED, JOB_CANCELLED),
@@ -34,16 +35,7 @@ LEGAL = {
 @pytest.fixture(scope="module", params=["memory", "postgres"])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     """One store per database for the module (each test makes jobs of its own)."""
-    if request.param == "memory":
-        opened = Store(":memory:")
-    else:
-        databases = request.getfixturevalue("pg_databases")
-        url = databases.migrated()
-        opened = Store(url)
-    yield opened
-    opened.close()
-    if request.param == "postgres":
-        databases.drop(url)
+    yield from opened_store(request, ":memory:")
 
 
 def _job_in(store: Store, kind: str, status: str) -> str:

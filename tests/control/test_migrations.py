@@ -46,7 +46,7 @@ def _tables(url: sa.URL | str) -> set[str]:
 def test_revisions_are_one_named_line_that_begins_with_the_legacy_names() -> None:
     assert revisions()[:len(LEGACY_NAMES)] == list(LEGACY_NAMES) == [name for name, _ in LEGACY_MIGRATIONS]
     assert revisions()[len(LEGACY_NAMES):] == ["0006_web_sessions", "0007_login_failures", "0008_job_leases",
-                                              "0009_replicas"]
+                                              "0009_replicas", "0010_knowledge_bases"]
     assert head() == revisions()[-1] == HEAD_REVISION  # the fast path's constant follows the newest revision
     assert all(len(name) <= 32 for name in revisions())  # alembic_version.version_num is VARCHAR(32)
 

@@ -50,20 +50,33 @@ def test_int8_loads_the_int8_runtime(minilm_int8: Embedder, minilm_int8_torch: E
                    for name in ("qkv", "attn_out", "ffn_in", "ffn_out"))
 
 
-def test_quality_gate_on_minilm(minilm_embedder: Embedder, minilm_int8: Embedder, scifact_passages: list[str],
-                                shared_data_dir: Path) -> None:
-    """1,000 SciFact passages and 300 test queries: min cosine int8 vs fp32 >= 0.99, mean >= 0.998."""
-    with (shared_data_dir / "scifact" / "queries.test.jsonl").open(encoding="utf-8") as f:
-        queries = [json.loads(line)["query"] for line in f][:300]
-    passages = scifact_passages[:1000]
-    assert len(queries) == 300
-
-    p = row_cosines(minilm_int8.embed(passages, "passage"), minilm_embedder.embed(passages, "passage"))
-    q = row_cosines(minilm_int8.embed(queries, "query"), minilm_embedder.embed(queries, "query"))
-
+def _quality_gate(fp32: Embedder, int8: Embedder, passages: list[str], queries: list[str]) -> None:
+    """Min cosine int8 vs fp32 >= 0.99, mean >= 0.998, over passages and queries."""
+    p = row_cosines(int8.embed(passages, "passage"), fp32.embed(passages, "passage"))
+    q = row_cosines(int8.embed(queries, "query"), fp32.embed(queries, "query"))
     assert p.min() >= 0.99 and q.min() >= 0.99, (p.min(), q.min())
     assert p.mean() >= 0.998 and q.mean() >= 0.998, (p.mean(), q.mean())
     assert p.mean() < 0.99999  # int8 really ran (not fp32 under another name)
+
+
+def _test_queries(shared_data_dir: Path, n: int) -> list[str]:
+    with (shared_data_dir / "scifact" / "queries.test.jsonl").open(encoding="utf-8") as f:
+        queries = [json.loads(line)["query"] for line in f][:n]
+    assert len(queries) == n
+    return queries
+
+
+def test_quality_gate_on_minilm_sample(minilm_embedder: Embedder, minilm_int8: Embedder,
+                                       scifact_passages: list[str], shared_data_dir: Path) -> None:
+    """The default suite's gate: 120 SciFact passages (truncated ones among them) and 60 test queries."""
+    _quality_gate(minilm_embedder, minilm_int8, scifact_passages[:120], _test_queries(shared_data_dir, 60))
+
+
+@pytest.mark.slow
+def test_quality_gate_on_minilm(minilm_embedder: Embedder, minilm_int8: Embedder, scifact_passages: list[str],
+                                shared_data_dir: Path) -> None:
+    """The full gate: 1,000 SciFact passages and 300 test queries."""
+    _quality_gate(minilm_embedder, minilm_int8, scifact_passages[:1000], _test_queries(shared_data_dir, 300))
 
 
 def test_a_text_alone_equals_the_same_text_in_a_mixed_batch(minilm_int8: Embedder, minilm_int8_torch: Embedder,

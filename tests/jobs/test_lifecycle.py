@@ -28,22 +28,14 @@ from e5studio.control.store import Store
 from e5studio.errors import InputError, Terminated
 from e5studio.jobs.lifecycle import Expected, JobHandle, Lease
 from e5studio.jobspec.progress import Progress
+from tests.stores import opened_store
 
 EXPECTED = Expected(kind=KIND_TRAIN, output="/jobs/a", dataset_id=None, model="m")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        opened = Store(tmp_path / "e5studio.db")
-    else:
-        databases = request.getfixturevalue("pg_databases")
-        url = databases.migrated()
-        opened = Store(url)
-    yield opened
-    opened.close()
-    if request.param == "postgres":
-        databases.drop(url)
+    yield from opened_store(request, tmp_path / "e5studio.db")
 
 
 class Clock:

@@ -5,24 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from tests.serving.server import ServerProcess, cli_env
 
 CSRF_RE = re.compile(r'name="csrf-token" content="([^"]+)"')
 TOKEN_RE = re.compile(r"(e5sadm_\S+)")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("rotation")
-    proc = ServerProcess(root / "data", root / "logs")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def _session(server: ServerProcess, token: str) -> tuple[httpx.Client, str]:

@@ -5,7 +5,6 @@ a job record left behind (a real server on loopback)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,15 +17,6 @@ from tests.serving.server import ServerProcess
 CSRF_RE = re.compile(r'name="csrf-token" content="([^"]+)"')
 HOSTILE = {"NUL": "data/\x00x", "line feed": "m\nINFO forged line", "carriage return": "m\rx",
            "line separator": "m\u2028x", "escape": "m\x1b[31mx"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("controls")
-    proc = ServerProcess(root / "data", root / "logs")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))

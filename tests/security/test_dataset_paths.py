@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,15 +15,6 @@ from tests.serving.server import ServerProcess, cli_env
 
 CSRF_RE = re.compile(r'name="csrf-token" content="([^"]+)"')
 SECRET = "root:*:20228:0:99999:7:::supersecret"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("datasets")
-    proc = ServerProcess(root / "data", root / "logs")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def _folder(tmp_path: Path, passages: str | None, link_to: Path | None = None) -> Path:

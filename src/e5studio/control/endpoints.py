@@ -15,7 +15,7 @@ from e5studio.control.projects import ProjectTable, id_first
 from e5studio.control.schema import endpoints, projects
 from e5studio.errors import ConflictError, InputError, NotFoundError
 from e5studio.jobspec.params import plain_text
-from e5studio.vocabulary import PRECISIONS, one_of
+from e5studio.vocabulary import INPUT_TYPES, PRECISIONS, one_of
 
 DEPLOYING = "Deploying"
 LIVE = "Live"
@@ -47,12 +47,13 @@ class Endpoint:
     # JSON: the deploy gate's verdict when the model is a fine-tuning output (its evaluation sets against the
     # base model, whether it passed, whether the deployer forced it); "" for models that were not gated
     deploy_gate: str = ""
+    input_type: str = "none"  # the E5 prefix added by role where a request names none (query, passage, none)
 
 
 _E, _P = endpoints.c, projects.c
 _ENDPOINT_SELECT = sa.select(
     _E.id, _E.project_id, _P.name.label("project_name"), _E.name, _E.description, _E.model, _E.batch_size,
-    _E.created_at, _E.status, _E.status_reason, _E.key_prefix, _E.precision, _E.deploy_gate,
+    _E.created_at, _E.status, _E.status_reason, _E.key_prefix, _E.precision, _E.deploy_gate, _E.input_type,
 ).select_from(endpoints.join(projects, _P.id == _E.project_id))
 _ENDPOINT_ORDER = (_P.name, _E.name)
 
@@ -98,6 +99,7 @@ def _endpoint(row: sa.RowMapping | Mapping[str, Any]) -> Endpoint:
         key_prefix=row["key_prefix"],
         precision=row["precision"],
         deploy_gate=row["deploy_gate"],
+        input_type=row["input_type"],
     )
 
 
@@ -112,12 +114,14 @@ class EndpointTable(ProjectTable):
 
     def create_endpoint(
         self, project_ref: str, name: str, model: str, batch_size: int, description: str = "",
-        precision: str = "fp32", deploy_gate: str = "",
+        precision: str = "fp32", deploy_gate: str = "", input_type: str = "none",
     ) -> tuple[Endpoint, str]:
         """Create an endpoint in status Deploying; return it with its key, in clear this once only."""
         check_name("endpoint", name)
         _check_batch_size(batch_size)
         _check_precision(precision)
+        if input_type not in INPUT_TYPES:
+            raise InputError(f"input_type must be {one_of(INPUT_TYPES)}, got {input_type!r}")
         if not isinstance(model, str) or not model.strip():
             raise InputError("model must be a non-empty model id or path")
         plain_text("model", model)  # it names files and is logged
@@ -141,12 +145,14 @@ class EndpointTable(ProjectTable):
                 key_prefix=display_prefix(key),
                 precision=precision,
                 deploy_gate=deploy_gate,
+                input_type=input_type,
             )
             conn.execute(endpoints.insert().values(
                 id=endpoint.id, project_id=endpoint.project_id, name=endpoint.name, description=endpoint.description,
                 model=endpoint.model, batch_size=endpoint.batch_size, created_at=endpoint.created_at,
                 status=endpoint.status, status_reason=endpoint.status_reason, key_hash=hash_key(key),
                 key_prefix=endpoint.key_prefix, precision=endpoint.precision, deploy_gate=endpoint.deploy_gate,
+                input_type=endpoint.input_type,
             ))
         return endpoint, key
 
@@ -247,6 +253,12 @@ class EndpointTable(ProjectTable):
     def _key_hash(self, endpoint_id: str) -> str:
         row = self._read_one(sa.select(_E.key_hash).where(_E.id == endpoint_id))
         return row["key_hash"] if row is not None else _NO_HASH
+
+    def endpoints_and_key_hashes(self) -> list[tuple[Endpoint, str]]:
+        """Every endpoint with its key hash, in one query: the copy a serving replica answers inference requests
+        from (read again every half second, and after each write of its own; ``serving/inference.py``)."""
+        rows = self._read_all(_ENDPOINT_SELECT.add_columns(_E.key_hash))
+        return [(_endpoint(row), row["key_hash"]) for row in rows]
 
     def endpoints_opened_by(self, keys: list[str]) -> list[Endpoint]:
         """The endpoints whose current key is one of ``keys``, in one query whatever the number of endpoints (a

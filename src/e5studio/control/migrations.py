@@ -34,7 +34,7 @@ LEGACY_NAMES = ("0001_projects_endpoints_keys", "0002_datasets_jobs", "0003_job_
 MIGRATION_LOCK_KEY = int.from_bytes(b"e5s-migr", "big")  # pg_advisory_xact_lock key while migrating
 # the newest revision in alembic/versions (tests/control/test_migrations.py checks): a store recorded at it opens
 # with one query, without Alembic
-HEAD_REVISION = "0009_replicas"
+HEAD_REVISION = "0010_knowledge_bases"
 VERSION_TABLE = "alembic_version"
 
 

@@ -44,6 +44,7 @@ endpoints = sa.Table(
     sa.Column("key_prefix", sa.Text, nullable=False),
     sa.Column("precision", sa.Text, nullable=False, server_default="fp32"),
     sa.Column("deploy_gate", sa.Text, nullable=False, server_default=""),
+    sa.Column("input_type", sa.Text, nullable=False, server_default="none"),  # 0010: the default E5 prefix role
     sa.UniqueConstraint("project_id", "name"),
     sa.CheckConstraint("batch_size IN (1, 32)"),
     sa.Index("endpoints_by_name", "name"),
@@ -133,4 +134,42 @@ replicas = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("heartbeat_at", sa.Float, nullable=False),
     sa.Column("endpoints", sa.Text, nullable=False, server_default="{}"),  # JSON: endpoint id -> this replica's state
+)
+
+# 0010: knowledge bases (a project's documents as stamped chunk vectors) and their versions (one per embedding)
+knowledge_bases = sa.Table(
+    "knowledge_bases", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("project_id", sa.Text, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", name_type(), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("endpoint_id", sa.Text, nullable=False),
+    sa.Column("store_url", sa.Text, nullable=False, server_default=""),  # "" embedded; PostgreSQL URL (no password)
+    sa.Column("chunking", sa.Text, nullable=False, server_default="{}"),  # JSON: mode, chunk_tokens, overlap
+    sa.Column("text_field", sa.Text, nullable=False, server_default="contents"),
+    sa.Column("id_field", sa.Text, nullable=False, server_default=""),
+    sa.Column("current_version", sa.Integer, nullable=False, server_default="0"),  # 0: none complete yet
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.UniqueConstraint("project_id", "name"),
+)
+
+kb_versions = sa.Table(
+    "kb_versions", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("kb_id", sa.Text, sa.ForeignKey("knowledge_bases.id"), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("endpoint_id", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("status_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("stamp", sa.Text, nullable=False, server_default="{}"),  # JSON: model, precision, prefixes, chunking
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("table_name", sa.Text, nullable=False, server_default=""),
+    sa.Column("documents", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("chunks", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("fields", sa.Text, nullable=False, server_default="[]"),  # JSON: metadata field names
+    sa.Column("generation", sa.Integer, nullable=False, server_default="0"),  # bumped by every add and delete
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+    sa.UniqueConstraint("kb_id", "version"),
+    sa.CheckConstraint("version >= 1"),
 )

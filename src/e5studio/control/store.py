@@ -35,14 +35,16 @@ from e5studio.control.job_records import (
     JobRecord,
     JobTable,
 )
+from e5studio.control.knowledge_bases import KbVersion, KnowledgeBase, KnowledgeBaseTable
 from e5studio.control.login_failures import LoginFailureTable
 from e5studio.control.projects import Project
 from e5studio.control.replicas import Readiness, Replica, ReplicaTable
 from e5studio.control.web_sessions import WebSessionTable
+from e5studio.settings import StoreTimeouts
 
 
-class Store(EndpointTable, AdminTokenTable, DatasetTable, JobTable, WebSessionTable, LoginFailureTable,
-            ReplicaTable):
+class Store(KnowledgeBaseTable, EndpointTable, AdminTokenTable, DatasetTable, JobTable, WebSessionTable,
+            LoginFailureTable, ReplicaTable):
     """Everything the control plane records, in one SQLite or PostgreSQL database; thread-safe.
 
     ``Store(target)``: a file path, ``:memory:``, ``sqlite:///PATH`` or ``postgres://USER@HOST/DB``; the
@@ -50,15 +52,15 @@ class Store(EndpointTable, AdminTokenTable, DatasetTable, JobTable, WebSessionTa
     """
 
     @classmethod
-    def open(cls, target: str | Path, *, migrate: bool = True) -> Self:
+    def open(cls, target: str | Path, *, migrate: bool = True, timeouts: StoreTimeouts | None = None) -> Self:
         """The store at ``target`` (see the class); ``migrate=False`` applies nothing but still refuses a
-        schema newer than this code (SchemaError)."""
-        return cls(target, migrate=migrate)
+        schema newer than this code (SchemaError); ``timeouts``: the bounds on its calls (default: the defaults)."""
+        return cls(target, migrate=migrate, timeouts=timeouts)
 
 
 __all__ = [
     "BATCH_SIZES", "DEPLOYING", "FAILED", "JOB_CANCELLED", "JOB_FAILED", "JOB_FINAL_STATUSES", "JOB_INTERRUPTED",
     "JOB_OWNER_CLI", "JOB_OWNER_SERVER", "JOB_QUEUED", "JOB_RESUMABLE_STATUSES", "JOB_RUNNING", "JOB_STATUSES",
     "JOB_SUCCEEDED", "LIVE", "NAME_PATTERN", "STATUSES", "Dataset", "Endpoint", "JobRecord", "Project", "Readiness",
-    "Replica", "Store",
+    "Replica", "Store", "KbVersion", "KnowledgeBase",
 ]

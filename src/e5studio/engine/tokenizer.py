@@ -91,6 +91,23 @@ class Tokenizer:
                 ids[i] = np.asarray(self._encode_long(text), dtype=np.int64)
         return [a for a in ids if a is not None]
 
+    def pieces(self, text: str) -> tuple[list[int], list[tuple[int, int]], list[int]]:
+        """The whole ``text``'s word pieces, untruncated and without [CLS]/[SEP]: (ids, character offsets into
+        ``text``, word index of each piece). The knowledge-base chunker cuts these token-exactly."""
+        surrogate = _SURROGATE.search(text)
+        if surrogate is not None:
+            raise InputError(f"lone surrogate (U+{ord(surrogate.group()):04X}) at character {surrogate.start()}")
+        encoding = self._whole.encode(text)
+        inner = slice(1, len(encoding.ids) - 1)
+        words = [-1 if w is None else int(w) for w in encoding.word_ids[inner]]
+        return list(encoding.ids[inner]), [(int(a), int(b)) for a, b in encoding.offsets[inner]], words
+
+    @property
+    def cls_sep(self) -> tuple[int, int]:
+        """The ids that open and close every sequence ([CLS], [SEP])."""
+        ids = self._whole.encode("").ids
+        return int(ids[0]), int(ids[-1])
+
     def count_tokens(self, texts: Sequence[str], input_type: str | None = None) -> list[int]:
         """Tokens per text after truncation, [CLS] and [SEP] included (what the model computes on)."""
         return [len(ids) for ids in self.encode(texts, input_type)]

@@ -111,6 +111,8 @@ class OpenAIRequest(RequestBody):
     dimensions: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "null"}]})] = Field(
         None, description="must equal the model's dimension if given")
     user: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}]})] = None  # not used
+    input_type: Literal["query", "passage", "none"] | None = Field(
+        None, description="E5 prefix by role, added where a text lacks it (default: the endpoint's input_type)")
 
     @classmethod
     def refusal(cls, body: dict[str, Any], error: ValidationError) -> str:
@@ -128,6 +130,8 @@ class OpenAIRequest(RequestBody):
         encoding_format = body.get("encoding_format")
         if encoding_format not in ("float", "base64", None):
             return f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}"
+        if body.get("input_type") not in ("query", "passage", "none", None):
+            return f"'input_type' must be 'query', 'passage' or 'none', got {body.get('input_type')!r}"
         return super().refusal(body, error)
 
 
@@ -143,6 +147,9 @@ class EndpointCreate(BaseModel):
     batch_size: Literal[1, 32] = Field(32, description="32 for vectorising a knowledge base, 1 for a live service")
     description: str = ""
     precision: str | None = Field(None, description="fp32 or int8 (default: the server's --precision)")
+    input_type: Literal["query", "passage", "none"] = Field(
+        "none", description="the E5 prefix added where a request names none and a text lacks it (default none: "
+                            "texts as sent, SambaStudio's behaviour)")
     force: bool = Field(False, description="deploy a fine-tuned model that lost more than 0.01 nDCG@10 against its "
                                            "base model on an out-of-domain evaluation set (the deploy gate)")
 
@@ -219,6 +226,7 @@ class Readiness(BaseModel):
     endpoints: dict[str, str] | None = None  # endpoint -> its status on this replica
     reasons: dict[str, str] | None = None  # deploying endpoint -> what it is doing ("downloading 412/1,340 MB")
     replicas: dict[str, str] | None = None  # endpoint -> "ready on N of M replicas" (recent heartbeats)
+    store: str | None = None  # "unreachable: why" while the control store cannot be read (else absent)
 
 
 REQUEST_MODELS: list[type[BaseModel]] = [NlpRequest, GenericRequest, V2Request, OpenAIRequest, ProjectCreate,

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from e5studio.errors import LoginRequired
-from e5studio.web import datasets, endpoints, jobs
+from e5studio.web import datasets, endpoints, jobs, kb
 from e5studio.web.common import HERE, login_url, render
 from e5studio.web.state import WebState, install
 
@@ -51,4 +51,5 @@ def mount_ui(app: FastAPI, state: WebState) -> None:
     app.include_router(endpoints.router, include_in_schema=False)
     app.include_router(datasets.router, include_in_schema=False)
     app.include_router(jobs.router, include_in_schema=False)
+    app.include_router(kb.router, include_in_schema=False)
     app.mount(UI_PREFIX + "/static", StaticFiles(directory=HERE / "static"), name="ui-static")

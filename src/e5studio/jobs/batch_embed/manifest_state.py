@@ -18,7 +18,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.reader import WindowSpec
-from e5studio.jobs.batch_embed.writer import FORMAT, fsync_dir, read_manifest, remove_temporaries, write_manifest
+from e5studio.jobs.batch_embed.writer import (
+    FORMAT,
+    fsync_dir,
+    read_columns,
+    read_manifest,
+    remove_temporaries,
+    write_manifest,
+)
 from e5studio.jobspec.layout import INDEX_DIR, LOCK_FILE, MANIFEST_FILE, PROGRESS_FILE, REJECTS_FILE, SHARDS_DIR
 
 if TYPE_CHECKING:
@@ -40,6 +47,8 @@ def vector_settings(settings: EmbedCorpusSettings, model: dict[str, Any]) -> dic
         "text_field": settings.input.text_field if settings.input.format != "text" else None,
         "id_field": settings.input.id_field,
         "input": settings.input.fingerprint(),
+        **({"chunking": settings.chunking.to_json(), "metadata": settings.input.metadata}
+           if settings.chunking is not None else {}),
     }
 
 
@@ -134,6 +143,14 @@ class ManifestState:
     @property
     def done(self) -> set[int]:
         return {int(s["window"]) for s in self.manifest["shards"]}
+
+    def stored_doc_ids(self) -> set[str]:
+        """The document ids of the chunk shards done (a knowledge base's resumed run must not take them again)."""
+        ids: set[str] = set()
+        for entry in self.manifest["shards"]:
+            if entry.get("file"):
+                ids.update(read_columns(self.output / entry["file"], ["doc_id"])["doc_id"])
+        return ids
 
     def resume_point(self) -> WindowSpec | None:
         """Where the first window not done starts (None: from the beginning)."""

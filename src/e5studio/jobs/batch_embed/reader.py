@@ -42,6 +42,7 @@ class InputSpec:
     format: str
     text_field: str = "contents"
     id_field: str | None = None
+    metadata: bool = False  # keep a record's other fields (knowledge bases)
 
     @classmethod
     def create(cls, path: str | Path, format: str = "auto", text_field: str | None = None,
@@ -86,6 +87,7 @@ class Record:
     id: str
     text: str
     line: int  # 1-based line (row) number in the input
+    metadata: dict[str, Any] | None = None  # the other fields, where the spec keeps them
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ def _record_id(value: object) -> str | None:
 
 
 def _from_fields(spec: InputSpec, index: int, text: object, raw_id: object, has_text: bool,
-                 has_id: bool, excerpt: str) -> Record | Reject:
+                 has_id: bool, excerpt: str, fields: dict[str, Any] | None = None) -> Record | Reject:
     line = index + 1
     if not has_text or text is None:
         return Reject(line, f"missing text field {spec.text_field!r}", excerpt)
@@ -159,8 +161,11 @@ def _from_fields(spec: InputSpec, index: int, text: object, raw_id: object, has_
     if surrogate is not None:  # valid JSON (an escaped "\ud800"), but no text: the tokenizer cannot take it
         return Reject(line, f"text field {spec.text_field!r} has a lone surrogate (U+{ord(surrogate.group()):04X}) "
                             f"at character {surrogate.start()}", excerpt)
+    metadata = None
+    if spec.metadata and fields:
+        metadata = {k: v for k, v in fields.items() if k not in (spec.text_field, spec.id_field)}
     if spec.id_field is None:
-        return Record(str(index), text, line)
+        return Record(str(index), text, line, metadata)
     if not has_id:
         return Reject(line, f"missing id field {spec.id_field!r}", excerpt)
     record_id = _record_id(raw_id)
@@ -168,7 +173,7 @@ def _from_fields(spec: InputSpec, index: int, text: object, raw_id: object, has_
         return Reject(line, f"id field {spec.id_field!r} has a lone surrogate", excerpt)
     if record_id is None:
         return Reject(line, f"id field {spec.id_field!r} must be a non-empty string or an integer", excerpt)
-    return Record(record_id, text, line)
+    return Record(record_id, text, line, metadata)
 
 
 def parse_line(spec: InputSpec, index: int, raw: bytes) -> Record | Reject:
@@ -195,7 +200,7 @@ def parse_line(spec: InputSpec, index: int, raw: bytes) -> Record | Reject:
         return Reject(line, f"expected a JSON object, got {type(obj).__name__}", _excerpt(decoded))
     id_field = spec.id_field
     return _from_fields(spec, index, obj.get(spec.text_field), obj.get(id_field) if id_field else None,
-                        spec.text_field in obj, id_field is not None and id_field in obj, _excerpt(decoded))
+                        spec.text_field in obj, id_field is not None and id_field in obj, _excerpt(decoded), obj)
 
 
 # ---------------------------------------------------------------------------------------------- lines
@@ -255,11 +260,12 @@ def _parquet_columns(spec: InputSpec, pf: Any) -> list[str]:
     if missing:
         raise InputError(f"{spec.path}: no column {missing[0]!r} (columns: {', '.join(names)}); "
                          "choose with --text-field/--id-field")
-    return wanted
+    return wanted + ([n for n in names if n not in wanted] if spec.metadata else [])
 
 
-def _parquet_rows(spec: InputSpec, first: int) -> Iterator[tuple[object, object]]:
-    """(text, id) for every row from 0-based row ``first``, one record batch in memory at a time."""
+def _parquet_rows(spec: InputSpec, first: int) -> Iterator[tuple[object, object, dict[str, Any] | None]]:
+    """(text, id, other fields where kept) for every row from 0-based row ``first``, one record batch in memory
+    at a time."""
     pf = _parquet_file(spec.path)
     columns = _parquet_columns(spec, pf)
     meta = pf.metadata
@@ -273,21 +279,27 @@ def _parquet_rows(spec: InputSpec, first: int) -> Iterator[tuple[object, object]
                                  columns=columns):
         texts = batch.column(0).to_pylist()
         ids = batch.column(1).to_pylist() if spec.id_field else [None] * len(texts)
-        yield from zip(texts[skip:], ids[skip:], strict=True)
+        extra = columns[2 if spec.id_field else 1:]
+        rows: list[dict[str, Any] | None] = [None] * len(texts)
+        if spec.metadata and extra:
+            values = {name: batch.column(name).to_pylist() for name in extra}
+            rows = [{name: values[name][i] for name in extra} for i in range(len(texts))]
+        yield from zip(texts[skip:], ids[skip:], rows[skip:], strict=True)
         skip = 0
 
 
-def _parquet_record(spec: InputSpec, index: int, text: object, raw_id: object) -> Record | Reject:
+def _parquet_record(spec: InputSpec, index: int, text: object, raw_id: object,
+                    fields: dict[str, Any] | None = None) -> Record | Reject:
     excerpt = _excerpt(text) if isinstance(text, str) else repr(text)[:_EXCERPT]
-    return _from_fields(spec, index, text, raw_id, text is not None, raw_id is not None, excerpt)
+    return _from_fields(spec, index, text, raw_id, text is not None, raw_id is not None, excerpt, fields)
 
 
 def _parquet_windows(spec: InputSpec, size: int, first: WindowSpec | None) -> Iterator[Window]:
     index = first.index if first else 0
     row = first.first if first else 0
     window = Window(WindowSpec(index, row, 0, row, row), [], [])
-    for text, raw_id in _parquet_rows(spec, row):
-        item = _parquet_record(spec, row, text, raw_id)
+    for text, raw_id, fields in _parquet_rows(spec, row):
+        item = _parquet_record(spec, row, text, raw_id, fields)
         (window.records if isinstance(item, Record) else window.rejects).append(item)  # type: ignore[arg-type]
         row += 1
         if row - window.spec.first == size:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from e5studio.errors import InputError
+from e5studio.jobs.batch_embed.chunking import Chunker, ChunkPolicy
 from e5studio.jobs.batch_embed.manifest_state import ManifestState
 from e5studio.jobs.batch_embed.prefetch import prefetch
 from e5studio.jobs.batch_embed.progress import EmbedTally, Measure, display
@@ -75,6 +76,8 @@ class EmbedCorpusSettings:
     overwrite: bool = False
     progress: bool = True
     workers: int | None = None
+    chunking: ChunkPolicy | None = None  # knowledge bases: documents -> chunk rows (None: one vector per record)
+    taken_ids: frozenset[str] = frozenset()  # with chunking: document ids already stored elsewhere (rejected)
 
     def __post_init__(self) -> None:
         if self.input_type is not None and self.input_type not in INPUT_TYPES:
@@ -122,11 +125,16 @@ def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress:
     """The local executor's loop over windows: the reader thread prepares the next window while this thread
     embeds one and the writer thread writes and commits the one before (:mod:`.write_behind`)."""
     done = state.done
+    chunker = None
+    if settings.chunking is not None:
+        chunker = Chunker(embedder.tokenizer, settings.chunking, settings.input_type,
+                          set(settings.taken_ids) | state.stored_doc_ids())
 
     def prepared() -> Iterator[tuple[int, PreparedWindow | None]]:
         for window in iter_windows(settings.input, settings.window_size, state.resume_point()):
             skip = window.spec.index in done
-            yield window.spec.index, None if skip else prepare_window(embedder, window, settings.input_type)
+            yield window.spec.index, None if skip else prepare_window(embedder, window, settings.input_type,
+                                                                      chunker=chunker)
 
     def write(embedded: EmbeddedWindow) -> None:
         result = write_window(embedded, settings.output)
@@ -143,7 +151,7 @@ def embed_windows(settings: EmbedCorpusSettings, state: ManifestState, progress:
                 continue
             if item.window.rejects and settings.bad_records == "fail":
                 raise bad_records_error(settings.input, item.window.rejects)
-            rows, tokens = len(item.window.records), item.tokens
+            rows, tokens = len(item.token_ids), item.tokens
             embedded = embed_vectors(embedder, item, progress.rows_done(item.window.spec, rows, tokens))
             progress.embedded(item.window.spec, rows, tokens)
             writer.submit(embedded)

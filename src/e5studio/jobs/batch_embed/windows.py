@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from e5studio.errors import InputError
+from e5studio.jobs.batch_embed.chunking import Chunker, ChunkRow, chunk_columns
 from e5studio.jobs.batch_embed.reader import InputSpec, Reject, Window, WindowSpec
 from e5studio.jobs.batch_embed.writer import ShardInfo, text_sha256, write_shard
 from e5studio.jobspec.layout import REJECTS_FILE
@@ -48,6 +49,7 @@ def bad_records_error(spec: InputSpec, rejects: list[Reject]) -> InputError:
 class PreparedWindow:
     window: Window
     token_ids: list[np.ndarray] = field(default_factory=list)
+    chunks: list[ChunkRow] | None = None  # knowledge bases: the row of each token-id array (None: one per record)
 
     @property
     def tokens(self) -> int:
@@ -55,14 +57,34 @@ class PreparedWindow:
 
 
 def prepare_window(embedder: Embedder, window: Window, input_type: str | None,
-                   chunk: int = 1024) -> PreparedWindow:
+                   chunk: int = 1024, chunker: Chunker | None = None) -> PreparedWindow:
     """Token ids of a window's records (tokenised ``chunk`` texts at a time: the tokenizer's own per-text
-    buffers, overflow included, are much larger than the ids kept)."""
+    buffers, overflow included, are much larger than the ids kept); with a ``chunker``, of the chunks of its
+    documents (a document that cannot be chunked becomes a reject)."""
+    if chunker is not None:
+        return _prepare_chunks(window, chunker)
     texts = [r.text for r in window.records]
     ids: list[np.ndarray] = []
     for start in range(0, len(texts), chunk):
         ids += embedder.tokenize(texts[start:start + chunk], input_type)
     return PreparedWindow(window, ids)
+
+
+def _prepare_chunks(window: Window, chunker: Chunker) -> PreparedWindow:
+    rows: list[ChunkRow] = []
+    ids: list[np.ndarray] = []
+    kept = []
+    for record in window.records:
+        split = chunker.split(record)
+        if isinstance(split, tuple):
+            rows += split[0]
+            ids += split[1]
+            kept.append(record)
+        else:
+            window.rejects.append(split)
+    window.records = kept
+    window.rejects.sort(key=lambda r: r.line)
+    return PreparedWindow(window, ids, rows)
 
 
 @dataclass
@@ -80,7 +102,7 @@ def embed_vectors(embedder: Embedder, prepared: PreparedWindow,
     """Embed one tokenised window (length-sorted, token-budget micro-batches); ``progress(rows finished)``
     after each micro-batch."""
     t0 = time.perf_counter()
-    vectors = embedder.embed_ids(prepared.token_ids, progress) if prepared.window.records else None
+    vectors = embedder.embed_ids(prepared.token_ids, progress) if prepared.token_ids else None
     return EmbeddedWindow(prepared, vectors, embedder.device, time.perf_counter() - t0)
 
 
@@ -89,7 +111,11 @@ def write_window(embedded: EmbeddedWindow, output: Path) -> WindowResult:
     t0 = time.perf_counter()
     window = embedded.prepared.window
     shard = None
-    if embedded.vectors is not None:
+    chunks = embedded.prepared.chunks
+    if embedded.vectors is not None and chunks is not None:
+        shard = write_shard(output, window.spec.index, [c.id for c in chunks], [text_sha256(c.text) for c in chunks],
+                            embedded.vectors, chunk_columns(chunks))
+    elif embedded.vectors is not None:
         shard = write_shard(output, window.spec.index, [r.id for r in window.records],
                             [text_sha256(r.text) for r in window.records], embedded.vectors)
     return WindowResult(window.spec, shard, window.rejects, embedded.prepared.tokens, embedded.device,

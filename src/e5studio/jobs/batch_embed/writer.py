@@ -80,8 +80,9 @@ class ShardInfo:
 
 
 def write_shard(output: Path, window: int, ids: Sequence[str], hashes: Sequence[str],
-                vectors: np.ndarray) -> ShardInfo:
-    """Write ``vectors`` [n, dim] float32 with their ids as the shard of ``window``, atomically."""
+                vectors: np.ndarray, extra: dict[str, list[Any]] | None = None) -> ShardInfo:
+    """Write ``vectors`` [n, dim] float32 with their ids as the shard of ``window``, atomically; ``extra``:
+    more columns (a knowledge base's chunk text, document id, offsets, metadata), one value per row."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -93,6 +94,7 @@ def write_shard(output: Path, window: int, ids: Sequence[str], hashes: Sequence[
         "id": pa.array(list(ids), type=pa.string()),
         "text_sha256": pa.array(list(hashes), type=pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        **{name: pa.array(values) for name, values in (extra or {}).items()},
     })
     name = shard_name(window)
     final = output / name
@@ -165,6 +167,14 @@ def iter_output(output: Path, verify: bool = False) -> Iterator[tuple[list[str],
         if len(ids) != entry["rows"]:
             raise InputError(f"{path}: {len(ids)} rows, the manifest says {entry['rows']}")
         yield ids, hashes, vectors
+
+
+def read_columns(path: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
+    """Some columns of one shard as Python lists (a knowledge base's chunk columns)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(path), columns=list(columns))
+    return {name: table.column(name).to_pylist() for name in columns}
 
 
 def read_output(output: Path, verify: bool = False) -> tuple[list[str], np.ndarray]:

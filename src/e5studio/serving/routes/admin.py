@@ -98,7 +98,8 @@ async def create_endpoint(request: Request, state: State) -> dict[str, Any]:
     endpoint, key = state.store.create_endpoint(
         _field(body, "project", str), _field(body, "name", str), model,
         _field(body, "batch_size", int, 32), _field(body, "description", str, ""),
-        _field(body, "precision", str, state.settings.engine.precision), deploy_gate=gate)
+        _field(body, "precision", str, state.settings.engine.precision), deploy_gate=gate,
+        input_type=_field(body, "input_type", str, "none"))
     state.pool.deploy(endpoint)
     view = endpoint_view(state, state.store.get_endpoint_by_id(endpoint.id))
     return {"endpoint": view, "key": key, "curl": curl_line(view["urls"]["nlp"], key)}

@@ -57,7 +57,8 @@ async def embeddings(request: Request, service: Service) -> Response:
     endpoint = await service.authorize(_named(raw), keys, note)
     shape = parse(raw, OpenAIRequest)
     texts = [shape.input] if isinstance(shape.input, str) else shape.input
-    embedded = await service.embed(endpoint, texts, shape.dimensions, partial(client_left, request), note)
+    embedded = await service.embed(endpoint, texts, shape.dimensions, partial(client_left, request), note,
+                                   shape.input_type)
     return vectors_answer({
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode(row, shape.encoding_format)}

@@ -4,10 +4,12 @@ the platform's curl examples send). Each route is the flow: authorize -> parse -
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from e5studio.errors import InputError
 from e5studio.http_body import client_left, float64_rows, parse, read_json, vectors_answer
 from e5studio.serving.edge import call_record
 from e5studio.serving.inference import EndpointRef, Service, request_keys
@@ -23,8 +25,21 @@ from e5studio.serving.schemas import (
     errors,
 )
 from e5studio.serving.urls import GENERIC_PATH, GENERIC_V2_PATH, NLP_PATH
+from e5studio.vocabulary import INPUT_TYPES, one_of
 
 router = APIRouter()
+
+
+def _input_type(params: Any) -> str | None:
+    """``params.input_type`` (plain, or SambaStudio's typed ``{"type": "str", "value": ...}``): the E5 prefix
+    by role for this request (None: the endpoint's default)."""
+    extra = params.model_extra if params is not None else None
+    value = (extra or {}).get("input_type")
+    if isinstance(value, dict):
+        value = value.get("value")
+    if value is not None and value not in INPUT_TYPES:
+        raise InputError(f"'params.input_type' must be {one_of(INPUT_TYPES)}, got {value!r}")
+    return value
 
 
 @router.post(NLP_PATH, response_model=None, openapi_extra=body(NlpRequest),
@@ -32,8 +47,9 @@ router = APIRouter()
 async def predict_nlp(request: Request, service: Service, project: str, endpoint: str) -> Response:
     note = call_record(request)
     found = await service.authorize(EndpointRef(endpoint, project), request_keys(request), note)
-    texts = parse(await read_json(request, service.max_body_bytes), NlpRequest).inputs
-    embedded = await service.embed(found, texts, client_left=partial(client_left, request), note=note)
+    shape = parse(await read_json(request, service.max_body_bytes), NlpRequest)
+    embedded = await service.embed(found, shape.inputs, client_left=partial(client_left, request), note=note,
+                                   input_type=_input_type(shape.params))
     return vectors_answer({"data": float64_rows(embedded.rows)})
 
 
@@ -42,8 +58,9 @@ async def predict_nlp(request: Request, service: Service, project: str, endpoint
 async def predict_generic(request: Request, service: Service, project: str, endpoint: str) -> Response:
     note = call_record(request)
     found = await service.authorize(EndpointRef(endpoint, project), request_keys(request), note)
-    texts = parse(await read_json(request, service.max_body_bytes), GenericRequest).instances
-    embedded = await service.embed(found, texts, client_left=partial(client_left, request), note=note)
+    shape = parse(await read_json(request, service.max_body_bytes), GenericRequest)
+    embedded = await service.embed(found, shape.instances, client_left=partial(client_left, request), note=note,
+                                   input_type=_input_type(shape.params))
     return vectors_answer({"predictions": float64_rows(embedded.rows)})
 
 
@@ -52,9 +69,10 @@ async def predict_generic(request: Request, service: Service, project: str, endp
 async def predict_generic_v2(request: Request, service: Service, project: str, endpoint: str) -> Response:
     note = call_record(request)
     found = await service.authorize(EndpointRef(endpoint, project), request_keys(request), note)
-    items = parse(await read_json(request, service.max_body_bytes), V2Request).items
+    shape = parse(await read_json(request, service.max_body_bytes), V2Request)
+    items = shape.items
     embedded = await service.embed(found, [item.value for item in items], client_left=partial(client_left, request),
-                                   note=note)
+                                   note=note, input_type=_input_type(shape.params))
     ids = [str(i) if item.id is None else item.id for i, item in enumerate(items)]  # no id: the item's index
     rows = float64_rows(embedded.rows)
     return vectors_answer({"items": [{"id": i, "value": row} for i, row in zip(ids, rows, strict=True)]})

@@ -1,0 +1,151 @@
+"""Knowledge-base search over HTTP, and the knowledge bases in the admin API.
+
+``POST /api/kb/{project}/{kb}/search`` with the key of the endpoint that embeds the knowledge base's current
+version: ``{"query": "...", "k": 10, "filter": {"field": value}, "by_document": false}`` -> hits (score,
+document id, chunk index, text, offsets, metadata). The query gets ``query: `` (the passages got
+``passage: ``). The current version is read from the store at every request, one row, so every replica
+switches with the store and one search reads one version whole. A query model that is not the one the version
+is stamped with (another model path, precision, dimension or window) is refused (409) naming both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from e5studio.control.knowledge_bases import KbVersion, KnowledgeBase
+from e5studio.control.store import Endpoint
+from e5studio.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
+from e5studio.http_body import client_left, read_json
+from e5studio.retrieval.kb_vectors import EmbeddedCache, PgvectorChunks, SearchRequest, check_request
+from e5studio.serving.edge import call_record
+from e5studio.serving.inference import (
+    INVALID_KEY,
+    EndpointRef,
+    InferenceService,
+    Service,
+    request_keys,
+    require_keys,
+)
+from e5studio.serving.routes.admin import require_admin
+from e5studio.serving.schemas import ADMIN_ERRORS, INFERENCE_ERRORS, errors
+from e5studio.serving.state import ServingState, State
+from e5studio.vocabulary import add_prefix
+
+KB_SEARCH_PATH = "/api/kb/{project}/{kb}/search"
+SEARCH_BODY_LIMIT = 64 * 1024
+MAX_QUERY_CHARS = 8192
+_SEARCHERS = "kb_searchers"
+
+router = APIRouter()
+admin_router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)],
+                         responses=errors(*ADMIN_ERRORS))
+
+
+class Searchers:
+    """The loaded embedded versions (by folder and generation) and the pgvector connections of one app."""
+
+    def __init__(self) -> None:
+        self.embedded = EmbeddedCache()
+        self.pgvector = PgvectorChunks()
+
+    def search(self, kb: KnowledgeBase, version: KbVersion, request: SearchRequest) -> list[Any]:
+        if kb.store_url:
+            return self.pgvector.search(kb.store_url, version.table_name, request)
+        return self.embedded.get(version.path, version.generation).search(request)
+
+
+def _searchers(request: Request) -> Searchers:
+    found = getattr(request.app.state, _SEARCHERS, None)
+    if found is None:
+        found = Searchers()
+        setattr(request.app.state, _SEARCHERS, found)
+    return found
+
+
+def _check_query_model(version: KbVersion, endpoint: Endpoint, embedder: Any) -> None:
+    stamp = version.stamp
+    served = {"model": endpoint.model, "precision": endpoint.precision, "dim": embedder.dim,
+              "max_length": embedder.max_length, "model_path": str(Path(embedder.checkpoint.path).resolve())}
+    stored = {"model": (stamp.get("endpoint") or {}).get("model"), "precision": stamp.get("precision"),
+              "dim": stamp.get("dim"), "max_length": stamp.get("max_length"), "model_path": stamp.get("model_path")}
+    diff = [key for key in served if served[key] != stored[key]]
+    if diff:
+        raise ConflictError(f"search refused: version {version.version} is stamped {stored}, endpoint "
+                            f"{endpoint.name!r} now serves {served} (differs in {', '.join(diff)}); run `e5studio "
+                            "kb reembed` to build a version with its model")
+
+
+def _query(body: dict[str, Any]) -> str:
+    query = body.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise InputError("'query' must be a non-empty string")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InputError(f"'query' is {len(query):,} characters, at most {MAX_QUERY_CHARS:,}")
+    return query
+
+
+async def _authorize(service: InferenceService, state: ServingState, kb: KnowledgeBase, version: KbVersion,
+                     keys: list[str], note: Any) -> Endpoint:
+    """The version's endpoint, for a key of it or of another endpoint of the knowledge base's project (so a
+    re-embedding with another endpoint switches without a window where the clients' keys are refused)."""
+    try:
+        return await service.authorize(EndpointRef(version.endpoint_id, kb.project_id), keys, note)
+    except ForbiddenError:
+        if not any(e.project_id == kb.project_id for e in state.store.endpoints_opened_by(keys)):
+            raise
+    return state.store.get_endpoint_by_id(version.endpoint_id)
+
+
+@router.post(KB_SEARCH_PATH, responses=errors(*INFERENCE_ERRORS, 409))
+async def search(request: Request, project: str, kb: str, service: Service, state: State) -> dict[str, Any]:
+    note = call_record(request)
+    keys = require_keys(request_keys(request))
+    try:
+        found, version = await asyncio.to_thread(state.store.current_kb_version, project, kb)
+    except (NotFoundError, ConflictError):
+        if not state.store.endpoints_opened_by(keys):  # nothing learnt of what exists without a valid key
+            raise AuthError(INVALID_KEY) from None
+        raise
+    endpoint = await _authorize(service, state, found, version, keys, note)
+    body = await read_json(request, SEARCH_BODY_LIMIT)
+    query = _query(body)
+    k, filter, by_document = check_request(body.get("k", 10), body.get("filter"), body.get("by_document", False),
+                                           version.fields)
+    embedder, _ = service.pool.get(endpoint)
+    _check_query_model(version, endpoint, embedder)
+    embedded = await service.embed(endpoint, [add_prefix(query, "query")], client_left=partial(client_left, request),
+                                   note=note)
+    hits = await asyncio.to_thread(_searchers(request).search, found, version,
+                                   SearchRequest(embedded.rows[0], k, filter, by_document))
+    return {"knowledge_base": found.name, "version": version.version, "hits": [h.to_json() for h in hits]}
+
+
+def kb_view(state: Any, kb: KnowledgeBase) -> dict[str, Any]:
+    versions = [{k: v for k, v in asdict(version).items() if k not in ("kb_id", "path")}
+                for version in state.store.kb_versions(kb.id)]
+    return {**asdict(kb), "store": kb.store_kind, "versions": versions,
+            "search_url": state.settings.base_url + KB_SEARCH_PATH.format(project=kb.project_id, kb=kb.id)}
+
+
+@admin_router.get("/kb")
+async def list_kbs(state: State, project: str | None = None) -> dict[str, Any]:
+    return {"knowledge_bases": [kb_view(state, kb) for kb in state.store.list_kbs(project)]}
+
+
+@admin_router.get("/projects/{project}/kb/{kb}")
+async def show_kb(state: State, project: str, kb: str) -> dict[str, Any]:
+    return kb_view(state, state.store.get_kb(project, kb))
+
+
+@admin_router.post("/projects/{project}/kb/{kb}/versions/{version}/activate")
+async def activate_version(state: State, project: str, kb: str, version: int) -> dict[str, Any]:
+    """Make a Ready version the one searches use (e.g. back to the previous one after a re-embedding)."""
+    found = state.store.get_kb(project, kb)
+    state.store.switch_kb_version(found.id, version)
+    return kb_view(state, state.store.get_kb(project, kb))

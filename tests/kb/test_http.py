@@ -1,0 +1,149 @@
+"""Knowledge-base search over HTTP against a real ``e5studio serve``: the same hits as the CLI's search, the
+embedded store and pgvector agree, bad input is a clear 4xx, and a re-embedding switches versions atomically
+under concurrent searches (no answer mixes versions)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from e5studio.control.store import Store
+from e5studio.jobs.kb import ops
+from e5studio.jobs.kb.build import Source
+from e5studio.settings import EngineSettings
+from tests.kb.conftest import long_documents, write_jsonl
+from tests.serving.server import ServerProcess
+
+CHUNKING = {"mode": "tokens", "chunk_tokens": 40, "overlap": 8}
+OPTIONS = ops.BuildOptions(engine=EngineSettings(model="unused", device="cpu", threads=1), window_size=10,
+                           progress=False, workers=1)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path, postgres_url: str
+           ) -> Iterator[tuple[ServerProcess, Store, str]]:
+    root = tmp_path_factory.mktemp("kbserve")
+    proc = ServerProcess(root / "data", root / "logs", model=str(tiny_dir))
+    proc.start()
+    key = proc.banner().key
+    store = Store(proc.store_url or root / "data" / "e5studio.db")
+    endpoint = store.list_endpoints()[0]
+    docs = write_jsonl(root / "docs.jsonl", long_documents(40, seed=3))
+    for name, url in (("emb", ""), ("pg", postgres_url)):
+        ops.create(store, "default", name, endpoint.name, Source(docs, "auto", None, "id"), CHUNKING, OPTIONS,
+                   proc.data_dir, url)
+    try:
+        yield proc, store, key
+    finally:
+        store.close()
+        proc.stop()
+
+
+def _search(proc: ServerProcess, kb: str, key: str, body: dict[str, Any]) -> httpx.Response:
+    with httpx.Client(base_url=proc.base_url, timeout=60, trust_env=False) as client:
+        return client.post(f"/api/kb/default/{kb}/search", json=body, headers={"key": key})
+
+
+def test_http_hits_equal_the_cli_and_pgvector_equals_exact(served: tuple[ServerProcess, Store, str]) -> None:
+    proc, store, key = served
+    docs = long_documents(40, seed=3)
+    for i in (0, 7, 21):
+        query = str(docs[i]["contents"])[:150]
+        for by_document in (False, True):
+            body = {"query": query, "k": 5, "by_document": by_document}
+            emb, pg = _search(proc, "emb", key, body), _search(proc, "pg", key, body)
+            assert emb.status_code == pg.status_code == 200, emb.text + pg.text
+            ours = emb.json()["hits"]
+            cli = [h.to_json() for h in ops.search(store, "default", "emb", query, 5, None, by_document,
+                                                   OPTIONS.engine)]
+            assert [(h["document_id"], h["chunk"]) for h in ours] == [(h["document_id"], h["chunk"]) for h in cli]
+            for a, b in zip(ours, cli, strict=True):
+                assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+                assert (a["text"], a["start"], a["end"], a["metadata"]) == (b["text"], b["start"], b["end"],
+                                                                            b["metadata"])
+            theirs = pg.json()["hits"]
+            assert [(h["document_id"], h["chunk"]) for h in theirs] == [(h["document_id"], h["chunk"]) for h in ours]
+            assert [h["score"] for h in theirs] == pytest.approx([h["score"] for h in ours], abs=1e-4)
+        if not by_document:
+            assert ours[0]["document_id"] == f"doc-{i}"
+    filtered = _search(proc, "pg", key, {"query": "protein", "k": 20, "filter": {"lang": "de", "year": 2001}})
+    exact = _search(proc, "emb", key, {"query": "protein", "k": 20, "filter": {"lang": "de", "year": 2001}})
+    assert filtered.json()["hits"] and all(h["metadata"] == {"lang": "de", "year": 2001}
+                                           for h in filtered.json()["hits"])
+    assert [h["document_id"] for h in filtered.json()["hits"]] == [h["document_id"] for h in exact.json()["hits"]]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"query": "x", "k": 0}, 400, "'k' must be an integer from 1 to 1000"),
+    ({"query": "x", "k": 10**9}, 400, "'k' must be an integer"),
+    ({"query": "x", "filter": {"nope": 1}}, 400, "unknown metadata field 'nope'"),
+    ({"query": "x", "filter": {"lang": {"$ne": 1}}}, 400, "'filter.lang' must be a string"),
+    ({"query": "x", "filter": {"lang": "a\u0000"}}, 400, "NUL"),
+    ({"query": ""}, 400, "'query' must be a non-empty string"),
+    ({"query": "x" * 9000}, 400, "at most 8,192"),
+    ({"query": "x", "by_document": "yes"}, 400, "'by_document' must be true or false"),
+])
+def test_bad_search_bodies_are_clear_errors(served: tuple[ServerProcess, Store, str], body: dict[str, Any],
+                                            status: int, words: str) -> None:
+    proc, _, key = served
+    for kb in ("emb", "pg"):
+        answer = _search(proc, kb, key, body)
+        assert answer.status_code == status, answer.text
+        assert words in answer.json()["error"]["message"]
+
+
+def test_keys_and_unknown_names(served: tuple[ServerProcess, Store, str]) -> None:
+    proc, _, key = served
+    assert _search(proc, "emb", "e5k-not-a-key", {"query": "x"}).status_code == 401
+    assert _search(proc, "nothere", "e5k-not-a-key", {"query": "x"}).status_code == 401  # nothing learnt
+    assert _search(proc, "nothere", key, {"query": "x"}).status_code == 404
+    with httpx.Client(base_url=proc.base_url, timeout=60, trust_env=False) as client:
+        hostile = client.post("/api/kb/default/emb/search", content=b'{"query": "\\ud800"}',
+                              headers={"key": key, "content-type": "application/json"})
+    assert hostile.status_code == 400, hostile.text
+
+
+def test_reembed_switches_atomically_under_concurrent_searches(served: tuple[ServerProcess, Store, str],
+                                                               tiny_dir: Path) -> None:
+    proc, store, key = served
+    store.create_endpoint("default", "ep-int8", str(tiny_dir), 32, precision="int8")
+    proc.wait_status("default", "ep-int8")
+    query = {"query": "protein kinase receptor", "k": 8}
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            answer = _search(proc, "emb", key, query)
+            assert answer.status_code == 200, answer.text
+            seen.append(answer.json())
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        ops.reembed(store, "default", "emb", "ep-int8", OPTIONS, proc.data_dir)
+        after = len(seen)
+        while len(seen) < after + 3:
+            pass
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    versions = {answer["version"] for answer in seen}
+    assert versions == {1, 2}, versions
+    # every answer is exactly what its version answers alone: never a mix of the two
+    by_version = {v: [a["hits"] for a in seen if a["version"] == v] for v in versions}
+    for v, answers in by_version.items():
+        first = [(h["document_id"], h["chunk"]) for h in answers[0]]
+        assert all([(h["document_id"], h["chunk"]) for h in hits] == first for hits in answers), v
+    # the order of answers: once version 2 answered, version 1 never again (one atomic switch)
+    order = [answer["version"] for answer in seen]
+    assert order == sorted(order)
+    kb = store.get_kb("default", "emb")
+    assert kb.current_version == 2 and [v.status for v in store.kb_versions(kb.id)] == ["Ready", "Ready"]
