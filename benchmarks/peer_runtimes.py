@@ -67,9 +67,16 @@ def export_onnx(model_dir: Path, path: Path) -> None:
     import torch
     from transformers import BertModel
 
-    model = BertModel.from_pretrained(str(model_dir)).eval()
+    class Hidden(torch.nn.Module):  # keyword arguments only: BertModel's positional order varies by version
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = BertModel.from_pretrained(str(model_dir)).eval().requires_grad_(False)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     ids = torch.ones(2, 16, dtype=torch.long)
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
+    torch.onnx.export(Hidden(), (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
                       output_names=["last_hidden_state"], opset_version=17, dynamo=False,
                       dynamic_axes={"input_ids": {0: "b", 1: "l"}, "attention_mask": {0: "b", 1: "l"},
                                     "last_hidden_state": {0: "b", 1: "l"}})
