@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from e5studio.engine import int8_kernels
+from e5studio.engine.cpu import cpu_features
 from e5studio.engine.embedder import Embedder
 from e5studio.settings import EngineSettings
 from tests.serving.server import MINILM, ServerProcess, json_prefix
@@ -52,6 +53,7 @@ def test_int8_endpoint_survives_a_restart(tmp_path: Path, minilm_embedder: Embed
         with httpx.Client(base_url=server.base_url, timeout=30, trust_env=False) as client:
             models = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]
         assert [(m["id"], m["precision"]) for m in models] == [("fast", "int8")]
+        assert models[0]["kernels"] == cpu_features().describe()  # the kernel set the CPU computes with
         refused = server.cli("endpoints", "create", "search", "odd", "--model", MINILM, "--precision", "int4")
         assert refused.returncode != 0 and "int4" in refused.stderr
 
