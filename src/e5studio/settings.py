@@ -26,8 +26,9 @@ class EngineSettings:
     cpu_runtime: on CPU in fp32, ``auto`` runs few-token micro-batches (single queries) on ONNX Runtime where
       it is installed and everything else on torch; ``torch`` uses torch only; ``onnxruntime`` is ``auto``
       that fails where ONNX Runtime is missing.
-    precision: ``fp32`` (default) or ``int8``: every dense layer in int8 (weights per output channel, quantized at
-      load from the fp32 checkpoint; activations per row at run time); CPU only.
+    precision: ``fp32`` (default), ``bf16`` (CPUs with native bf16 only: dense layers in bf16 with fp32 sums) or
+      ``int8``: every dense layer in int8 (weights per output channel, quantized at load from the fp32
+      checkpoint; activations per row at run time); CPU only.
     """
 
     model: str = DEFAULT_MODEL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from e5studio.engine.cpu import cpu_features
 from e5studio.settings import EngineSettings
 from e5studio.vocabulary import CPU_RUNTIMES, PRECISIONS
 
@@ -24,8 +25,10 @@ def add_engine_flags(parser: argparse.ArgumentParser, model_help: str, model_req
 
 
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
-                        help="fp32 (default) or int8: every dense layer in int8, quantized at load from the fp32 "
-                             "weights (CPU only; vectors within cosine 0.99 of fp32)")
+                        help="fp32 (default); bf16: dense layers in bf16 with fp32 sums (CPUs with native bf16 "
+                             "only: AVX512-BF16 or AMX); int8: every dense layer in int8, quantized at load from the "
+                             "fp32 weights (CPU only; vectors within cosine 0.99 of fp32). Offered on this CPU: "
+                             f"{', '.join(cpu_features().precisions)}")
 
 
 def engine_settings(args: argparse.Namespace, model: str | None = None) -> EngineSettings:
