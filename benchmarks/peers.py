@@ -85,7 +85,7 @@ def ours(path: Path, precision: str, cpu_runtime: str, threads: int, passages: l
         rows.append(embedder.embed_ids([q])[0])
         latencies.append(time.perf_counter() - t)
     return {"passages": vectors, "queries": np.stack(rows), "latencies": np.array(latencies),
-            "tokens_per_s": sum(len(s) for s in passages) / best, "runtime": embedder.runtime}
+            "tokens_per_s": sum(len(s) for s in passages) / best, "detail": embedder.runtime}
 
 
 def peer(name: str, path: Path, ids_file: Path, work: Path, threads: int) -> dict[str, Any] | str:
