@@ -5,7 +5,6 @@ under concurrent searches (no answer mixes versions)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,34 +13,8 @@ import pytest
 
 from e5studio.control.store import Store
 from e5studio.jobs.kb import ops
-from e5studio.jobs.kb.build import Source
-from e5studio.settings import EngineSettings
-from tests.kb.conftest import long_documents, write_jsonl
+from tests.kb.conftest import OPTIONS, long_documents
 from tests.serving.server import ServerProcess
-
-CHUNKING = {"mode": "tokens", "chunk_tokens": 40, "overlap": 8}
-OPTIONS = ops.BuildOptions(engine=EngineSettings(model="unused", device="cpu", threads=1), window_size=10,
-                           progress=False, workers=1)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path, postgres_url: str
-           ) -> Iterator[tuple[ServerProcess, Store, str]]:
-    root = tmp_path_factory.mktemp("kbserve")
-    proc = ServerProcess(root / "data", root / "logs", model=str(tiny_dir))
-    proc.start()
-    key = proc.banner().key
-    store = Store(proc.store_url or root / "data" / "e5studio.db")
-    endpoint = store.list_endpoints()[0]
-    docs = write_jsonl(root / "docs.jsonl", long_documents(40, seed=3))
-    for name, url in (("emb", ""), ("pg", postgres_url)):
-        ops.create(store, "default", name, endpoint.name, Source(docs, "auto", None, "id"), CHUNKING, OPTIONS,
-                   proc.data_dir, url)
-    try:
-        yield proc, store, key
-    finally:
-        store.close()
-        proc.stop()
 
 
 def _search(proc: ServerProcess, kb: str, key: str, body: dict[str, Any]) -> httpx.Response:
