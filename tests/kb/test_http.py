@@ -13,7 +13,8 @@ import pytest
 
 from e5studio.control.store import Store
 from e5studio.jobs.kb import ops
-from tests.kb.conftest import OPTIONS, long_documents
+from e5studio.jobs.kb.build import Source
+from tests.kb.conftest import OPTIONS, long_documents, write_jsonl
 from tests.serving.server import ServerProcess
 
 
@@ -120,3 +121,25 @@ def test_reembed_switches_atomically_under_concurrent_searches(served: tuple[Ser
     assert order == sorted(order)
     kb = store.get_kb("default", "emb")
     assert kb.current_version == 2 and [v.status for v in store.kb_versions(kb.id)] == ["Ready", "Ready"]
+
+
+def test_a_query_model_other_than_the_stamped_one_is_refused(served: tuple[ServerProcess, Store, str],
+                                                             tmp_path: Path) -> None:
+    """The version was stamped with a max length the endpoint's model no longer has (as after a server restarted
+    with another --max-length): the search is refused with both stamps named, not answered with mixed vectors."""
+    import json
+
+    from e5studio.control.schema import kb_versions
+
+    proc, store, key = served
+    docs = write_jsonl(tmp_path / "few.jsonl", long_documents(3, seed=1))
+    ops.create(store, "default", "stale", store.list_endpoints()[0].name, Source(docs, "auto", None, "id"),
+               {"mode": "tokens", "chunk_tokens": 40, "overlap": 8}, OPTIONS, proc.data_dir)
+    _, version = store.current_kb_version("default", "stale")
+    stamp = {**version.stamp, "max_length": 64}
+    with store._write() as conn:  # what another build's stamp would say
+        conn.execute(kb_versions.update().where(kb_versions.c.id == version.id).values(stamp=json.dumps(stamp)))
+    refused = _search(proc, "stale", key, {"query": "protein"})
+    assert refused.status_code == 409, refused.text
+    message = refused.json()["error"]["message"]
+    assert "'max_length': 64" in message and "differs in max_length" in message and "kb reembed" in message
