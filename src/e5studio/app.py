@@ -19,21 +19,22 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from e5studio import __version__
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Endpoint, Store
 from e5studio.engine.embedder import Embedder
-from e5studio.errors import ConflictError, E5StudioError, InputError
+from e5studio.errors import ConflictError, E5StudioError, InputError, StoreUnavailableError
 from e5studio.http_body import client_left
 from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
 from e5studio.serving.allocator import tune_malloc
 from e5studio.serving.batcher import QueueLimits
-from e5studio.serving.edge import Edge, Metrics, call_record
+from e5studio.serving.edge import DirectRoute, Edge, Metrics, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
-from e5studio.serving.inference import Embedded, InferenceService
+from e5studio.serving.inference import Embedded, EndpointDirectory, InferenceService
 from e5studio.serving.inference import install as install_inference
 from e5studio.serving.models import ModelPool
 from e5studio.serving.replica import HEARTBEAT_S, ReplicaHeartbeat
@@ -79,11 +80,11 @@ def open_store(settings: ServeSettings) -> Store:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _private(settings.data_dir)
     if settings.store:
-        return Store.open(settings.store)
+        return Store.open(settings.store, timeouts=settings.store_timeouts)
     for name in (STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal"):
         if (settings.data_dir / name).exists():
             os.chmod(settings.data_dir / name, 0o600)
-    return Store.open(settings.data_dir / STORE_FILE)
+    return Store.open(settings.data_dir / STORE_FILE, timeouts=settings.store_timeouts)
 
 
 def create_app(settings: ServeSettings, store: Store,
@@ -95,17 +96,18 @@ def create_app(settings: ServeSettings, store: Store,
     pool = ModelPool(store, settings.engine, metrics, limits, loader=loader, replica_id=Store.new_job_id())
     replica = ReplicaHeartbeat(store, pool, settings.base_url)
     jobs = JobRunner(store, settings.data_dir, lease_s=settings.job_lease_s)
-    inference = InferenceService(store, pool, settings.max_body_bytes)
+    inference = InferenceService(store, pool, settings.max_body_bytes, EndpointDirectory(store, metrics))
     throttle = LoginThrottle(failures=store)  # failed logins counted in the store: every replica throttles them
 
     # no /docs or /redoc: FastAPI's pages load Swagger's script from a public CDN on the UI's own origin, where
     # a changed script could read the UI's pages; /openapi.json is served for any OpenAPI viewer
     app = FastAPI(title="e5studio", version=__version__, docs_url=None, redoc_url=None,
-                  lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica))
+                  lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica, directory=inference.directory))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
                                                           metrics=metrics, login_throttle=throttle))
     install_inference(app, inference)
-    for error in (E5StudioError, HTTPException, RequestValidationError):
+    handled = (E5StudioError, HTTPException, RequestValidationError)
+    for error in handled:
         app.add_exception_handler(error, _answer_error)
     for module in (sambastudio, openai, health, admin, kb):
         app.include_router(module.router)
@@ -116,8 +118,17 @@ def create_app(settings: ServeSettings, store: Store,
                            endpoint_stats=metrics.endpoint_stats.get, embed=partial(_try_embed, inference),
                            login_guard=throttle))
     app.add_middleware(Edge, metrics=metrics, timeout_s=settings.body_timeout_s, answer=_answer_crash,
-                       unauthenticated=UNAUTHENTICATED_BODIES)
+                       unauthenticated=UNAUTHENTICATED_BODIES, direct=_direct_routes(inference), handled=handled,
+                       answer_error=_answer_error, on_write=inference.directory.changed)
     return app
+
+
+def _direct_routes(inference: InferenceService) -> list[DirectRoute]:
+    """The inference routes that take a body (POST), called by the edge itself with the service bound (the
+    other methods of their paths, and ``/v1/models``, go through the framework)."""
+    return [DirectRoute(route, partial(route.endpoint, service=inference))
+            for module in (sambastudio, openai) for route in module.router.routes
+            if isinstance(route, APIRoute) and route.methods == {"POST"}]
 
 
 async def _try_embed(inference: InferenceService, request: Request, endpoint: Endpoint, texts: list[str]) -> Embedded:
@@ -126,14 +137,16 @@ async def _try_embed(inference: InferenceService, request: Request, endpoint: En
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner,
-                    replica: ReplicaHeartbeat) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI, *, pool: ModelPool, jobs: JobRunner, replica: ReplicaHeartbeat,
+                    directory: EndpointDirectory) -> AsyncIterator[None]:
+    directory.start()  # the replica's copy of the endpoints and keys, read on a thread from now on
     pool.restore()  # every endpoint of the store starts deploying
     await asyncio.to_thread(replica.beat)  # this replica counts from now on
     await asyncio.to_thread(jobs.recover)  # jobs of a previous server: Interrupted (resumable)
     watcher = asyncio.create_task(_watch(jobs, pool, replica))
     yield
     watcher.cancel()
+    await asyncio.to_thread(directory.close)
     await asyncio.to_thread(jobs.close, JOB_STOP_TIMEOUT_S)  # children record Interrupted
     # models still loading are waited for (exiting while a loader is inside the engine aborts the process);
     # queued requests finish before the workers stop
@@ -148,21 +161,25 @@ async def _watch(jobs: JobRunner, pool: ModelPool, replica: ReplicaHeartbeat) ->
     """Every second: the background jobs (ended processes, expired leases, queued jobs), endpoints created on
     another replica (their models load here too); every HEARTBEAT_S: this replica's heartbeat."""
     last_beat = 0.0
+    away: set[str] = set()  # the rounds that met the store away (said once per outage; the store says when back)
     while True:
         await asyncio.sleep(JOB_POLL_S)
+        now = asyncio.get_running_loop().time()
+        beat = now - last_beat >= HEARTBEAT_S
+        last_beat = now if beat else last_beat
         for what, step in (("polling the background jobs", jobs.poll),
-                           ("deploying new endpoints, unloading unused models", pool.sync)):
+                           ("deploying new endpoints, unloading unused models", pool.sync),
+                           ("writing this replica's heartbeat", replica.beat if beat else None)):
             try:
-                await asyncio.to_thread(step)
+                if step is not None:
+                    await asyncio.to_thread(step)
+                    away.discard(what)
+            except StoreUnavailableError as exc:
+                if what not in away:
+                    away.add(what)
+                    log.warning("%s failed: %s", what, exc)
             except Exception:  # a failed round must not end the watching
                 log.exception("%s failed", what)
-        now = asyncio.get_running_loop().time()
-        if now - last_beat >= HEARTBEAT_S:
-            last_beat = now
-            try:
-                await asyncio.to_thread(replica.beat)
-            except Exception:
-                log.exception("writing this replica's heartbeat failed")
 
 
 async def _answer_error(request: Request, exc: Exception, request_id: str | None = None) -> Response:

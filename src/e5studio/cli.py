@@ -11,12 +11,14 @@ from typing import Any
 
 from e5studio import __version__
 from e5studio.engine.flags import add_engine_flags, engine_settings
-from e5studio.errors import E5StudioError, InputError
+from e5studio.errors import E5StudioError, InputError, StoreUnavailableError
 from e5studio.jobs.batch_embed.commands import add_parsers as add_batch_embed_parsers
 from e5studio.jobs.kb.commands import add_parsers as add_kb_parsers
 from e5studio.jobs.train.commands import add_parsers as add_train_parsers
-from e5studio.settings import DEFAULT_MODEL, ServeSettings
+from e5studio.settings import DEFAULT_MODEL, ServeSettings, StoreTimeouts
 from e5studio.vocabulary import PRECISIONS
+
+EXIT_RETRYABLE = 75  # EX_TEMPFAIL: the store (or the server) cannot answer now; the same command may work later
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              body_timeout_s=args.body_timeout,
                              max_body_bytes=args.max_body_bytes, public_url=args.public_url,
                              forwarded_allow_ips=args.forwarded_allow_ips, cookie_secure=args.cookie_secure,
-                             max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+                             max_upload_bytes=args.max_upload_mb * 1024 * 1024, store_timeouts=_store_timeouts(args))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # Alembic tells every migration step at INFO, which on a first start buried the admin token: only its
     # warnings are shown
@@ -78,7 +80,17 @@ def _store_url(args: argparse.Namespace) -> str | None:
     return args.store or os.environ.get(STORE_ENV) or None
 
 
+def _store_timeouts(args: argparse.Namespace) -> StoreTimeouts:
+    return StoreTimeouts.from_env(connect_s=args.store_connect_timeout, statement_s=args.store_statement_timeout,
+                                  checkout_s=args.store_checkout_timeout)
+
+
 def _store_flags(parser: argparse.ArgumentParser, data_dir_help: str) -> None:
+    for name, what in (("connect", "opening a PostgreSQL connection"), ("checkout", "a free pooled connection"),
+                       ("statement", "one call's statements and lock waits (SQLite: its busy timeout)")):
+        parser.add_argument(f"--store-{name}-timeout", type=float, default=None, metavar="SECONDS", help=f"control "
+                            f"store: bound on {what}; past it a call fails, retryably (default "
+                            f"${StoreTimeouts.ENV[name + '_s']}, else {getattr(StoreTimeouts(), name + '_s'):g})")
     parser.add_argument("--data-dir", default=".e5studio", help=data_dir_help)
     parser.add_argument("--store", default=None, metavar="URL",
                         help="the control store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB for several servers "
@@ -109,6 +121,10 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: dict[str, obj
             message = json.loads(exc.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = exc.reason
+        if exc.code in (429, 503):  # retryable: the server said when (its store away, or it is full)
+            wait = exc.headers.get("Retry-After", "1")
+            raise StoreUnavailableError(f"{method} {path}: HTTP {exc.code}: {message} (retryable: try again in "
+                                        f"{wait} s)", float(wait) if wait.isdigit() else 1.0) from None
         raise InputError(f"{method} {path}: HTTP {exc.code}: {message}") from None
     except urllib.error.URLError as exc:
         raise InputError(f"cannot reach the e5studio server at {args.server}: {exc.reason}") from None
@@ -203,7 +219,7 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     from e5studio.control.database import store_target
     from e5studio.control.store import Store
 
-    with Store.open(store_target(args.store, args.data_dir)) as store:
+    with Store.open(store_target(args.store, args.data_dir), timeouts=_store_timeouts(args)) as store:
         token = store.rotate_admin_token()
     print(f"New admin token (shown once): {token}")
     return 0
@@ -215,7 +231,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     from e5studio.control.store import Store
 
     target = store_target(args.store, args.data_dir)
-    with Store.open(target, migrate=args.action == "migrate") as store:
+    with Store.open(target, migrate=args.action == "migrate", timeouts=_store_timeouts(args)) as store:
         state = store.schema_state()
         if args.action == "migrate":
             for name in store.applied_migrations:
@@ -423,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         set_process_threads(args)
         return int(args.func(args))
+    except StoreUnavailableError as exc:  # retryable (EX_TEMPFAIL): nothing was changed
+        print(f"e5studio: error: {exc}", file=sys.stderr)
+        return EXIT_RETRYABLE
     except E5StudioError as exc:
         print(f"e5studio: error: {exc}", file=sys.stderr)
         return 2

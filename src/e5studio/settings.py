@@ -79,6 +79,55 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class StoreTimeouts:
+    """How long any call waits on the control store before it fails with StoreUnavailableError (HTTP 503 with
+    Retry-After; the CLI's retryable exit status), so no request, heartbeat or job hangs on a store that is down.
+
+    connect_s: opening a PostgreSQL connection (libpq's connect timeout: whole seconds).
+    statement_s: one call's statements, pings and lock waits (PostgreSQL: the server's statement timeout and a
+      watchdog on this side for a server that does not answer at all; SQLite: the busy timeout on its lock).
+    checkout_s: waiting for a free connection of the pool.
+    A call fails within checkout_s + connect_s + statement_s at most; a store known to be away fails at once.
+    """
+
+    connect_s: float = 2.0
+    statement_s: float = 3.0
+    checkout_s: float = 2.0
+
+    ENV = {"connect_s": "E5STUDIO_STORE_CONNECT_TIMEOUT", "statement_s": "E5STUDIO_STORE_STATEMENT_TIMEOUT",
+           "checkout_s": "E5STUDIO_STORE_CHECKOUT_TIMEOUT"}
+
+    def __post_init__(self) -> None:
+        from e5studio.errors import InputError
+
+        for name in ("connect_s", "statement_s", "checkout_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise InputError(f"store timeout {name.removesuffix('_s')} must be above 0 and at most 3600 "
+                                 f"seconds, got {value}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: float | None) -> StoreTimeouts:
+        """From ``$E5STUDIO_STORE_*_TIMEOUT`` (seconds), then explicit overrides (CLI flags) on top."""
+        from e5studio.errors import InputError
+
+        env = os.environ if env is None else env
+        values: dict[str, float] = {}
+        for name, variable in cls.ENV.items():
+            if env.get(variable):
+                try:
+                    values[name] = float(env[variable])
+                except ValueError:
+                    raise InputError(f"{variable} must be a number of seconds, got {env[variable]!r}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def as_env(self) -> dict[str, str]:
+        """The variables that give a child process (a job) these timeouts."""
+        return {variable: repr(getattr(self, name)) for name, variable in self.ENV.items()}
+
+
+@dataclass(frozen=True)
 class ServeSettings:
     """How ``e5studio serve`` runs.
 
@@ -101,6 +150,7 @@ class ServeSettings:
       nothing: not the login throttle, not the access log).
     cookie_secure: the web session cookie carries ``Secure`` (sent over HTTPS only); None: when ``public_url``
       is an https URL (the server is told it runs behind TLS).
+    store_timeouts: the bounds on every call to the control store (:class:`StoreTimeouts`).
     """
 
     data_dir: Path = Path(".e5studio")
@@ -119,6 +169,7 @@ class ServeSettings:
     job_lease_s: float = 30.0
     forwarded_allow_ips: str = ""
     cookie_secure: bool | None = None
+    store_timeouts: StoreTimeouts = StoreTimeouts()
 
     @property
     def secure_cookies(self) -> bool:

@@ -54,8 +54,8 @@ def _test_queries(shared_data_dir: Path, n: int) -> list[str]:
 
 def test_quality_gate_on_minilm_sample(minilm_embedder: Embedder, minilm_int8: Embedder,
                                        scifact_passages: list[str], shared_data_dir: Path) -> None:
-    """The default suite's gate: 200 SciFact passages (truncated ones among them) and 100 test queries."""
-    _quality_gate(minilm_embedder, minilm_int8, scifact_passages[:200], _test_queries(shared_data_dir, 100))
+    """The default suite's gate: 120 SciFact passages (truncated ones among them) and 60 test queries."""
+    _quality_gate(minilm_embedder, minilm_int8, scifact_passages[:120], _test_queries(shared_data_dir, 60))
 
 
 @pytest.mark.slow

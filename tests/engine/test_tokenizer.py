@@ -213,12 +213,12 @@ def test_long_texts_of_every_script_match_whole_text_tokenising(minilm_dir: Path
         parts = [rng.choice(words) * rng.choice((1, 1, 1, 3, 30)) + rng.choice((" ", " ", "", ", ", "[SEP]", "\n"))
                  for _ in range(250)]
         text = "".join(parts)
-        for shift in (0, 1, 3, 7, 255, 510, 511, 513):
+        for shift in (0, 3, 255, 511):
             shifted = "x" * shift + text
             assert tokenizer.encode([shifted])[0].tolist() == _truncated_whole(minilm_dir, shifted, 64), \
                 (script, shift)
             checked += 1
-    assert checked >= 10 * 8
+    assert checked >= 10 * 4
 
 
 @pytest.mark.parametrize("text", [

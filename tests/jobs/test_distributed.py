@@ -57,6 +57,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # torchrun's launch; the two-process equality itself is checked above in the default suite
 def test_torchrun_two_processes_train_like_one(tmp_path: Path, toy_dir: Path, tiny_nodropout_dir: Path) -> None:
     """The same command under torchrun: rank 0 alone logs and saves; the weights match a 1-process run."""
     data_dir = str(tmp_path / "store")

@@ -374,3 +374,52 @@ def test_the_engine_computes_below_the_event_loop() -> None:
     np.testing.assert_array_equal(rows, expected_rows([seq(7)]))
     assert seen == [min(19, own + COMPUTE_NICE)] * 2
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+def test_requests_of_the_previous_batchs_clients_are_gathered_into_one_batch() -> None:
+    engine = FakeEngine(delay=0.2)  # compute 0.2 s: the worker may wait up to a quarter of it (and gather_s)
+    batcher = Batcher(engine, max_batch_tokens=10_000, gather_s=0.05)
+
+    async def main() -> None:
+        engine.hold()
+        first = asyncio.ensure_future(batcher.submit([seq(99)]))
+        await worker_inside(engine)
+        four = [asyncio.ensure_future(batcher.submit([seq(i)])) for i in range(4)]
+        await until(lambda: batcher.depth == 4)
+        engine.release()
+        await asyncio.gather(first, *four)  # the last batch carried these four
+        assert engine.calls[-1] == [0, 1, 2, 3]
+        count = len(engine.calls)
+
+        async def later(i: int) -> np.ndarray:
+            await asyncio.sleep(0.005 * i)  # the four clients' next requests arrive a few ms apart
+            return await batcher.submit([seq(10 + i)])
+
+        await asyncio.gather(*(later(i) for i in range(4)))
+        assert engine.calls[count:] == [[10, 11, 12, 13]], engine.calls
+
+    run(main)
+    batcher.close()
+
+
+def test_a_lone_request_never_waits_and_a_client_that_left_costs_one_bounded_wait() -> None:
+    engine = FakeEngine(delay=1.0)  # the bound: min(gather_s, 1.0 / 4) = 0.25 s
+    recorder = Recorder()
+    batcher = Batcher(engine, max_batch_tokens=10_000, gather_s=5.0, observer=recorder)
+
+    async def main() -> None:
+        await batcher.submit([seq(1)])
+        await batcher.submit([seq(2)])  # after a batch of one: taken at once
+        assert recorder.waits[-1] < 0.2, recorder.waits
+        engine.hold()
+        first = asyncio.ensure_future(batcher.submit([seq(3)]))
+        await worker_inside(engine)
+        others = [asyncio.ensure_future(batcher.submit([seq(4 + i)])) for i in range(3)]
+        await until(lambda: batcher.depth == 3)
+        engine.release()
+        await asyncio.gather(first, *others)  # the last batch carried three
+        await batcher.submit([seq(9)])  # alone now: waits for the two that do not come, then runs
+        assert 0.2 <= recorder.waits[-1] < 0.9, recorder.waits
+
+    run(main)
+    batcher.close()

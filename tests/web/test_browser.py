@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from playwright.sync_api import expect
 
 from e5studio.engine.embedder import Embedder
@@ -337,6 +338,7 @@ def test_train_job_to_endpoint(page: Any, ui_server: ServerProcess, artifacts: P
     shot(page, artifacts, "14-batch-jobs")
 
 
+@pytest.mark.slow  # a training run to its end; tests/control/test_job_runner.py holds the same moves without a browser
 def test_server_restart_interrupts_a_job_and_resume_finishes_it(browser: Any, tmp_path: Path,
                                                                 artifacts: Path) -> None:
     toy = toy_dataset(tmp_path / "data")

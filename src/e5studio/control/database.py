@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -34,12 +34,14 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from e5studio.control.migrations import SchemaState, schema_state, upgrade
-from e5studio.errors import InputError
+from e5studio.control.store_guard import StoreGuard, is_driver_outage, pg_connect_args
+from e5studio.errors import InputError, StoreUnavailableError
 from e5studio.jobspec.layout import store_path
+from e5studio.settings import StoreTimeouts
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
-_BUSY_TIMEOUT_S = 30.0
+_BUSY_TIMEOUT_S = 30.0  # switching an SQLite file to WAL (once, at open)
 STORE_ENV = "E5STUDIO_STORE"  # the store URL, where --store is not given (CLI, and the job processes of a server)
 # pg_advisory_xact_lock key of the store's serial write transactions ("e5studio" in ASCII; fits a signed bigint)
 WRITE_LOCK_KEY = int.from_bytes(b"e5studio", "big")
@@ -150,10 +152,14 @@ class Database:
 
     ``target``: a file path, ``:memory:``, or a URL (:func:`store_url`). ``migrate``: apply the migrations this
     code knows (always refuses a store whose schema is newer than this code: :class:`~e5studio.errors.SchemaError`).
+    ``timeouts``: the bounds on every call (:mod:`.store_guard`; None: ``$E5STUDIO_STORE_*_TIMEOUT``, which a
+    server gives its job processes, else the defaults); a store that cannot answer within them raises
+    :class:`~e5studio.errors.StoreUnavailableError`.
     """
 
-    def __init__(self, target: str | Path, *, migrate: bool = True) -> None:
+    def __init__(self, target: str | Path, *, migrate: bool = True, timeouts: StoreTimeouts | None = None) -> None:
         self.url = store_url(target)
+        self.timeouts = timeouts or StoreTimeouts.from_env()
         self.dialect = self.url.get_backend_name()  # "sqlite" or "postgresql"
         self.is_sqlite = self.dialect == "sqlite"
         database = self.url.database or ""
@@ -161,13 +167,45 @@ class Database:
         # the file of an SQLite store (":memory:" in memory); None for PostgreSQL
         self.path: str | None = (":memory:" if self.in_memory else database) if self.is_sqlite else None
         self._lock = threading.RLock()  # SQLite: writes (and, in memory, everything) one at a time
+        self._guard = StoreGuard(self.path or self.display_url, self.timeouts, sqlite=self.is_sqlite)
         self._engine = self._create_engine()
         self._driver_sql: dict[int, tuple[str, sa.sql.compiler.SQLCompiler]] = {}  # id(statement) -> compiled
         try:
-            self.applied_migrations = upgrade(self._engine, apply=migrate)
+            with self._guard.call(probing=True):
+                self.applied_migrations = self._migrate(migrate)
         except BaseException:
+            self._guard.close()
             self._engine.dispose()
             raise
+        if not self.is_sqlite:
+            self._guard.install(self._engine, self._probe)
+
+    def _migrate(self, apply: bool) -> list[str]:
+        """Apply the migrations (PostgreSQL: on connections without the statement timeout, which a migration, or a
+        wait for another replica's, may outlast)."""
+        if self.is_sqlite:
+            return upgrade(self._engine, apply=apply)
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
+                                  connect_args=pg_connect_args(self.timeouts, statement=False))
+        try:
+            return upgrade(engine, apply=apply)
+        finally:
+            engine.dispose()
+
+    def _probe(self) -> None:
+        """One cheap round trip to the server (the circuit's probe: it bypasses the open circuit)."""
+        with self._guard.call(probing=True), self._engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    @property
+    def available(self) -> bool:
+        """Whether the store answered its last call (False while it is known to be away: calls fail at once)."""
+        return self._guard.available
+
+    @property
+    def unavailable_reason(self) -> str:
+        """Why the store is known to be away ("" while it answers)."""
+        return self._guard.unavailable_reason
 
     def schema_state(self) -> SchemaState:
         """The store's schema revision, this code's newest, and what an upgrade would apply."""
@@ -184,10 +222,11 @@ class Database:
         return self.url.render_as_string(hide_password=False)
 
     def _create_engine(self) -> Engine:
-        if not self.is_sqlite:
-            return sa.create_engine(self.url, pool_size=5, max_overflow=10, pool_pre_ping=True,
-                                    pool_recycle=1800)
-        args: dict[str, Any] = {"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False}
+        if not self.is_sqlite:  # the guard pings on checkout (pre-ping, bounded by its watchdog)
+            return sa.create_engine(self.url, pool_size=5, max_overflow=10, pool_recycle=1800,
+                                    pool_timeout=self.timeouts.checkout_s,
+                                    connect_args=pg_connect_args(self.timeouts))
+        args: dict[str, Any] = {"timeout": self.timeouts.statement_s, "check_same_thread": False}
         if self.in_memory:
             engine = sa.create_engine("sqlite://", connect_args=args, poolclass=StaticPool)
         else:  # readable by the owner only: sessions and job records are in there
@@ -213,8 +252,23 @@ class Database:
         return engine
 
     def close(self) -> None:
+        self._guard.close()
         with self._lock:
             self._engine.dispose()
+
+    @contextmanager
+    def _serialised(self, needed: bool) -> Iterator[None]:
+        """This process's SQLite lock where ``needed``, waited for no longer than the statement timeout."""
+        if not needed:
+            yield
+            return
+        if not self._lock.acquire(timeout=self.timeouts.statement_s):
+            raise StoreUnavailableError(f"the control store {self.path} is busy: this process's other writes held "
+                                        f"it for more than {self.timeouts.statement_s:g} s; retry shortly")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -231,7 +285,8 @@ class Database:
         SQLite: under this process's lock, begun with ``BEGIN IMMEDIATE`` (one writer across processes).
         PostgreSQL: ``serial`` transactions take the store's advisory lock first (one at a time across
         replicas), so a check and the write it guards see no concurrent change."""
-        with _refused_values(), self._lock if self.is_sqlite else nullcontext(), self._engine.connect() as conn:
+        with self._guard.call(), _refused_values(), self._serialised(self.is_sqlite), \
+                self._engine.connect() as conn:
             if self.is_sqlite:
                 conn.execution_options(**{_IMMEDIATE: True})
             with conn.begin():
@@ -242,7 +297,8 @@ class Database:
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A connection for reads (a pooled one; in memory, the one connection under the lock)."""
-        with _refused_values(), self._lock if self.in_memory else nullcontext(), self._engine.connect() as conn:
+        with self._guard.call(), _refused_values(), self._serialised(self.in_memory), \
+                self._engine.connect() as conn:
             yield conn
 
     def _driver_read(self, statement: sa.Select[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -263,7 +319,7 @@ class Database:
         sql, compiled = found
         values = compiled.construct_params(params)
         args: Any = [values[name] for name in compiled.positiontup or ()] if compiled.positional else values
-        with _refused_values(), self._lock if self.in_memory else nullcontext():
+        with self._guard.call(), _refused_values(), self._serialised(self.in_memory):
             raw = self._engine.raw_connection()
             try:
                 cursor = raw.cursor()
@@ -273,6 +329,10 @@ class Database:
                     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
                 finally:
                     cursor.close()
+            except Exception as exc:
+                if is_driver_outage(exc):  # the connection is lost: discarded, not reset into the pool
+                    raw.invalidate(exc)
+                raise
             finally:
                 raw.close()  # back to the pool, which rolls back whatever the driver began
 

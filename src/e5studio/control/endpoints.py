@@ -254,6 +254,12 @@ class EndpointTable(ProjectTable):
         row = self._read_one(sa.select(_E.key_hash).where(_E.id == endpoint_id))
         return row["key_hash"] if row is not None else _NO_HASH
 
+    def endpoints_and_key_hashes(self) -> list[tuple[Endpoint, str]]:
+        """Every endpoint with its key hash, in one query: the copy a serving replica answers inference requests
+        from (read again every half second, and after each write of its own; ``serving/inference.py``)."""
+        rows = self._read_all(_ENDPOINT_SELECT.add_columns(_E.key_hash))
+        return [(_endpoint(row), row["key_hash"]) for row in rows]
+
     def endpoints_opened_by(self, keys: list[str]) -> list[Endpoint]:
         """The endpoints whose current key is one of ``keys``, in one query whatever the number of endpoints (a
         key is found by its hash; keys are 256-bit random values, so an equality lookup leaks nothing usable)."""

@@ -231,21 +231,24 @@ class JobTable(Database):
             conn.execute(jobs.update().where(_J.id == job_id).values(**values))
             return self._locked_job(conn, job_id)
 
-    def transition_job(self, job_id: str, from_statuses: tuple[str, ...], status: str, status_reason: str) -> bool:
+    def transition_job(self, job_id: str, from_statuses: tuple[str, ...], status: str, status_reason: str, *,
+                       runner_id: str | None = None) -> bool:
         """Set ``status`` (and its reason) only if the job is now in one of ``from_statuses``; whether it was.
 
         The check and the change are one transaction, so two processes deciding a job's fate (a cancel
         and the job's own ending, say) never overwrite each other. Every move from ``from_statuses`` to
         ``status`` must be in :data:`TRANSITIONS` (ConflictError otherwise, before anything is read).
-        A change of status drops the job's lease.
+        A change of status drops the job's lease. ``runner_id``: only if that runner still owns the job (a runner
+        recording how its process ended never overwrites a run another replica took over meanwhile).
         """
         check_status(status)
         for current in from_statuses:
             check_transition(current, status)
+        owned = [] if runner_id is None else [_J.runner_id == runner_id]
         with self._write() as conn:
             self._locked_job(conn, job_id)
             updated = conn.execute(
-                jobs.update().where(_J.id == job_id, _J.status.in_(from_statuses))
+                jobs.update().where(_J.id == job_id, _J.status.in_(from_statuses), *owned)
                 .values(status=status, status_reason=status_reason, updated_at=now(), **_lease_kept_if(status)))
             return updated.rowcount == 1
 
@@ -265,19 +268,22 @@ class JobTable(Database):
         """Succeeded: the job's outputs are complete, even if a cancel came too late to stop it."""
         return self.transition_job(job_id, (JOB_RUNNING, JOB_CANCELLED), JOB_SUCCEEDED, "")
 
-    def fail_job(self, job_id: str, reason: str) -> bool:
-        """Failed (resumable) with ``reason`` (cut to :data:`REASON_CHARS`), if the job is Running."""
-        return self.transition_job(job_id, (JOB_RUNNING,), JOB_FAILED, reason[:REASON_CHARS])
+    def fail_job(self, job_id: str, reason: str, *, runner_id: str | None = None) -> bool:
+        """Failed (resumable) with ``reason`` (cut to :data:`REASON_CHARS`), if the job is Running (and owned by
+        ``runner_id``, where given)."""
+        return self.transition_job(job_id, (JOB_RUNNING,), JOB_FAILED, reason[:REASON_CHARS], runner_id=runner_id)
 
     def interrupt_job(self, job_id: str, reason: str) -> bool:
         """Interrupted (resumable) by Ctrl-C or SIGTERM, if the job is Running: a Cancelled job stays Cancelled
         (the cancel is recorded before the process is signalled)."""
         return self.transition_job(job_id, (JOB_RUNNING,), JOB_INTERRUPTED, reason)
 
-    def interrupt_server_job(self, job_id: str, reason: str) -> bool:
-        """Interrupted by its server (a shutdown, a restart after a crash): the server's reason replaces the one
-        an Interrupted job's process recorded on its way out."""
-        return self.transition_job(job_id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED, reason)
+    def interrupt_server_job(self, job_id: str, reason: str, *, runner_id: str | None = None) -> bool:
+        """Interrupted by its server (a shutdown, a restart after a crash, a fenced job): the server's reason
+        replaces the one an Interrupted job's process recorded on its way out (only if ``runner_id``, where
+        given, still owns the job)."""
+        return self.transition_job(job_id, (JOB_RUNNING, JOB_INTERRUPTED), JOB_INTERRUPTED, reason,
+                                   runner_id=runner_id)
 
     def cancel_job(self, job_id: str) -> bool:
         """Cancelled on request, if the job is Running (recorded before its process is signalled)."""

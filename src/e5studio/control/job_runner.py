@@ -23,7 +23,9 @@ processes write is read by :mod:`.job_outputs`):
 Several servers (replicas) may share one store (PostgreSQL). Each job is recorded Queued and claimed by exactly
 one runner (:meth:`~.job_records.JobTable.claim_job`: the submitting one at once; any replica's :meth:`JobRunner.poll`
 takes a Queued job nobody took), which holds the job's lease and renews it while the process runs (a thread,
-every ``lease_s / 3`` seconds, at most 2 s). When a replica dies its leases expire and the next :meth:`~JobRunner.poll`
+every ``lease_s / 3`` seconds, at most 2 s), and stops the process itself when the lease could not be renewed
+for half of it (fencing, :mod:`.job_leases`: a job never runs on two replicas at once, also when this one is cut
+off from the store). When a replica dies its leases expire and the next :meth:`~JobRunner.poll`
 of any replica marks those jobs Interrupted (stopping a process that outlived its server on the same host), so
 Resume works from any replica. A cancel recorded by another replica reaches the process through the runner that
 owns it (its renewal loop sees the job Cancelled and stops it). Resuming on another host needs the data
@@ -51,10 +53,9 @@ from e5studio.control import job_outputs
 from e5studio.control.database import STORE_ENV
 from e5studio.control.datasets import Dataset
 from e5studio.control.job_launch import check_eval_dirs, check_model, failure_reason, job_args
+from e5studio.control.job_leases import LeaseKeeper, fenced_reason
 from e5studio.control.job_records import (
     CLI_GONE_REASON,
-    JOB_CANCELLED,
-    JOB_INTERRUPTED,
     JOB_OWNER_CLI,
     JOB_OWNER_SERVER,
     JOB_QUEUED,
@@ -79,7 +80,6 @@ from e5studio.jobspec.train_params import TRAIN_PARAMS
 
 _POLL_S = 0.1
 DEFAULT_LEASE_S = 30.0  # a job's lease; a replica that stops renewing it loses the job this long after
-_RENEW_AT_MOST_S = 2.0  # leases are renewed every lease_s / 3 seconds, at least this often
 log = logging.getLogger("e5studio")
 
 
@@ -115,6 +115,7 @@ class JobRunner:
             self.env.pop(STORE_ENV, None)
         else:  # the same PostgreSQL store (in the environment: a password never shows in `ps`)
             self.env[STORE_ENV] = store.secret_url
+        self.env.update(store.timeouts.as_env())  # the processes' store calls have the server's bounds
         self.id = Store.new_job_id()  # this runner, in the jobs it starts (runner_id) and their leases
         self.lease_s = float(lease_s)
         self.host = host or socket.gethostname()
@@ -122,8 +123,8 @@ class JobRunner:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._signalled: set[str] = set()  # children sent SIGTERM already (a second one would kill them mid-exit)
         self._closing = False
-        self._renewer: threading.Thread | None = None
-        self._stop_renewing = threading.Event()
+        self._leases = LeaseKeeper(self)
+        self._stop_renewing = self._leases.stop
 
     # -- starting ------------------------------------------------------------------------------------
 
@@ -230,49 +231,16 @@ class JobRunner:
         lower_priority(child.pid)  # below the server's event loop, level with its inference compute
         self._children[job.id] = child
         self._signalled.discard(job.id)
-        self._start_renewing()
+        self._leases.track(job)
         return self.store.set_job_process(job.id, child.pid)
 
-    # -- leases ----------------------------------------------------------------------------------------
-
-    def _start_renewing(self) -> None:
-        """The lease renewal thread runs while this runner has children (caller holds the lock)."""
-        if self._renewer is None or not self._renewer.is_alive():
-            self._stop_renewing.clear()
-            self._renewer = threading.Thread(target=self._renew_leases, daemon=True, name=f"e5studio-leases-{self.id}")
-            self._renewer.start()
-
-    def _renew_leases(self) -> None:
-        interval = min(self.lease_s / 3, _RENEW_AT_MOST_S)
-        while not self._stop_renewing.is_set():
-            with self._lock:
-                if not any(child.poll() is None for child in self._children.values()):
-                    self._renewer = None  # no process left to hold a lease for (poll reaps the ended ones)
-                    return
-            try:
-                self.renew()
-            except Exception:  # a store that cannot be reached now: try again (the lease may expire meanwhile)
-                log.exception("renewing the job leases failed")
-            self._stop_renewing.wait(interval)
+    # -- leases (renewal and fencing: .job_leases) ------------------------------------------------------
 
     def renew(self) -> list[str]:
         """Renew the leases of this runner's running children (the renewal thread calls this); a child whose
         job was cancelled or taken away meanwhile by another replica is stopped (SIGTERM). Returns the ids
         renewed."""
-        ids = [job_id for job_id, child in list(self._children.items()) if child.poll() is None]
-        renewed = set(self.store.renew_job_leases(self.id, ids, self.lease_s))
-        for job_id in ids:
-            if job_id in renewed or job_id in self._signalled:
-                continue
-            job = self.store.get_job(job_id)
-            lost = job.status == JOB_INTERRUPTED and job.status_reason == lease_expired_reason(job.kind)
-            if job.status == JOB_CANCELLED or lost:
-                with self._lock:
-                    child = self._children.get(job_id)
-                    if child is not None and child.poll() is None and job_id not in self._signalled:
-                        self._signalled.add(job_id)
-                        signal_group(child.pid, signal.SIGTERM)
-        return sorted(renewed)
+        return self._leases.renew()
 
     # -- watching ------------------------------------------------------------------------------------
 
@@ -286,9 +254,10 @@ class JobRunner:
                 code = child.poll()
                 if code is None:
                     continue
+                ended.append(self._reap(job_id, code))  # the store away: kept, reaped at a later poll
                 del self._children[job_id]
                 self._signalled.discard(job_id)
-                ended.append(self._reap(job_id, code))
+                self._leases.forget(job_id)
             if not self._closing:
                 self._expire_leases()
                 self._claim_queued()
@@ -316,11 +285,15 @@ class JobRunner:
                 log.exception("job %s: could not start the claimed job", job.id)
 
     def _reap(self, job_id: str, code: int) -> JobRecord:
+        """Record how the ended child's job ended, unless another replica took the job over meanwhile."""
         job = self.store.get_job(job_id)
-        if self._closing:
-            self.store.interrupt_server_job(job_id, shutdown_reason(job.kind))
+        if job_id in self._leases.fenced:
+            self.store.interrupt_server_job(job_id, fenced_reason(job.kind, self._leases.fenced[job_id]),
+                                            runner_id=self.id)
+        elif self._closing:
+            self.store.interrupt_server_job(job_id, shutdown_reason(job.kind), runner_id=self.id)
         else:
-            self.store.fail_job(job_id, failure_reason(self.log_tail(job.id, 20), code))
+            self.store.fail_job(job_id, failure_reason(self.log_tail(job.id, 20), code), runner_id=self.id)
         self.store.release_job_lease(job_id, self.id)
         return self.store.set_job_process(job_id, None)
 
@@ -385,7 +358,7 @@ class JobRunner:
                 signal_group(child.pid, signal.SIGKILL)
                 child.wait()
         ended = self.poll()
-        self._stop_renewing.set()
+        self._leases.stop.set()
         return ended
 
     def _runner_gone(self, job: JobRecord) -> bool:

@@ -40,6 +40,7 @@ from e5studio.control.login_failures import LoginFailureTable
 from e5studio.control.projects import Project
 from e5studio.control.replicas import Readiness, Replica, ReplicaTable
 from e5studio.control.web_sessions import WebSessionTable
+from e5studio.settings import StoreTimeouts
 
 
 class Store(KnowledgeBaseTable, EndpointTable, AdminTokenTable, DatasetTable, JobTable, WebSessionTable,
@@ -51,10 +52,10 @@ class Store(KnowledgeBaseTable, EndpointTable, AdminTokenTable, DatasetTable, Jo
     """
 
     @classmethod
-    def open(cls, target: str | Path, *, migrate: bool = True) -> Self:
+    def open(cls, target: str | Path, *, migrate: bool = True, timeouts: StoreTimeouts | None = None) -> Self:
         """The store at ``target`` (see the class); ``migrate=False`` applies nothing but still refuses a
-        schema newer than this code (SchemaError)."""
-        return cls(target, migrate=migrate)
+        schema newer than this code (SchemaError); ``timeouts``: the bounds on its calls (default: the defaults)."""
+        return cls(target, migrate=migrate, timeouts=timeouts)
 
 
 __all__ = [

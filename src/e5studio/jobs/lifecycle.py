@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from e5studio.control.job_leases import FENCE_TERM_SHARE
 from e5studio.control.job_records import (
     JOB_CANCELLED,
     JOB_OWNER_CLI,
@@ -31,13 +32,14 @@ from e5studio.control.job_records import (
     RESTARTED_REASON,
     RESUMED_REASON,
 )
-from e5studio.errors import InputError, Terminated
+from e5studio.errors import InputError, StoreUnavailableError, Terminated
 from e5studio.jobspec.progress import Phase, Progress
 
 if TYPE_CHECKING:
     from e5studio.control.store import Store
 
 RECORD_EVERY_S = 2.0  # the record's step at most this often (the store is shared; the terminal line is live)
+FINISH_RETRY_S = 60.0  # how long the end of a job is retried while the store cannot be reached
 
 
 def stop_how(exc: BaseException) -> str:
@@ -82,6 +84,8 @@ class JobHandle:
         self.clock = clock
         self._recorded_at = float("-inf")
         self._total: int | None = None
+        self._renewed_at = clock()  # a lease is written when the job is claimed
+        self._away = False  # the store could not be reached at the last try
 
     # -- how a process gets its job ------------------------------------------------------------------
 
@@ -159,16 +163,44 @@ class JobHandle:
             return
         self._recorded_at = now
         if self.store is not None and self.job_id is not None:
-            self.store.update_job(self.job_id, step=step, total_steps=total, metrics=dict(metrics or {}))
+            try:
+                self.store.update_job(self.job_id, step=step, total_steps=total, metrics=dict(metrics or {}))
+            except StoreUnavailableError as exc:  # the job goes on; its server fences it if the store stays away
+                self._store_away(exc)
+                return
+            self._store_back()
 
     def heartbeat(self) -> bool:
         """Whether the job is still this process's to run: its lease renewed (a lease-holding handle), or its
-        record still Running (a cancel, or another replica taking it over, says stop)."""
+        record still Running (a cancel, or another replica taking it over, says stop).
+
+        While the store cannot be reached: True as long as the lease renewed last could still hold (half of it
+        has not passed since), then False (fenced: the job stops before another replica may take it); a handle
+        without a lease goes on (its server's runner fences the process)."""
         if self.store is None or self.job_id is None:
             return True
-        if self.lease is not None:
-            return bool(self.store.renew_job_leases(self.lease.owner, [self.job_id], self.lease.seconds))
-        return self.store.get_job(self.job_id).status == JOB_RUNNING
+        try:
+            if self.lease is not None:
+                started = self.clock()
+                held = bool(self.store.renew_job_leases(self.lease.owner, [self.job_id], self.lease.seconds))
+                self._renewed_at = started
+            else:
+                held = self.store.get_job(self.job_id).status == JOB_RUNNING
+        except StoreUnavailableError as exc:
+            self._store_away(exc)
+            return self.lease is None or self.clock() - self._renewed_at < self.lease.seconds * FENCE_TERM_SHARE
+        self._store_back()
+        return held
+
+    def _store_away(self, exc: StoreUnavailableError) -> None:
+        if not self._away:
+            self._away = True
+            self.display.write(f"warning: the job's record cannot be updated now ({exc}); the job goes on")
+
+    def _store_back(self) -> None:
+        if self._away:
+            self._away = False
+            self.display.write("the job's record is updated again")
 
     # -- how it ends ---------------------------------------------------------------------------------
 
@@ -176,9 +208,24 @@ class JobHandle:
         """Succeeded, with its last step and summary metrics (a cancel that came too late does not undo it)."""
         self.display.close()
         if self.store is not None and self.job_id is not None:
-            self.store.update_job(self.job_id, step=step, metrics=dict(summary or {}))
-            self.store.finish_job(self.job_id)
+            store, job_id = self.store, self.job_id
+            self._retrying(lambda: store.update_job(job_id, step=step, metrics=dict(summary or {})))
+            self._retrying(lambda: store.finish_job(job_id))
             self._let_go()
+
+    def _retrying(self, write: Callable[[], object]) -> None:
+        """A write of the job's end, retried for up to :data:`FINISH_RETRY_S` while the store is away (the outputs
+        are complete: the record should say so); then StoreUnavailableError."""
+        deadline = time.monotonic() + FINISH_RETRY_S
+        while True:
+            try:
+                write()
+                return
+            except StoreUnavailableError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                self._store_away(exc)
+                time.sleep(min(exc.retry_after_s, 1.0))
 
     def fail(self, exc: BaseException) -> None:
         """Failed (resumable) with the error, if the job is Running."""

@@ -7,6 +7,11 @@ tokenised in the request path and queued here as token-id arrays. One worker thr
 request that fits in the token budget (what piled up while the previous batch computed), drops those whose
 client left, runs them as one engine call and hands each request its own rows. Every accepted request ends
 with its rows or an error, also when a batch crashes; the worker survives any exception of the engine.
+
+Gathering adapts to the clients: when fewer requests are queued than the previous batch carried (its clients
+are sending their next ones), the worker waits for them, at most ``GATHER_S`` and a quarter of the previous
+batch's compute time, and stops waiting as soon as as many are queued. A lone client's request (the previous
+batch carried one) never waits; a client that left costs the others one bounded wait.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class QueueLimits:
     max_wait_s: float = 10.0
 
 
+GATHER_S = 0.004  # the longest the worker waits for the requests the previous batch's clients are sending
 CHARS_PER_TOKEN_ESTIMATE = 3  # fewer than any script's average: the estimate errs on the high side
 
 
@@ -98,7 +104,7 @@ class Batcher:
 
     def __init__(self, embed_ids: Callable[[Sequence[np.ndarray]], np.ndarray], *, max_batch_tokens: int = 8192,
                  limits: QueueLimits = QueueLimits(), observer: BatchObserver | None = None,
-                 name: str = "engine", compute_nice: int = COMPUTE_NICE) -> None:
+                 name: str = "engine", compute_nice: int = COMPUTE_NICE, gather_s: float = GATHER_S) -> None:
         self._embed_ids = embed_ids
         self.max_batch_tokens = max_batch_tokens
         self.limits = limits
@@ -110,6 +116,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._compute_nice = compute_nice
+        self._gather_s = gather_s
+        self._last_batch = (0, 0.0)  # requests the previous batch carried, its compute seconds
         self._thread = threading.Thread(target=self._run, name=f"e5studio-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -214,6 +222,14 @@ class Batcher:
                 if self._stopping:
                     return None
                 self._cond.wait()
+            expected, compute_s = self._last_batch
+            if len(self._queue) < expected and not self._stopping:
+                deadline = time.perf_counter() + min(self._gather_s, compute_s / 4)
+                while len(self._queue) < expected and not self._stopping:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
             batch: list[_Job] = []
             tokens = 0
             while self._queue:
@@ -253,6 +269,7 @@ class Batcher:
                     job.resolve(None, error)
                 continue
             compute_s = time.perf_counter() - started
+            self._last_batch = (len(batch), compute_s)
             tokens = sum(j.tokens for j in batch)
             if compute_s > 0:
                 rate = tokens / compute_s

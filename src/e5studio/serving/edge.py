@@ -8,6 +8,12 @@ request metrics of the inference routes.
 
 What a request did (its endpoint, how many texts and tokens, the kind of error it got) is written into its
 :class:`CallRecord` as the request proceeds; the edge reads it when the request is over.
+
+The inference routes (:class:`DirectRoute`) are called from here straight away, their dependencies bound once
+when the app is built: the framework's router (which re-checks every included router's route list per
+request), its dependency solving and its exception layers cost more CPU than the rest of a small query. The
+same routes stay declared on the app (the OpenAPI document; any other method goes to the framework and gets its
+405); their errors get the app's one error answer (``answer_error``).
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from e5studio.errors import BodyTimeoutError, PayloadTooLargeError
@@ -35,6 +43,7 @@ access_log = logging.getLogger("e5studio.access")
 Answer = Callable[[Request, Exception, str], Awaitable[Response]]
 MIN_BODY_RATE = 64 * 1024  # bytes/s a client must keep up beyond the base timeout (large uploads)
 _SCOPE_KEY = "call"
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
@@ -46,6 +55,14 @@ class CallRecord:
     inputs: int | None = None
     tokens: int | None = None
     error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    """A route the edge calls itself: ``call(request, **path_params)`` answers it (dependencies bound)."""
+
+    route: BaseRoute  # what matches the request (and names its route in the log and metrics)
+    call: Callable[..., Awaitable[Response]]
 
 
 def call_record(request: Request) -> CallRecord:
@@ -64,15 +81,24 @@ class Edge:
     ``MIN_BODY_RATE``, so a client that sends half a body holds its connection for seconds, not forever.
     ``unauthenticated``: path -> body limit of the routes that read a body before any credential is checked;
     there the deadline is ``timeout_s`` whatever the declared length, and a body over the limit is refused
-    (HTTP 413) before it is read. ``answer``: the error answer of a crash (logs it, JSON 500 with the id)."""
+    (HTTP 413) before it is read. ``answer``: the error answer of a crash (logs it, JSON 500 with the id).
+    ``direct``: routes called from here (see the module's docstring); the exceptions of ``handled`` they raise
+    get ``answer_error``'s answer, as the app's handler gives them. ``on_write``: called when the answer to a
+    request that may change something (not GET/HEAD/OPTIONS, not inference) starts, before it is sent."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, timeout_s: float, answer: Answer,
-                 unauthenticated: Mapping[str, int]) -> None:
+                 unauthenticated: Mapping[str, int], direct: Sequence[DirectRoute] = (),
+                 handled: tuple[type[Exception], ...] = (), answer_error: Callable[..., Awaitable[Response]]
+                 | None = None, on_write: Callable[[], None] | None = None) -> None:
         self.app = app
+        self.on_write = on_write
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.answer = answer
         self.unauthenticated = dict(unauthenticated)
+        self.direct = tuple(direct) if answer_error is not None else ()
+        self.handled = handled
+        self.answer_error = answer_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,14 +107,22 @@ class Edge:
         started = time.perf_counter()
         record = scope.setdefault("state", {})[_SCOPE_KEY] = CallRecord()
         status = 0  # 0: no answer started
+        writes = self.on_write is not None and scope["method"] not in _READS \
+            and not scope["path"].startswith(INFERENCE_PREFIXES)
         try:
             async def tracked(message: Message) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
+                    if writes:  # what it changed holds for the next request this client sends
+                        self.on_write()  # type: ignore[misc]
                 await send(message)
 
-            await self.app(scope, self._body_reader(scope, receive), tracked)
+            direct = self._direct_route(scope)
+            if direct is None:
+                await self.app(scope, self._body_reader(scope, receive), tracked)
+            else:
+                await self._call_direct(scope, self._body_reader(scope, receive), tracked, *direct)
         except ClientDisconnect:  # the client left while its body was read: no one to answer
             status, record.error_type = 499, "client_disconnected"
         except Exception as exc:  # noqa: BLE001 - the one place nothing may escape
@@ -96,9 +130,28 @@ class Edge:
                 raise
             response = await self.answer(Request(scope, receive), exc, uuid.uuid4().hex[:16])
             status = response.status_code
-            await response(scope, receive, send)
+            await response(scope, receive, tracked)
         finally:
             self._note(scope, record, status or 500, time.perf_counter() - started)
+
+    def _direct_route(self, scope: Scope) -> tuple[DirectRoute, dict[str, Any]] | None:
+        """The direct route that fully matches (path and method) the request, with its path parameters."""
+        for direct in self.direct:
+            match, child = direct.route.matches(scope)
+            if match is Match.FULL:
+                return direct, child["path_params"]
+        return None
+
+    async def _call_direct(self, scope: Scope, receive: Receive, send: Send, direct: DirectRoute,
+                           params: dict[str, Any]) -> None:
+        scope["route"], scope["path_params"] = direct.route, params
+        request = Request(scope, receive)
+        try:
+            response = await direct.call(request, **params)
+        except self.handled as exc:
+            assert self.answer_error is not None
+            response = await self.answer_error(request, exc)
+        await response(scope, receive, send)
 
     def _body_reader(self, scope: Scope, receive: Receive) -> Receive:
         """``receive`` under the body's deadline (and, on an unauthenticated route, its size limit)."""
@@ -137,10 +190,10 @@ class Edge:
             metrics = self.metrics
             if record.endpoint_id:
                 metrics.endpoint_stats.record(record.endpoint_id, status, elapsed)
-            metrics.requests.labels(route, record.endpoint, str(status)).inc()
-            metrics.request_seconds.labels(route).observe(elapsed)
+            metrics.child(metrics.requests, route, record.endpoint, str(status)).inc()
+            metrics.child(metrics.request_seconds, route).observe(elapsed)
             if status >= 400:
-                metrics.failures.labels(route, record.endpoint, record.error_type or str(status)).inc()
+                metrics.child(metrics.failures, route, record.endpoint, record.error_type or str(status)).inc()
         access_log.info(json.dumps({
             "method": scope["method"], "route": route, "status": status, "ms": round(elapsed * 1000, 2),
             "endpoint": record.endpoint, "inputs": record.inputs, "tokens": record.tokens,
@@ -175,7 +228,25 @@ class Metrics:
         self.batch_tokens = Histogram("e5studio_batch_tokens", "Real tokens per engine batch", ["model"],
                                       buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768), registry=r)
 
+        self.store_reachable = Gauge("e5studio_store_reachable", "1 while the control store answers, 0 while "
+                                     "inference is answered from the replica's last copy of it", registry=r)
+        self.store_reachable.set(1)
+        self.store_outages = Counter("e5studio_store_outages", "Times the control store could not be read",
+                                     registry=r)
+        self.fail_static_requests = Counter("e5studio_fail_static_requests", "Inference requests let in from the "
+                                            "replica's last copy of the endpoints and keys (the store away)",
+                                            registry=r)
         self.endpoint_stats = EndpointStats()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: prometheus_client checks and locks at every ``labels`` call, which
+        costs more than the observation itself (the series of a metric are few: routes x endpoints x statuses)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observer(self, model: str) -> ModelObserver:
         return ModelObserver(self, model)
@@ -214,17 +285,22 @@ class ModelObserver:
     def __init__(self, metrics: Metrics, model: str) -> None:
         self._m = metrics
         self._model = model
+        self._batch_items = metrics.batch_items.labels(model)
+        self._batch_tokens = metrics.batch_tokens.labels(model)
+        self._compute_seconds = metrics.compute_seconds.labels(model)
+        self._queue_seconds = metrics.queue_seconds.labels(model)
+        self._queue_depth = metrics.queue_depth.labels(model)
 
     def batch_done(self, items: int, tokens: int, compute_s: float) -> None:
-        self._m.batch_items.labels(self._model).observe(items)
-        self._m.batch_tokens.labels(self._model).observe(tokens)
-        self._m.compute_seconds.labels(self._model).observe(compute_s)
+        self._batch_items.observe(items)
+        self._batch_tokens.observe(tokens)
+        self._compute_seconds.observe(compute_s)
 
     def queue_wait(self, seconds: float) -> None:
-        self._m.queue_seconds.labels(self._model).observe(seconds)
+        self._queue_seconds.observe(seconds)
 
     def queue_depth(self, depth: int) -> None:
-        self._m.queue_depth.labels(self._model).set(depth)
+        self._queue_depth.set(depth)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from e5studio.control.store import DEPLOYING, FAILED, LIVE, Endpoint, Store
 from e5studio.engine import download
 from e5studio.engine.checkpoint import ALIASES
 from e5studio.engine.embedder import Embedder
-from e5studio.errors import E5StudioError, UnavailableError
+from e5studio.errors import E5StudioError, StoreUnavailableError, UnavailableError
 from e5studio.serving.batcher import Batcher, QueueLimits
 from e5studio.serving.edge import Metrics
 from e5studio.settings import EngineSettings
@@ -46,6 +46,7 @@ class LoadedModel:
     batcher: Batcher | None = None
     error: str = ""
     done: threading.Event = field(default_factory=threading.Event)
+    published: bool = False  # its endpoints' statuses were written (the store may be away when it loads)
 
 
 class ModelPool:
@@ -107,6 +108,10 @@ class ModelPool:
         started = [e for e in endpoints if endpoint_model_key(e) not in known]
         for endpoint in started:
             self.deploy(endpoint)
+        with self._lock:
+            unpublished = [m for m in self._models.values() if m.done.is_set() and not m.published]
+        for loaded in unpublished:  # loaded while the store was away
+            self._publish(loaded)
         return started
 
     def loaded_models(self) -> list[str]:
@@ -119,6 +124,11 @@ class ModelPool:
         with self._lock:
             restored = self._restored
         return restored is not None and all(m.done.is_set() for m in restored)
+
+    def model_ready(self, key: str) -> bool:
+        """Whether the model ``key`` is loaded here and serves."""
+        loaded = self._models.get(key)
+        return loaded is not None and loaded.done.is_set() and loaded.embedder is not None
 
     def state(self, endpoint: Endpoint) -> str | None:
         """This server's state of the endpoint's model: ready, loading, failed, or None (not started here)."""
@@ -153,7 +163,8 @@ class ModelPool:
         except Exception as exc:  # noqa: BLE001 - a broken model must mark its endpoints Failed, not kill us
             loaded.error = f"{type(exc).__name__}: {exc}"
         loaded.done.set()
-        self._publish(loaded)
+        with contextlib.suppress(StoreUnavailableError):  # else written by a later sync, once the store answers
+            self._publish(loaded)
 
     def _download_progress(self, key: str) -> download.ByteProgress:
         """Sets "Deploying: downloading 412/1,340 MB" on the endpoints of ``key`` (at most once a second)."""
@@ -181,6 +192,7 @@ class ModelPool:
                 self._store.set_status(endpoint.id, LIVE, "")
             elif not self._served_elsewhere(endpoint.id):
                 self._store.set_status(endpoint.id, FAILED, loaded.error)
+        loaded.published = True
 
     def get(self, endpoint: Endpoint) -> tuple[Embedder, Batcher]:
         """The loaded model of a Live endpoint, or UnavailableError saying why not."""

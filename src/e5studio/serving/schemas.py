@@ -225,6 +225,7 @@ class Readiness(BaseModel):
     endpoints: dict[str, str] | None = None  # endpoint -> its status on this replica
     reasons: dict[str, str] | None = None  # deploying endpoint -> what it is doing ("downloading 412/1,340 MB")
     replicas: dict[str, str] | None = None  # endpoint -> "ready on N of M replicas" (recent heartbeats)
+    store: str | None = None  # "unreachable: why" while the control store cannot be read (else absent)
 
 
 REQUEST_MODELS: list[type[BaseModel]] = [NlpRequest, GenericRequest, V2Request, OpenAIRequest, ProjectCreate,
