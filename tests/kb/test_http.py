@@ -143,3 +143,24 @@ def test_a_query_model_other_than_the_stamped_one_is_refused(served: tuple[Serve
     assert refused.status_code == 409, refused.text
     message = refused.json()["error"]["message"]
     assert "'max_length': 64" in message and "differs in max_length" in message and "kb reembed" in message
+
+
+def test_admin_api_lists_shows_and_activates_a_version(served: tuple[ServerProcess, Store, str]) -> None:
+    proc, store, key = served
+    listed = proc.admin("GET", "/api/admin/kb?project=default").json()["knowledge_bases"]
+    assert {"emb", "pg"} <= {kb["name"] for kb in listed}
+    shown = proc.admin("GET", "/api/admin/projects/default/kb/emb").json()
+    assert shown["store"] == "embedded" and shown["search_url"].endswith("/search")
+    assert all("path" not in v for v in shown["versions"])  # no server paths in the API
+    ready = [v["version"] for v in shown["versions"] if v["status"] == "Ready"]
+    if len(ready) > 1:  # after the re-embedding test: back to the first version, then forward again
+        for version in (ready[0], ready[-1]):
+            answer = proc.admin("POST", "/api/admin/projects/default/kb/emb/activate", {"version": version})
+            assert answer.status_code == 200 and answer.json()["current_version"] == version, answer.text
+            assert _search(proc, "emb", key, {"query": "protein"}).json()["version"] == version
+    for bad in ({"version": 0}, {"version": "1"}, {}):
+        refused = proc.admin("POST", "/api/admin/projects/default/kb/emb/activate", bad)
+        assert refused.status_code == 400 and "'version'" in refused.text
+    assert proc.admin("POST", "/api/admin/projects/default/kb/emb/activate", {"version": 99}).status_code == 409
+    no_token = httpx.post(proc.base_url + "/api/admin/kb", timeout=30, trust_env=False)
+    assert no_token.status_code in (401, 405)
