@@ -76,12 +76,13 @@ def group(pid: int, tid: int, name: str) -> str:
     if name.startswith("e5studio-batch"):
         return "batcher thread (packing + runtime call)"
     if name.startswith(("python", "e5studio-work", "ThreadPool", "onnx", "pt_", "OMP", "torch")):
-        return "engine threads (torch / ONNX Runtime intra-op)"
+        # Python before 3.14 gives its threads no OS name: the batcher's is among these
+        return "compute: batcher + engine intra-op threads (and the server's other Python threads)"
     return f"other ({name})"
 
 
 IDLE_LEAVES = ("epoll_pwait", "epoll_wait", "pthread_cond_wait", "pthread_cond_timedwait", "sem_wait",
-               "sem_timedwait", "futex", "select (", "poll (")
+               "sem_timedwait", "futex", "wait_slow", "select (", "poll (", "acquire_lock_timed", "nanosleep")
 IDLE = "idle (waiting: not CPU)"
 
 

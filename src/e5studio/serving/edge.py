@@ -170,7 +170,8 @@ class Edge:
             if limit is not None and declared > limit:
                 raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):  # no task per message
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeoutError(f"the request body did not arrive within {self.timeout_s:g} s") from None
             if message["type"] != "http.request" or not message.get("more_body", False):

@@ -168,8 +168,10 @@ class EndpointDirectory:
         """The copy and how to use it: FRESH (answer from it), CHECK (ask the store), AWAY (the store cannot be
         read: the copy is all there is)."""
         copy, now, reading = self._copy, time.monotonic(), self._reading_since
-        if self._away_since is not None or (reading is not None and now - reading > STORE_WAIT_S):
-            return copy, AWAY
+        if reading is not None and now - reading > STORE_WAIT_S and self._away_since is None:
+            self.failed(TimeoutError(f"a read of it has not been answered for {now - reading:.1f} s"))
+        if self._away_since is not None and self._thread is not None:  # (without the reader, nothing would
+            return copy, AWAY                                            # notice the store back: ask it again)
         if copy is not None and copy.generation == self._generation and now - copy.read_at <= self.fresh_s:
             return copy, FRESH
         return copy, CHECK
