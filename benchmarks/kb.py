@@ -74,6 +74,70 @@ def quality(store: Any, evalset: Any, names: dict[str, str], engine: Any) -> dic
     return results
 
 
+def throughput(store: Any, endpoint: str, passages: Path, engine: Any, chunked: dict[str, Any], options: Any,
+               data_dir: Path, work: Path) -> dict[str, Any]:
+    """embed-corpus, then kb create (chunked) on the same file and engine settings; the chunking alone."""
+    from e5studio.engine.tokenizer import Tokenizer
+    from e5studio.jobs.batch_embed.chunking import Chunker, ChunkPolicy
+    from e5studio.jobs.batch_embed.reader import InputSpec, iter_windows
+    from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, run_job
+    from e5studio.jobs.kb import ops
+    from e5studio.jobs.kb.build import Source
+    from e5studio.jobs.model_identity import model_identity
+
+    t0 = time.perf_counter()
+    corpus = run_job(EmbedCorpusSettings(input=InputSpec.create(passages), output=work / "embed-corpus",
+                                         engine=engine, input_type="passage", window_size=1000))
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ops.create(store, "default", "chunked", endpoint, Source(passages), chunked, options, data_dir)
+    kb_s = time.perf_counter() - t0
+    _, version = store.current_kb_version("default", "chunked")
+    kb_tokens = sum(json.loads((b / "manifest.json").read_text())["runs"][-1]["tokens"]
+                    for b in (Path(version.path) / "batches").iterdir())
+    tokenizer = Tokenizer(Path(model_identity(engine)["path"]), 512)
+    chunker = Chunker(tokenizer, ChunkPolicy.from_json(chunked), "passage")
+    t0 = time.perf_counter()
+    for window in iter_windows(InputSpec.create(passages), 1000):
+        for record in window.records:
+            chunker.split(record)
+    chunk_s = time.perf_counter() - t0
+    return {"embed_corpus_s": round(embed_s, 2), "embed_corpus_tokens": corpus.run["tokens"],
+            "embed_corpus_tokens_per_s": round(corpus.run["tokens"] / embed_s, 1),
+            "kb_create_s": round(kb_s, 2), "kb_create_tokens": kb_tokens,
+            "kb_create_tokens_per_s": round(kb_tokens / kb_s, 1),
+            "kb_vs_embed_corpus_time": round(kb_s / embed_s, 3),
+            "kb_vs_embed_corpus_tokens_per_s": round((kb_tokens / kb_s) / (corpus.run["tokens"] / embed_s), 3),
+            "chunking_s": round(chunk_s, 2), "chunking_share_of_kb_create": round(chunk_s / kb_s, 4)}
+
+
+def search_p50(store: Any, endpoint: str, passages: Path, chunked: dict[str, Any], options: Any, server: Any,
+               pg_url: str, key: str, all_queries: list[str], count: int) -> dict[str, Any]:
+    """``kb search`` p50 over HTTP, sequential, on the embedded store (``chunked``) and on pgvector (``pg``,
+    the same documents and chunking); the first 5 requests of each warm the caches and are not counted."""
+    import httpx
+
+    from e5studio.jobs.kb import ops
+    from e5studio.jobs.kb.build import Source
+
+    ops.create(store, "default", "pg", endpoint, Source(passages), chunked, options, server.data_dir, pg_url)
+    queries = (all_queries * (count // max(len(all_queries), 1) + 1))[:count]
+    latency: dict[str, float] = {}
+    with httpx.Client(base_url=server.base_url, timeout=60, trust_env=False) as client:
+        for name in ("chunked", "pg"):
+            times = []
+            for i, query in enumerate(queries):
+                t0 = time.perf_counter()
+                answer = client.post(f"/api/kb/default/{name}/search", headers={"key": key},
+                                     json={"query": query, "k": 10})
+                if i >= 5:
+                    times.append(time.perf_counter() - t0)
+                answer.raise_for_status()
+            latency[name] = round(statistics.median(times) * 1000, 2)
+    return {"documents": store.current_kb_version("default", "pg")[1].documents, "embedded": latency["chunked"],
+            "pgvector": latency["pg"], "pgvector_vs_embedded": round(latency["pg"] / latency["chunked"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="all-minilm-l6-v2")
@@ -84,16 +148,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="HTTP searches per store (default 200)")
     parser.add_argument("--pg-url", default=None, help="PostgreSQL with pgvector (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--parts", default="throughput,quality,search",
+                        help="which figures, comma-separated (default all: throughput,quality,search)")
     args = parser.parse_args()
 
-    import httpx
     from tests.serving.server import ServerProcess
 
     from e5studio.control.store import Store
     from e5studio.engine.device import set_threads
-    from e5studio.jobs.batch_embed.chunking import Chunker, ChunkPolicy
-    from e5studio.jobs.batch_embed.reader import InputSpec, iter_windows
-    from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, run_job
     from e5studio.jobs.kb import ops
     from e5studio.jobs.kb.build import Source
     from e5studio.retrieval.evaluate import load_eval_set
@@ -126,63 +188,24 @@ def main() -> None:
         endpoint = store.list_endpoints()[0].name
         chunked = {"mode": "tokens", "chunk_tokens": args.chunk_tokens, "overlap": args.overlap}
 
-        # 2. throughput: embed-corpus, then kb create (chunked) on the same file and engine settings
-        t0 = time.perf_counter()
-        corpus = run_job(EmbedCorpusSettings(input=InputSpec.create(passages), output=work / "embed-corpus",
-                                             engine=engine, input_type="passage", window_size=1000))
-        embed_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ops.create(store, "default", "chunked", endpoint, Source(passages), chunked, options, server.data_dir)
-        kb_s = time.perf_counter() - t0
-        _, version = store.current_kb_version("default", "chunked")
-        kb_tokens = sum(json.loads((b / "manifest.json").read_text())["runs"][-1]["tokens"]
-                        for b in (Path(version.path) / "batches").iterdir())
-        from e5studio.engine.tokenizer import Tokenizer
-        from e5studio.jobs.model_identity import model_identity
-
-        tokenizer = Tokenizer(Path(model_identity(engine)["path"]), 512)
-        chunker = Chunker(tokenizer, ChunkPolicy.from_json(chunked), "passage")
-        t0 = time.perf_counter()
-        for window in iter_windows(InputSpec.create(passages), 1000):
-            for record in window.records:
-                chunker.split(record)
-        chunk_s = time.perf_counter() - t0
-        figures["throughput"] = {
-            "embed_corpus_s": round(embed_s, 2), "embed_corpus_tokens": corpus.run["tokens"],
-            "embed_corpus_tokens_per_s": round(corpus.run["tokens"] / embed_s, 1),
-            "kb_create_s": round(kb_s, 2), "kb_create_tokens": kb_tokens,
-            "kb_create_tokens_per_s": round(kb_tokens / kb_s, 1),
-            "kb_vs_embed_corpus_time": round(kb_s / embed_s, 3),
-            "kb_vs_embed_corpus_tokens_per_s": round((kb_tokens / kb_s) / (corpus.run["tokens"] / embed_s), 3),
-            "chunking_s": round(chunk_s, 2), "chunking_share_of_kb_create": round(chunk_s / kb_s, 4)}
-        print(json.dumps(figures["throughput"], indent=1), flush=True)
-
-        # 1. quality: chunked at N vs whole passages at 512
-        ops.create(store, "default", "whole", endpoint, Source(passages), {"mode": "none", "overlap": 0}, options,
-                   server.data_dir)
-        if args.max_docs is None:
-            figures["ndcg@10"] = quality(store, evalset, {f"chunked@{args.chunk_tokens}": "chunked",
-                                                          "whole@512": "whole"}, engine)
-            print(json.dumps(figures["ndcg@10"], indent=1), flush=True)
-
-        # 3. kb search p50 over HTTP: embedded vs pgvector (the same documents and chunking)
-        ops.create(store, "default", "pg", endpoint, Source(passages), chunked, options, server.data_dir, pg_url)
-        queries = (evalset.queries * (args.queries // max(len(evalset.queries), 1) + 1))[:args.queries]
-        latency: dict[str, float] = {}
-        with httpx.Client(base_url=server.base_url, timeout=60, trust_env=False) as client:
-            for name in ("chunked", "pg"):
-                times = []
-                for i, query in enumerate(queries):
-                    t0 = time.perf_counter()
-                    answer = client.post(f"/api/kb/default/{name}/search", headers={"key": key},
-                                         json={"query": query, "k": 10})
-                    if i >= 5:  # the first few warm the caches (the embedded version is read once)
-                        times.append(time.perf_counter() - t0)
-                    answer.raise_for_status()
-                latency[name] = round(statistics.median(times) * 1000, 2)
-        figures["search_p50_ms"] = {"embedded": latency["chunked"], "pgvector": latency["pg"],
-                                    "pgvector_vs_embedded": round(latency["pg"] / latency["chunked"], 3)}
-        print(json.dumps(figures["search_p50_ms"], indent=1), flush=True)
+        parts = set(args.parts.split(","))
+        if "throughput" in parts:
+            figures["throughput"] = throughput(store, endpoint, passages, engine, chunked, options, server.data_dir,
+                                               work)
+            print(json.dumps(figures["throughput"], indent=1), flush=True)
+        elif "search" in parts or "quality" in parts:
+            ops.create(store, "default", "chunked", endpoint, Source(passages), chunked, options, server.data_dir)
+        if "quality" in parts:
+            ops.create(store, "default", "whole", endpoint, Source(passages), {"mode": "none", "overlap": 0},
+                       options, server.data_dir)
+            if args.max_docs is None:
+                figures["ndcg@10"] = quality(store, evalset, {f"chunked@{args.chunk_tokens}": "chunked",
+                                                              "whole@512": "whole"}, engine)
+                print(json.dumps(figures["ndcg@10"], indent=1), flush=True)
+        if "search" in parts:
+            figures["search_p50_ms"] = search_p50(store, endpoint, passages, chunked, options, server, pg_url, key,
+                                                  evalset.queries, args.queries)
+            print(json.dumps(figures["search_p50_ms"], indent=1), flush=True)
         store.close()
     finally:
         server.stop()

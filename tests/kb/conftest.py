@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 
 from e5studio.control.store import Store
-from e5studio.jobs.kb.ops import BuildOptions
+from e5studio.jobs.kb.build import Source
+from e5studio.jobs.kb.ops import BuildOptions, create
 from e5studio.settings import EngineSettings
 from tests.batch_embed.conftest import WORDS
+from tests.serving.server import ServerProcess
+
+CHUNKING = {"mode": "tokens", "chunk_tokens": 40, "overlap": 8}
+OPTIONS = BuildOptions(engine=EngineSettings(model="unused", device="cpu", threads=1), window_size=10,
+                       progress=False, workers=1)
 
 
 def long_documents(n: int, seed: int = 0) -> list[dict[str, object]]:
@@ -50,3 +56,25 @@ def kb_store(tmp_path: Path, tiny_dir: Path) -> Iterator[Store]:
 def options() -> BuildOptions:
     return BuildOptions(engine=EngineSettings(model="unused", device="cpu", threads=1),
                         window_size=8, progress=False, workers=1)
+
+
+@pytest.fixture(scope="package")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path, postgres_url: str
+           ) -> Iterator[tuple[ServerProcess, Store, str]]:
+    """A real ``e5studio serve`` of the tiny model with knowledge bases ``emb`` (embedded) and ``pg``
+    (pgvector) of the same 40 documents, shared by the package's HTTP tests."""
+    root = tmp_path_factory.mktemp("kbserve")
+    proc = ServerProcess(root / "data", root / "logs", model=str(tiny_dir))
+    proc.start()
+    key = proc.banner().key
+    store = Store(proc.store_url or root / "data" / "e5studio.db")
+    endpoint = store.list_endpoints()[0]
+    docs = write_jsonl(root / "docs.jsonl", long_documents(40, seed=3))
+    for name, url in (("emb", ""), ("pg", postgres_url)):
+        create(store, "default", name, endpoint.name, Source(docs, "auto", None, "id"), CHUNKING, OPTIONS,
+               proc.data_dir, url)
+    try:
+        yield proc, store, key
+    finally:
+        store.close()
+        proc.stop()

@@ -156,3 +156,25 @@ def test_folder_of_files_chunking_none_and_a_10mb_document(kb_store: Store, tmp_
     assert sorted(rows) == ["a.md", "sub/b.txt"]
     assert rows["a.md"]["text"] == (folder / "a.md").read_text() and rows["a.md"]["truncated"]
     assert json.loads(str(rows["sub/b.txt"]["metadata"])) == {"path": "sub/b.txt"}
+
+
+@pytest.mark.slow  # five CLI processes (a model load each)
+def test_the_cli_lists_shows_and_searches(kb_store: Store, tmp_path: Path, options: ops.BuildOptions) -> None:
+    from tests.batch_embed.conftest import run_cli
+
+    _create(kb_store, tmp_path, options, long_documents(6))
+    flags = ["--data-dir", str(tmp_path / "data")]
+    listed = run_cli("kb", "list", *flags)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == [{"name": "kb1", "project": "default", "store": "embedded", "version": 1}]
+    shown = json.loads(run_cli("kb", "show", "kb1", *flags).stdout)
+    assert shown["versions"][0]["stamp"]["chunking"] == CHUNKING and shown["versions"][0]["documents"] == 6
+    found = run_cli("kb", "search", "kb1", "protein kinase", "-k", "3", "--by-document", "--json", *flags)
+    assert found.returncode == 0, found.stderr
+    cli = [h["document_id"] for h in json.loads(found.stdout)["hits"]]
+    assert cli == [h.doc_id for h in ops.search(kb_store, "default", "kb1", "protein kinase", 3, None, True,
+                                                options.engine)]
+    refused = run_cli("kb", "search", "kb1", "x", "-k", "0", *flags)
+    assert refused.returncode == 2 and "'k' must be an integer from 1 to 1000" in refused.stderr
+    gone = run_cli("kb", "delete", "kb1", "--document", "doc-0", *flags)
+    assert gone.returncode == 0 and "doc-0" in gone.stdout, gone.stderr

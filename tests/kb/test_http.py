@@ -5,7 +5,6 @@ under concurrent searches (no answer mixes versions)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +14,8 @@ import pytest
 from e5studio.control.store import Store
 from e5studio.jobs.kb import ops
 from e5studio.jobs.kb.build import Source
-from e5studio.settings import EngineSettings
-from tests.kb.conftest import long_documents, write_jsonl
+from tests.kb.conftest import OPTIONS, long_documents, write_jsonl
 from tests.serving.server import ServerProcess
-
-CHUNKING = {"mode": "tokens", "chunk_tokens": 40, "overlap": 8}
-OPTIONS = ops.BuildOptions(engine=EngineSettings(model="unused", device="cpu", threads=1), window_size=10,
-                           progress=False, workers=1)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path, postgres_url: str
-           ) -> Iterator[tuple[ServerProcess, Store, str]]:
-    root = tmp_path_factory.mktemp("kbserve")
-    proc = ServerProcess(root / "data", root / "logs", model=str(tiny_dir))
-    proc.start()
-    key = proc.banner().key
-    store = Store(proc.store_url or root / "data" / "e5studio.db")
-    endpoint = store.list_endpoints()[0]
-    docs = write_jsonl(root / "docs.jsonl", long_documents(40, seed=3))
-    for name, url in (("emb", ""), ("pg", postgres_url)):
-        ops.create(store, "default", name, endpoint.name, Source(docs, "auto", None, "id"), CHUNKING, OPTIONS,
-                   proc.data_dir, url)
-    try:
-        yield proc, store, key
-    finally:
-        store.close()
-        proc.stop()
 
 
 def _search(proc: ServerProcess, kb: str, key: str, body: dict[str, Any]) -> httpx.Response:
@@ -147,3 +121,46 @@ def test_reembed_switches_atomically_under_concurrent_searches(served: tuple[Ser
     assert order == sorted(order)
     kb = store.get_kb("default", "emb")
     assert kb.current_version == 2 and [v.status for v in store.kb_versions(kb.id)] == ["Ready", "Ready"]
+
+
+def test_a_query_model_other_than_the_stamped_one_is_refused(served: tuple[ServerProcess, Store, str],
+                                                             tmp_path: Path) -> None:
+    """The version was stamped with a max length the endpoint's model no longer has (as after a server restarted
+    with another --max-length): the search is refused with both stamps named, not answered with mixed vectors."""
+    import json
+
+    from e5studio.control.schema import kb_versions
+
+    proc, store, key = served
+    docs = write_jsonl(tmp_path / "few.jsonl", long_documents(3, seed=1))
+    ops.create(store, "default", "stale", store.list_endpoints()[0].name, Source(docs, "auto", None, "id"),
+               {"mode": "tokens", "chunk_tokens": 40, "overlap": 8}, OPTIONS, proc.data_dir)
+    _, version = store.current_kb_version("default", "stale")
+    stamp = {**version.stamp, "max_length": 64}
+    with store._write() as conn:  # what another build's stamp would say
+        conn.execute(kb_versions.update().where(kb_versions.c.id == version.id).values(stamp=json.dumps(stamp)))
+    refused = _search(proc, "stale", key, {"query": "protein"})
+    assert refused.status_code == 409, refused.text
+    message = refused.json()["error"]["message"]
+    assert "'max_length': 64" in message and "differs in max_length" in message and "kb reembed" in message
+
+
+def test_admin_api_lists_shows_and_activates_a_version(served: tuple[ServerProcess, Store, str]) -> None:
+    proc, store, key = served
+    listed = proc.admin("GET", "/api/admin/kb?project=default").json()["knowledge_bases"]
+    assert {"emb", "pg"} <= {kb["name"] for kb in listed}
+    shown = proc.admin("GET", "/api/admin/projects/default/kb/emb").json()
+    assert shown["store"] == "embedded" and shown["search_url"].endswith("/search")
+    assert all("path" not in v for v in shown["versions"])  # no server paths in the API
+    ready = [v["version"] for v in shown["versions"] if v["status"] == "Ready"]
+    if len(ready) > 1:  # after the re-embedding test: back to the first version, then forward again
+        for version in (ready[0], ready[-1]):
+            answer = proc.admin("POST", "/api/admin/projects/default/kb/emb/activate", {"version": version})
+            assert answer.status_code == 200 and answer.json()["current_version"] == version, answer.text
+            assert _search(proc, "emb", key, {"query": "protein"}).json()["version"] == version
+    for bad in ({"version": 0}, {"version": "1"}, {}):
+        refused = proc.admin("POST", "/api/admin/projects/default/kb/emb/activate", bad)
+        assert refused.status_code == 400 and "'version'" in refused.text
+    assert proc.admin("POST", "/api/admin/projects/default/kb/emb/activate", {"version": 99}).status_code == 409
+    no_token = httpx.post(proc.base_url + "/api/admin/kb", timeout=30, trust_env=False)
+    assert no_token.status_code in (401, 405)

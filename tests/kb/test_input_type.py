@@ -5,7 +5,6 @@ answers equal the engine's own embedding of the prefixed texts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,12 +17,9 @@ from tests.serving.server import ServerProcess
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("input-type")
-    proc = ServerProcess(root / "data", root / "logs", model=str(tiny_dir))
-    proc.start()
-    yield proc
-    proc.stop()
+def server(served: tuple[ServerProcess, object, str]) -> ServerProcess:
+    """The knowledge-base tests' server (tests/kb/test_http.py), one server start fewer."""
+    return served[0]
 
 
 def test_endpoint_default_and_per_request_input_type(server: ServerProcess, tiny_dir: Path) -> None:
@@ -62,7 +58,7 @@ def test_endpoint_default_and_per_request_input_type(server: ServerProcess, tiny
         np.testing.assert_allclose(openai, engine.embed(texts, "passage"), atol=1e-5)
         # an endpoint made without one keeps today's behaviour: texts as sent
         default = server.admin("GET", "/api/admin/endpoints").json()["endpoints"]
-        first = next(e for e in default if e["name"] != "queries")
+        first = next(e for e in default if e["id"] == server.banner().endpoint_id)
         assert first["input_type"] == "none"
         np.testing.assert_allclose(rows(first["urls"]["nlp"].removeprefix(server.base_url), {"inputs": texts},
                                         plain_key), engine.embed(texts, None), atol=1e-5)

@@ -229,8 +229,22 @@ class Readiness(BaseModel):
     store: str | None = None  # "unreachable: why" while the control store cannot be read (else absent)
 
 
+class KbSearchRequest(BaseModel):
+    """A knowledge-base search (the route checks each field itself and names what is wrong)."""
+
+    query: str = Field(description="the query text ('query: ' is added where missing)")
+    k: int = Field(10, description="hits, 1 to 1000")
+    filter: dict[str, str | int | float | bool | None] | None = Field(
+        None, description="metadata field -> value: only chunks whose document has these fields equal")
+    by_document: bool = Field(False, description="the best chunk of each document")
+
+
+class KbActivate(BaseModel):
+    version: int = Field(description="a Ready version of the knowledge base: searches use it from now on")
+
+
 REQUEST_MODELS: list[type[BaseModel]] = [NlpRequest, GenericRequest, V2Request, OpenAIRequest, ProjectCreate,
-                                         EndpointCreate]
+                                         EndpointCreate, KbSearchRequest, KbActivate]
 
 # the statuses each kind of route can answer besides 2xx (every route: 405 on a wrong method, 408 on a
 # body that does not arrive in time, 500 on a bug)

@@ -14,8 +14,9 @@ GENERIC_V2_PATH = "/api/v2/predict/generic/{project}/{endpoint}"
 OPENAI_BASE = "/v1"
 OPENAI_EMBEDDINGS_PATH = OPENAI_BASE + "/embeddings"
 OPENAI_MODELS_PATH = OPENAI_BASE + "/models"
+KB_SEARCH_PATH = "/api/kb/{project}/{kb}/search"  # a knowledge base's search (serving/routes/kb.py)
 # the routes that take an endpoint key
-INFERENCE_PATHS = {NLP_PATH, GENERIC_PATH, GENERIC_V2_PATH, OPENAI_EMBEDDINGS_PATH, OPENAI_MODELS_PATH}
+INFERENCE_PATHS = {NLP_PATH, GENERIC_PATH, GENERIC_V2_PATH, OPENAI_EMBEDDINGS_PATH, OPENAI_MODELS_PATH, KB_SEARCH_PATH}
 # the requests counted as inference in the metrics: these path prefixes (of the paths above)
 INFERENCE_PREFIXES = ("/api/predict/", "/api/v2/predict/", OPENAI_EMBEDDINGS_PATH)
 

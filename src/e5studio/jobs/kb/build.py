@@ -153,7 +153,14 @@ def run_batch(store: Store, kb: KnowledgeBase, version: KbVersion, source: Sourc
     settings = EmbedCorpusSettings(input=spec, output=folder / BATCHES_DIR / f"{batch:04d}", engine=engine,
                                    input_type="passage", window_size=window_size, progress=progress,
                                    workers=workers, chunking=policy, taken_ids=frozenset(taken))
-    result = run_job(settings)
+    from e5studio.jobs.lifecycle import JobHandle
+    from e5studio.jobspec.layout import PROGRESS_FILE
+    from e5studio.jobspec.progress import Progress
+
+    # the progress line says kb NAME (stderr: redrawn on a terminal, a line every 5 s in a log; the batch's
+    # progress.json for the knowledge base's web page)
+    display = Progress(f"kb {kb.name}", enabled=progress, status_file=settings.output / PROGRESS_FILE)
+    result = run_job(settings, handle=JobHandle.unrecorded(display))
     if kb.store_url:
         pgvector.write_batch(kb.store_url, version.table_name, settings.output, version.stamp, kb.name,
                              version.version, read_deleted(folder), batch)

@@ -33,11 +33,11 @@ from e5studio.serving.inference import (
     require_keys,
 )
 from e5studio.serving.routes.admin import require_admin
-from e5studio.serving.schemas import ADMIN_ERRORS, INFERENCE_ERRORS, errors
+from e5studio.serving.schemas import ADMIN_ERRORS, INFERENCE_ERRORS, KbActivate, KbSearchRequest, body, errors
 from e5studio.serving.state import ServingState, State
+from e5studio.serving.urls import KB_SEARCH_PATH
 from e5studio.vocabulary import add_prefix
 
-KB_SEARCH_PATH = "/api/kb/{project}/{kb}/search"
 SEARCH_BODY_LIMIT = 64 * 1024
 MAX_QUERY_CHARS = 8192
 _SEARCHERS = "kb_searchers"
@@ -102,7 +102,7 @@ async def _authorize(service: InferenceService, state: ServingState, kb: Knowled
     return state.store.get_endpoint_by_id(version.endpoint_id)
 
 
-@router.post(KB_SEARCH_PATH, responses=errors(*INFERENCE_ERRORS, 409))
+@router.post(KB_SEARCH_PATH, openapi_extra=body(KbSearchRequest), responses=errors(*INFERENCE_ERRORS, 409))
 async def search(request: Request, project: str, kb: str, service: Service, state: State) -> dict[str, Any]:
     note = call_record(request)
     keys = require_keys(request_keys(request))
@@ -143,9 +143,13 @@ async def show_kb(state: State, project: str, kb: str) -> dict[str, Any]:
     return kb_view(state, state.store.get_kb(project, kb))
 
 
-@admin_router.post("/projects/{project}/kb/{kb}/versions/{version}/activate")
-async def activate_version(state: State, project: str, kb: str, version: int) -> dict[str, Any]:
-    """Make a Ready version the one searches use (e.g. back to the previous one after a re-embedding)."""
+@admin_router.post("/projects/{project}/kb/{kb}/activate", openapi_extra=body(KbActivate))
+async def activate_version(request: Request, state: State, project: str, kb: str) -> dict[str, Any]:
+    """Make a Ready version (``{"version": N}``) the one searches use (e.g. back to the previous one after a
+    re-embedding)."""
+    version = (await read_json(request, SEARCH_BODY_LIMIT)).get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InputError("'version' must be a version number (1 or more)")
     found = state.store.get_kb(project, kb)
     state.store.switch_kb_version(found.id, version)
     return kb_view(state, state.store.get_kb(project, kb))
