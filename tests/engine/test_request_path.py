@@ -85,9 +85,14 @@ def test_many_rows_run_in_three_engine_files_also_on_the_workers(tiny_dir: Path)
 
 
 @pytest.mark.skipif(not int8_kernels.available(), reason="this torch build has no FBGEMM kernels")
-def test_int8_adds_its_kernels_only(tiny_dir: Path) -> None:
-    engine = Embedder.load(EngineSettings(model=str(tiny_dir), device="cpu", precision="int8"))
+@pytest.mark.parametrize(("cpu_runtime", "expected"), [
+    ("auto", ["embedder.py", "tokenizer.py", "onnx_graph.py"]),  # the compiled int8 graph: one session.run
+    ("torch", ["embedder.py", "tokenizer.py", "bert.py", "int8_kernels.py"]),  # FBGEMM's kernels
+])
+def test_int8_adds_its_kernels_only(tiny_dir: Path, cpu_runtime: str, expected: list[str]) -> None:
+    engine = Embedder.load(EngineSettings(model=str(tiny_dir), device="cpu", precision="int8",
+                                          cpu_runtime=cpu_runtime))
 
     files = engine_files(_request(engine, ["query: how do cells divide?"]))
 
-    assert files == ["embedder.py", "tokenizer.py", "bert.py", "int8_kernels.py"]
+    assert files == expected
