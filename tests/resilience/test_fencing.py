@@ -106,15 +106,20 @@ def test_a_replica_cut_off_from_the_store_stops_its_job_before_another_may_take_
     assert a._children[job.id].poll() is not None  # noqa: SLF001 - A's process is gone, not merely quiet
 
     pg_proxy.forward()  # the partition heals: A reaps its fenced process and records nothing over B's run
-    deadline = time.monotonic() + 15
-    while job.id in a._children:  # noqa: SLF001
-        assert time.monotonic() < deadline, "A never reaped its fenced process"
-        with contextlib.suppress(StoreUnavailableError):
-            a.poll()
-        time.sleep(0.1)
+    _wait_until_reaped(a, job.id)
     after = b.store.get_job(job.id)
     assert (after.status, after.runner_id, after.lease_owner) == (JOB_RUNNING, b.id, b.id)
     assert len(runs(ticks)) == 2  # A started nothing again
+
+
+def _wait_until_reaped(runner: JobRunner, job_id: str) -> None:
+    """Once the store answers again, the runner reaps its fenced process within 15 s."""
+    deadline = time.monotonic() + 15
+    while job_id in runner._children:  # noqa: SLF001
+        assert time.monotonic() < deadline, "the runner never reaped its fenced process"
+        with contextlib.suppress(StoreUnavailableError):
+            runner.poll()
+        time.sleep(0.1)
 
 
 def test_a_fenced_job_is_recorded_interrupted_when_the_store_comes_back_first(
@@ -130,12 +135,7 @@ def test_a_fenced_job_is_recorded_interrupted_when_the_store_comes_back_first(
         assert time.monotonic() < deadline, "A's process was not fenced"
         time.sleep(0.05)
     pg_proxy.forward()
-    deadline = time.monotonic() + 15
-    while job.id in a._children:  # noqa: SLF001
-        assert time.monotonic() < deadline, "A never reaped its fenced process"
-        with contextlib.suppress(StoreUnavailableError):
-            a.poll()
-        time.sleep(0.1)
+    _wait_until_reaped(a, job.id)
     after = b.store.get_job(job.id)
     assert after.status == JOB_INTERRUPTED, after
     assert "lease could not be renewed" in after.status_reason and "checkpoint" in after.status_reason
