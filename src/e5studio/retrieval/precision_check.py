@@ -15,16 +15,17 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from e5studio.engine.cpu import cpu_features
-from e5studio.engine.embedder import Embedder
 from e5studio.engine.flags import add_engine_flags, engine_settings
-from e5studio.retrieval.evaluate import load_eval_set, score, with_prefix
 from e5studio.settings import EngineSettings
 from e5studio.vocabulary import PASSAGE_PREFIX, QUERY_PREFIX
+
+if TYPE_CHECKING:  # the CLI builds its parser without torch; check() imports the engine
+    from e5studio.engine.embedder import Embedder
 
 SAMPLE = Path(__file__).resolve().parent / "precision_sample"
 
@@ -53,6 +54,9 @@ def measure(embedder: Embedder, passages: list[str], queries: list[str], rounds:
 
 def check(settings: EngineSettings, rounds: int = 2, prefixes: bool = True) -> list[dict[str, Any]]:
     """One row per precision offered on this CPU (fp32 first: the reference)."""
+    from e5studio.engine.embedder import Embedder
+    from e5studio.retrieval.evaluate import load_eval_set, score, with_prefix
+
     evalset = load_eval_set(SAMPLE)
     qp, pp = (QUERY_PREFIX, PASSAGE_PREFIX) if prefixes else ("", "")
     passages = [with_prefix(p, pp) for p in evalset.passages]
