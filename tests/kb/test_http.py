@@ -164,3 +164,39 @@ def test_admin_api_lists_shows_and_activates_a_version(served: tuple[ServerProce
     assert proc.admin("POST", "/api/admin/projects/default/kb/emb/activate", {"version": 99}).status_code == 409
     no_token = httpx.post(proc.base_url + "/api/admin/kb", timeout=30, trust_env=False)
     assert no_token.status_code in (401, 405)
+
+
+def _job(proc: ServerProcess, answer: httpx.Response) -> dict[str, Any]:
+    """Follow a submitted job (the admin API's job route) until it ends; the last view of it."""
+    import time
+
+    assert answer.status_code == 202, answer.text
+    url = answer.json()["job"]["url"].removeprefix(proc.base_url)
+    deadline = time.monotonic() + 240
+    while (job := proc.admin("GET", url).json())["status"] in ("Queued", "Running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return job
+
+
+def test_admin_api_submits_create_and_reembed_jobs(served: tuple[ServerProcess, Store, str], tmp_path: Path) -> None:
+    proc, store, key = served
+    docs = write_jsonl(tmp_path / "api.jsonl", long_documents(9, seed=7))
+    body = {"name": "viaapi", "endpoint": store.list_endpoints()[0].name, "data": str(docs), "id_field": "id",
+            "chunk_tokens": 40, "overlap": 8}
+    for bad, message in (({**body, "chunk_tokens": "40"}, "'chunk_tokens'"), ({**body, "data": str(docs) + "x"},
+                                                                                "does not exist on the server"),
+                         ({**body, "chunking": "pages"}, "'chunking'"), ({**body, "name": "bad name"}, "invalid")):
+        refused = proc.admin("POST", "/api/admin/projects/default/kb", bad)
+        assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text
+    assert proc.admin("POST", "/api/admin/projects/default/kb", {**body, "endpoint": "nope"}).status_code == 404
+    submitted = proc.admin("POST", "/api/admin/projects/default/kb", body)
+    assert submitted.json()["knowledge_base"]["name"] == "viaapi" and "data" not in submitted.json()["job"]["params"]
+    job = _job(proc, submitted)
+    assert job["status"] == "Succeeded" and job["kind"] == "kb" and job["step"] == job["total_steps"] == 9, job
+    assert job["metrics"]["kb_version"] == 1 and job["phase_line"].startswith("kb viaapi")
+    assert _search(proc, "viaapi", key, {"query": "protein"}).json()["version"] == 1
+    job = _job(proc, proc.admin("POST", "/api/admin/projects/default/kb/viaapi/reembed", {}))
+    assert job["status"] == "Succeeded" and job["metrics"]["kb_version"] == 2, job
+    assert _search(proc, "viaapi", key, {"query": "protein"}).json()["version"] == 2
+    assert proc.admin("GET", "/api/admin/jobs/nope").status_code == 404

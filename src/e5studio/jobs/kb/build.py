@@ -29,7 +29,10 @@ from e5studio.jobs.batch_embed.summary import EmbedCorpusResult
 from e5studio.jobs.batch_embed.writer import atomic_write_bytes, read_manifest
 from e5studio.jobs.kb import pgvector
 from e5studio.jobs.kb.stamp import check_same, make_stamp
+from e5studio.jobs.lifecycle import JobHandle
 from e5studio.jobs.model_identity import model_identity
+from e5studio.jobspec.layout import PROGRESS_FILE
+from e5studio.jobspec.progress import Progress
 from e5studio.retrieval.kb_vectors import BATCHES_DIR, DELETED_FILE, complete_batches, read_deleted
 from e5studio.settings import EngineSettings
 
@@ -141,26 +144,24 @@ def live_documents(folder: Path, before: int | None = None) -> tuple[set[str], i
 
 
 def run_batch(store: Store, kb: KnowledgeBase, version: KbVersion, source: Source, engine: EngineSettings, *,
-              window_size: int, max_document_bytes: int, progress: bool,
-              workers: int | None = None) -> EmbedCorpusResult:
-    """Embed ``source`` as the version's next batch (or continue the batch a crash left), then upsert it into
-    PostgreSQL (pgvector knowledge bases) and refresh the version's counts."""
+              window_size: int, max_document_bytes: int, progress: bool, workers: int | None = None,
+              handle: JobHandle | None = None, batch: int | None = None) -> EmbedCorpusResult:
+    """Embed ``source`` as the version's batch ``batch`` (default: the next one, or the one a crash left), then
+    upsert it into PostgreSQL (pgvector knowledge bases) and refresh the version's counts.
+
+    ``handle``: the job this batch is part of (its record gets the batch's progress; the caller ends the job);
+    without one the progress goes to stderr and the batch's ``progress.json`` (the knowledge base's page)."""
     folder = Path(version.path)
-    batch = _batch_number(folder)
+    batch = _batch_number(folder) if batch is None else batch
     spec = source.spec(folder / INPUTS_DIR, batch)
     taken, _, _ = live_documents(folder, before=batch)
     policy = dataclasses.replace(ChunkPolicy.from_json(kb.chunking), max_document_bytes=max_document_bytes)
     settings = EmbedCorpusSettings(input=spec, output=folder / BATCHES_DIR / f"{batch:04d}", engine=engine,
                                    input_type="passage", window_size=window_size, progress=progress,
                                    workers=workers, chunking=policy, taken_ids=frozenset(taken))
-    from e5studio.jobs.lifecycle import JobHandle
-    from e5studio.jobspec.layout import PROGRESS_FILE
-    from e5studio.jobspec.progress import Progress
-
-    # the progress line says kb NAME (stderr: redrawn on a terminal, a line every 5 s in a log; the batch's
-    # progress.json for the knowledge base's web page)
-    display = Progress(f"kb {kb.name}", enabled=progress, status_file=settings.output / PROGRESS_FILE)
-    result = run_job(settings, handle=JobHandle.unrecorded(display))
+    whole = handle or JobHandle.unrecorded(Progress(f"kb {kb.name}", enabled=progress,
+                                                    status_file=settings.output / PROGRESS_FILE))
+    result = run_job(settings, handle=whole.part())
     if kb.store_url:
         pgvector.write_batch(kb.store_url, version.table_name, settings.output, version.stamp, kb.name,
                              version.version, read_deleted(folder), batch)

@@ -18,10 +18,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from e5studio.control.job_records import JobRecord
+from e5studio.control.kb_jobs import KbCreate, submit_create, submit_reembed
 from e5studio.control.knowledge_bases import KbVersion, KnowledgeBase
 from e5studio.control.store import Endpoint
 from e5studio.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
-from e5studio.http_body import client_left, read_json
+from e5studio.http_body import client_left, parse, read_json
+from e5studio.jobspec.progress import read_status
 from e5studio.retrieval.kb_vectors import EmbeddedCache, PgvectorChunks, SearchRequest, check_request
 from e5studio.serving.edge import call_record
 from e5studio.serving.inference import (
@@ -33,7 +36,16 @@ from e5studio.serving.inference import (
     require_keys,
 )
 from e5studio.serving.routes.admin import require_admin
-from e5studio.serving.schemas import ADMIN_ERRORS, INFERENCE_ERRORS, KbActivate, KbSearchRequest, body, errors
+from e5studio.serving.schemas import (
+    ADMIN_ERRORS,
+    INFERENCE_ERRORS,
+    KbActivate,
+    KbCreateRequest,
+    KbReembedRequest,
+    KbSearchRequest,
+    body,
+    errors,
+)
 from e5studio.serving.state import ServingState, State
 from e5studio.serving.urls import KB_SEARCH_PATH
 from e5studio.vocabulary import add_prefix
@@ -153,3 +165,35 @@ async def activate_version(request: Request, state: State, project: str, kb: str
     found = state.store.get_kb(project, kb)
     state.store.switch_kb_version(found.id, version)
     return kb_view(state, state.store.get_kb(project, kb))
+
+
+def job_view(state: ServingState, job: JobRecord) -> dict[str, Any]:
+    """A job as the admin API shows it: status, progress, the phase line its process wrote last."""
+    phase = read_status(Path(job.output))
+    return {"id": job.id, "kind": job.kind, "status": job.status, "status_reason": job.status_reason,
+            "step": job.step, "total_steps": job.total_steps, "progress": round(job.progress, 4),
+            "phase_line": phase.get("line") if phase else None, "metrics": job.metrics,
+            "params": {k: v for k, v in job.params.items() if k != "data"}, "created_at": job.created_at,
+            "updated_at": job.updated_at, "url": state.settings.base_url + f"/api/admin/jobs/{job.id}"}
+
+
+@admin_router.post("/projects/{project}/kb", status_code=202, openapi_extra=body(KbCreateRequest))
+async def create_kb(request: Request, state: State, project: str) -> dict[str, Any]:
+    """Record a knowledge base and submit the job that embeds its documents (202: follow ``job.url``)."""
+    spec = parse(await read_json(request, SEARCH_BODY_LIMIT), KbCreateRequest)
+    kb, job = await asyncio.to_thread(submit_create, state.jobs, KbCreate(project=project, **spec.model_dump()))
+    return {"knowledge_base": kb_view(state, kb), "job": job_view(state, job)}
+
+
+@admin_router.post("/projects/{project}/kb/{kb}/reembed", status_code=202, openapi_extra=body(KbReembedRequest))
+async def reembed_kb(request: Request, state: State, project: str, kb: str) -> dict[str, Any]:
+    """Submit the job that builds the knowledge base's next version (202: follow ``job.url``); searches switch
+    to it when it is complete."""
+    spec = parse(await read_json(request, SEARCH_BODY_LIMIT), KbReembedRequest)
+    found, job = await asyncio.to_thread(submit_reembed, state.jobs, project, kb, spec.endpoint)
+    return {"knowledge_base": kb_view(state, found), "job": job_view(state, job)}
+
+
+@admin_router.get("/jobs/{job_id}")
+async def show_job(state: State, job_id: str) -> dict[str, Any]:
+    return job_view(state, state.store.get_job(job_id))
