@@ -77,13 +77,13 @@ def quality(store: Any, evalset: Any, names: dict[str, str], engine: Any) -> dic
 def throughput(store: Any, endpoint: str, passages: Path, engine: Any, chunked: dict[str, Any], options: Any,
                data_dir: Path, work: Path) -> dict[str, Any]:
     """embed-corpus, then kb create (chunked) on the same file and engine settings; the chunking alone."""
+    from e5studio.engine.model_identity import model_identity
     from e5studio.engine.tokenizer import Tokenizer
     from e5studio.jobs.batch_embed.chunking import Chunker, ChunkPolicy
     from e5studio.jobs.batch_embed.reader import InputSpec, iter_windows
     from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, run_job
     from e5studio.jobs.kb import ops
     from e5studio.jobs.kb.build import Source
-    from e5studio.jobs.model_identity import model_identity
 
     t0 = time.perf_counter()
     corpus = run_job(EmbedCorpusSettings(input=InputSpec.create(passages), output=work / "embed-corpus",

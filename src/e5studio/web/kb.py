@@ -11,6 +11,7 @@ searches the version exactly as the HTTP route does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ from fastapi.responses import RedirectResponse, Response
 from e5studio.control.job_records import KIND_KB, JobRecord
 from e5studio.control.kb_jobs import DEFAULT_OVERLAP, KbCreate, submit_create, submit_reembed, whole_number
 from e5studio.control.knowledge_bases import VERSION_BUILDING, KbVersion, KnowledgeBase
-from e5studio.control.store import Store
-from e5studio.errors import InputError
+from e5studio.control.store import Endpoint, Store
+from e5studio.engine.model_identity import model_identity
+from e5studio.errors import ConflictError, E5StudioError, InputError
 from e5studio.jobspec.layout import PROGRESS_FILE
 from e5studio.jobspec.progress import read_status
+from e5studio.retrieval.kb_stamp import check_model, endpoint_fields
 from e5studio.retrieval.kb_vectors import EmbeddedCache, PgvectorChunks, SearchRequest, check_request
 from e5studio.vocabulary import add_prefix
 from e5studio.web.common import SessionDep, read_form, render, text_field, ui_session
@@ -93,16 +96,27 @@ def _progress(version: KbVersion) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
-def _kb_page(request: Request, kb: KnowledgeBase, status_code: int = 200, **context: Any) -> Response:
+def _stale(request: Request, current: KbVersion, serving: Endpoint) -> str:
+    """Why the endpoint's model cannot search ``current`` (the one check of the search routes), else ""."""
+    engine = dataclasses.replace(web_state(request).settings.engine, model=serving.model, precision=serving.precision)
+    try:
+        check_model(current.stamp, model_identity(engine), serving.precision, endpoint_fields(serving), "search")
+    except ConflictError as exc:
+        return str(exc)
+    except E5StudioError:  # the model cannot be read here (not downloaded yet): the search route will say why
+        return ""
+    return ""
+
+
+async def _kb_page(request: Request, kb: KnowledgeBase, status_code: int = 200, **context: Any) -> Response:
     store = _store(request)
     versions = store.kb_versions(kb.id)
     current = next((v for v in versions if v.version == kb.current_version), None)
     building = next((v for v in versions if v.status == VERSION_BUILDING), None)
     endpoints = [e for e in store.list_endpoints(kb.project_id)]
     serving = next((e for e in endpoints if e.id == kb.endpoint_id), None)
-    stale = current is not None and serving is not None and (
-        (current.stamp.get("endpoint") or {}).get("model") != serving.model
-        or current.stamp.get("precision") != serving.precision)
+    # a thread: the model's checksum is read from its cache, or computed once (seconds for E5-Large)
+    stale = await asyncio.to_thread(_stale, request, current, serving) if current and serving else ""
     job = _job(store, kb)
     progress = read_status(Path(job.output)) if job is not None else None
     if building is not None and progress is None:  # built by `e5studio kb` in a terminal
@@ -116,12 +130,14 @@ async def kb_show(request: Request, project: str, kb: str, q: str = "", k: str =
                   ) -> Response:
     found = _store(request).get_kb(project, kb)
     if not q:
-        return _kb_page(request, found)
+        return await _kb_page(request, found)
     try:
         hits, version = await _search(request, found, q, k, by_document == "on")
+    except ConflictError as exc:  # another model than the stamped one (or no complete version yet)
+        return await _kb_page(request, found, 409, error=str(exc), q=q)
     except InputError as exc:
-        return _kb_page(request, found, 400, error=str(exc), q=q)
-    return _kb_page(request, found, hits=hits, searched=version, q=q, by_document=by_document == "on")
+        return await _kb_page(request, found, 400, error=str(exc), q=q)
+    return await _kb_page(request, found, hits=hits, searched=version, q=q, by_document=by_document == "on")
 
 
 async def _search(request: Request, kb: KnowledgeBase, query: str, k_text: str, by_document: bool
@@ -134,6 +150,9 @@ async def _search(request: Request, kb: KnowledgeBase, query: str, k_text: str, 
     if len(query) > 8192:
         raise InputError("the query is longer than 8,192 characters")
     endpoint = store.get_endpoint_by_id(version.endpoint_id)
+    refused = await asyncio.to_thread(_stale, request, version, endpoint)
+    if refused:
+        raise ConflictError(refused)
     rows = await web_state(request).embed(request, endpoint, [add_prefix(query, "query")])
     search = SearchRequest(rows.rows[0], k, filter, by_document)
     embedded, pgvector = _searchers(request)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from e5studio.engine.model_identity import model_identity
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.chunking import Chunker, ChunkPolicy
 from e5studio.jobs.batch_embed.manifest_state import ManifestState
@@ -44,7 +45,6 @@ from e5studio.jobs.batch_embed.windows import (
 )
 from e5studio.jobs.batch_embed.write_behind import WriteBehind
 from e5studio.jobs.lifecycle import JobHandle
-from e5studio.jobs.model_identity import model_identity
 from e5studio.jobspec.batch_params import WINDOW_SIZE
 from e5studio.jobspec.layout import INDEX_DIR
 from e5studio.settings import EngineSettings

@@ -21,6 +21,7 @@ from typing import Any
 
 from e5studio.control.knowledge_bases import KbVersion, KnowledgeBase
 from e5studio.control.store import Endpoint, Store
+from e5studio.engine.model_identity import model_identity
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.chunking import ChunkPolicy
 from e5studio.jobs.batch_embed.reader import InputSpec
@@ -28,11 +29,10 @@ from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, run_job
 from e5studio.jobs.batch_embed.summary import EmbedCorpusResult
 from e5studio.jobs.batch_embed.writer import atomic_write_bytes, read_manifest
 from e5studio.jobs.kb import pgvector
-from e5studio.jobs.kb.stamp import check_same, make_stamp
 from e5studio.jobs.lifecycle import JobHandle
-from e5studio.jobs.model_identity import model_identity
 from e5studio.jobspec.layout import PROGRESS_FILE
 from e5studio.jobspec.progress import Progress
+from e5studio.retrieval.kb_stamp import check_model, endpoint_fields, make_stamp
 from e5studio.retrieval.kb_vectors import BATCHES_DIR, DELETED_FILE, complete_batches, read_deleted
 from e5studio.settings import EngineSettings
 
@@ -57,9 +57,7 @@ def engine_for(endpoint: Endpoint, base: EngineSettings) -> EngineSettings:
 
 
 def stamp_for(endpoint: Endpoint, engine: EngineSettings, chunking: dict[str, Any]) -> dict[str, Any]:
-    return make_stamp(model_identity(engine), engine.precision, chunking,
-                      {"id": endpoint.id, "name": endpoint.name, "model": endpoint.model,
-                       "precision": endpoint.precision})
+    return make_stamp(model_identity(engine), engine.precision, chunking, endpoint_fields(endpoint))
 
 
 @dataclass(frozen=True)
@@ -177,9 +175,7 @@ def refresh_counts(store: Store, version: KbVersion) -> tuple[int, int]:
 
 def check_stamp(version: KbVersion, endpoint: Endpoint, engine: EngineSettings, action: str) -> dict[str, Any]:
     """The stamp this model gives; ConflictError naming both when it differs from the version's."""
-    now = stamp_for(endpoint, engine, version.stamp.get("chunking") or {})
-    check_same(version.stamp, now, action)
-    return now
+    return check_model(version.stamp, model_identity(engine), engine.precision, endpoint_fields(endpoint), action)
 
 
 def delete_document(store: Store, kb: KnowledgeBase, version: KbVersion, doc_id: str) -> int:

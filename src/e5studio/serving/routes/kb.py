@@ -5,7 +5,8 @@ version: ``{"query": "...", "k": 10, "filter": {"field": value}, "by_document": 
 document id, chunk index, text, offsets, metadata). The query gets ``query: `` (the passages got
 ``passage: ``). The current version is read from the store at every request, one row, so every replica
 switches with the store and one search reads one version whole. A query model that is not the one the version
-is stamped with (another model path, precision, dimension or window) is refused (409) naming both.
+is stamped with (other weights: their checksum; another precision, dimension or window) is refused (409) naming
+both stamps, by the same check as the CLI's (:func:`e5studio.retrieval.kb_stamp.check_model`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from fastapi import APIRouter, Depends, Request
 
@@ -22,9 +24,11 @@ from e5studio.control.job_records import JobRecord
 from e5studio.control.kb_jobs import KbCreate, submit_create, submit_reembed
 from e5studio.control.knowledge_bases import KbVersion, KnowledgeBase
 from e5studio.control.store import Endpoint
+from e5studio.engine.model_identity import identity
 from e5studio.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
 from e5studio.http_body import client_left, parse, read_json
 from e5studio.jobspec.progress import read_status
+from e5studio.retrieval.kb_stamp import check_model, endpoint_fields
 from e5studio.retrieval.kb_vectors import EmbeddedCache, PgvectorChunks, SearchRequest, check_request
 from e5studio.serving.edge import call_record
 from e5studio.serving.inference import (
@@ -65,6 +69,7 @@ class Searchers:
     def __init__(self) -> None:
         self.embedded = EmbeddedCache()
         self.pgvector = PgvectorChunks()
+        self.identities: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()  # by loaded Embedder
 
     def search(self, kb: KnowledgeBase, version: KbVersion, request: SearchRequest) -> list[Any]:
         if kb.store_url:
@@ -80,17 +85,14 @@ def _searchers(request: Request) -> Searchers:
     return found
 
 
-def _check_query_model(version: KbVersion, endpoint: Endpoint, embedder: Any) -> None:
-    stamp = version.stamp
-    served = {"model": endpoint.model, "precision": endpoint.precision, "dim": embedder.dim,
-              "max_length": embedder.max_length, "model_path": str(Path(embedder.checkpoint.path).resolve())}
-    stored = {"model": (stamp.get("endpoint") or {}).get("model"), "precision": stamp.get("precision"),
-              "dim": stamp.get("dim"), "max_length": stamp.get("max_length"), "model_path": stamp.get("model_path")}
-    diff = [key for key in served if served[key] != stored[key]]
-    if diff:
-        raise ConflictError(f"search refused: version {version.version} is stamped {stored}, endpoint "
-                            f"{endpoint.name!r} now serves {served} (differs in {', '.join(diff)}); run `e5studio "
-                            "kb reembed` to build a version with its model")
+def _served_identity(searchers: Searchers, embedder: Any, model: str) -> dict[str, Any]:
+    """The identity of the model the endpoint serves now (its files' checksum computed once per loaded model:
+    the vectors come from the weights it loaded)."""
+    found = searchers.identities.get(embedder)
+    if found is None:
+        found = identity(model, Path(embedder.checkpoint.path), embedder.dim, embedder.max_length)
+        searchers.identities[embedder] = found
+    return found
 
 
 def _query(body: dict[str, Any]) -> str:
@@ -130,7 +132,8 @@ async def search(request: Request, project: str, kb: str, service: Service, stat
     k, filter, by_document = check_request(body.get("k", 10), body.get("filter"), body.get("by_document", False),
                                            version.fields)
     embedder, _ = service.pool.get(endpoint)
-    _check_query_model(version, endpoint, embedder)
+    served = await asyncio.to_thread(_served_identity, _searchers(request), embedder, endpoint.model)
+    check_model(version.stamp, served, endpoint.precision, endpoint_fields(endpoint), "search")
     embedded = await service.embed(endpoint, [add_prefix(query, "query")], client_left=partial(client_left, request),
                                    note=note)
     hits = await asyncio.to_thread(_searchers(request).search, found, version,
