@@ -1,7 +1,8 @@
 """Knowledge-base jobs of the server's job runner (the real ``e5studio kb create|reembed --job-id`` processes on the
 tiny model): submitted as the web UI and the admin API submit them, they run the one job lifecycle (Running ->
-Succeeded, progress on the record and in the job folder), and a SIGKILL mid-batch, then Resume, leaves exactly
-the chunks of a run that never crashed (no duplicate, none missing), searches answering meanwhile."""
+Succeeded, progress on the record and in the job folder), and a SIGKILL or a server shutdown mid-batch, then
+Resume (after a restart), leaves exactly the chunks of a run that never crashed (no duplicate, none missing),
+searches answering from the complete version meanwhile."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e5studio.control.job_records import JOB_FAILED, JOB_RUNNING, JOB_SUCCEEDED, KIND_KB
+from e5studio.control.job_records import JOB_FAILED, JOB_INTERRUPTED, JOB_RUNNING, JOB_SUCCEEDED, KIND_KB
 from e5studio.control.job_runner import JobRunner
 from e5studio.control.kb_jobs import KbCreate, submit_create, submit_reembed
 from e5studio.control.store import Store
@@ -96,37 +97,45 @@ def test_create_and_reembed_run_as_jobs_of_the_runner(setup: tuple[Store, JobRun
     assert _rows(Path(version.path)) == reference
 
 
-def _kill_mid_batch(store: Store, runner: JobRunner, job_id: str, batch: Path) -> None:
-    """SIGKILL the job's process once its batch's manifest lists a shard, before the batch is complete."""
+def _mid_batch(store: Store, runner: JobRunner, job_id: str, batch: Path) -> Path:
+    """Wait until the job's batch manifest lists a shard (the batch not complete yet); the manifest."""
     deadline = time.monotonic() + 240
     manifest = batch / "manifest.json"
     while time.monotonic() < deadline:
         try:
             if json.loads(manifest.read_text())["shards"]:
-                break
+                return manifest
         except (OSError, ValueError, KeyError):
             pass
         assert store.get_job(job_id).status == JOB_RUNNING, runner.log_tail(job_id)
         time.sleep(0.02)
-    pid = store.get_job(job_id).pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    assert json.loads(manifest.read_text())["status"] != "complete", "killed too late: the batch was complete"
-    deadline = time.monotonic() + 30
-    while (job := store.get_job(job_id)).status == JOB_RUNNING and time.monotonic() < deadline:
-        runner.poll()
-        time.sleep(0.05)
-    assert job.status == JOB_FAILED and "SIGKILL" in job.status_reason, job
+    raise AssertionError(f"no shard in {batch} after 240 s: {runner.log_tail(job_id)}")
+
+
+def _not_complete(manifest: Path) -> None:
+    assert json.loads(manifest.read_text())["status"] != "complete", "stopped too late: the batch was complete"
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_kb_job_then_resume_leaves_every_chunk_once(setup: tuple[Store, JobRunner, Path]) -> None:
+def test_sigkill_or_restart_during_a_kb_job_then_resume_leaves_every_chunk_once(
+        setup: tuple[Store, JobRunner, Path]) -> None:
     store, runner, docs = setup
     reference = _reference(store, docs, runner.data_dir)
     kb = store.create_kb("default", "papers", "ep", chunking=CHUNKING, id_field="id")
     ep, ep2 = store.get_endpoint("default", "ep"), store.get_endpoint("default", "ep2")
+
+    # SIGKILL mid-batch: the runner records Failed (killed by SIGKILL); Resume continues after the last shard
     job = runner.start_kb("create", kb, ep, {"data": str(docs), "id_field": "id", "window_size": "4"})
-    _kill_mid_batch(store, runner, job.id, runner.data_dir / "kb" / kb.id / "v1" / "batches" / "0000")
+    manifest = _mid_batch(store, runner, job.id, runner.data_dir / "kb" / kb.id / "v1" / "batches" / "0000")
+    pid = store.get_job(job.id).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    _not_complete(manifest)
+    deadline = time.monotonic() + 30
+    while (killed := store.get_job(job.id)).status == JOB_RUNNING and time.monotonic() < deadline:
+        runner.poll()
+        time.sleep(0.05)
+    assert killed.status == JOB_FAILED and "SIGKILL" in killed.status_reason, killed
     with pytest.raises(ConflictError, match="no complete version yet"):
         store.current_kb_version("default", "papers")
     runner.resume(job.id)
@@ -135,12 +144,21 @@ def test_sigkill_during_a_kb_job_then_resume_leaves_every_chunk_once(setup: tupl
     assert _rows(Path(store.current_kb_version("default", "papers")[1].path)) == reference
     before = _hits(store, "papers")
 
+    # a server shutdown mid-batch (its runner closes: SIGTERM, Interrupted), then a restarted server resumes it
     job = runner.start_kb("reembed", kb, ep2, {"window_size": "4"})
-    _kill_mid_batch(store, runner, job.id, runner.data_dir / "kb" / kb.id / "v2" / "batches" / "0000")
+    manifest = _mid_batch(store, runner, job.id, runner.data_dir / "kb" / kb.id / "v2" / "batches" / "0000")
+    runner.close(timeout=10)
+    _not_complete(manifest)
+    assert store.get_job(job.id).status == JOB_INTERRUPTED
     assert store.get_kb("default", "papers").current_version == 1 and _hits(store, "papers") == before
-    runner.resume(job.id)
-    done = runner.wait(job.id, 240)
-    assert done.status == JOB_SUCCEEDED, runner.log_tail(job.id)
+    restarted = JobRunner(store, runner.data_dir, env=cli_env())
+    try:
+        restarted.recover()
+        restarted.resume(job.id)
+        done = restarted.wait(job.id, 240)
+    finally:
+        restarted.close(timeout=5)
+    assert done.status == JOB_SUCCEEDED, restarted.log_tail(job.id)
     _, version = store.current_kb_version("default", "papers")
     assert version.version == 2 and version.stamp["precision"] == "int8"
     assert _rows(Path(version.path)) == reference  # the same documents, chunked the same, none twice
