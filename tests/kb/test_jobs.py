@@ -74,6 +74,12 @@ def test_create_and_reembed_run_as_jobs_of_the_runner(setup: tuple[Store, JobRun
         submit_create(runner, KbCreate(name="bad", endpoint="ep", project="default", data=str(docs), chunk_tokens=4))
     with pytest.raises(InputError, match="does not exist on the server"):
         submit_create(runner, KbCreate(name="bad", endpoint="ep", project="default", data=str(docs) + ".missing"))
+    for hostile, message in (("a" * 300 + "/" + "b" * 300, "cannot be read"), ("x" * 5000, "1 to 4,096"),
+                             ("doc\udc80s", "does not exist"), ("", "1 to 4,096")):
+        with pytest.raises(InputError, match=message):
+            submit_create(runner, KbCreate(name="bad", endpoint="ep", project="default", data=hostile))
+    with pytest.raises(InputError, match="control character|NUL"):
+        submit_create(runner, KbCreate(name="bad", endpoint="ep", project="default", data="docs\x00.jsonl"))
     assert [kb.name for kb in store.list_kbs()] == ["ref"]  # nothing recorded for a refused submission
 
     kb, job = submit_create(runner, _spec(docs, "papers"))

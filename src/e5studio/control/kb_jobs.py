@@ -23,6 +23,7 @@ FORMATS = ("auto", "jsonl", "parquet", "text")
 CHUNKING_MODES = ("tokens", "none")
 MIN_CHUNK_TOKENS = 8
 DEFAULT_OVERLAP = 32
+MAX_PATH_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,15 @@ def submit_create(runner: JobRunner, spec: KbCreate) -> tuple[KnowledgeBase, Job
         plain_text(name, getattr(spec, name))
     if spec.format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {spec.format!r}")
+    if not spec.data or len(spec.data) > MAX_PATH_CHARS:
+        raise InputError(f"data: a path on the server of 1 to {MAX_PATH_CHARS:,} characters, got {len(spec.data):,}")
     data = Path(spec.data).expanduser()
-    if not spec.data or not data.exists():
-        raise InputError(f"data: path {spec.data!r} does not exist on the server")
+    try:
+        found = data.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, an unencodable one
+        raise InputError(f"data: path {spec.data[:200]!r} cannot be read: {exc.__class__.__name__}") from None
+    if not found:
+        raise InputError(f"data: path {spec.data[:200]!r} does not exist on the server")
     endpoint = store.get_endpoint(spec.project, spec.endpoint) if spec.project else \
         store.get_endpoint_by_id(spec.endpoint)
     kb = store.create_kb(endpoint.project_id, spec.name, endpoint.id, chunking=policy,
