@@ -35,7 +35,7 @@ QUERY = "protein kinase"
 @pytest.fixture
 def setup(tmp_path: Path, tiny_dir: Path) -> Iterator[tuple[Store, JobRunner, Path]]:
     """A store (SQLite, or PostgreSQL with E5STUDIO_TEST_STORE=postgres) with endpoints ``ep`` and ``ep2`` (int8),
-    a runner on it, and 60 documents of mixed lengths."""
+    a runner on it, and 24 documents of mixed lengths."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     store = Store(stores.store_for(data_dir))
@@ -43,7 +43,7 @@ def setup(tmp_path: Path, tiny_dir: Path) -> Iterator[tuple[Store, JobRunner, Pa
     store.create_endpoint("default", "ep", str(tiny_dir), 32)
     store.create_endpoint("default", "ep2", str(tiny_dir), 32, precision="int8")
     runner = JobRunner(store, data_dir, env=cli_env())
-    docs = write_jsonl(tmp_path / "docs.jsonl", long_documents(60, seed=4))
+    docs = write_jsonl(tmp_path / "docs.jsonl", long_documents(24, seed=4))
     try:
         yield store, runner, docs
     finally:
@@ -89,7 +89,7 @@ def test_create_and_reembed_run_as_jobs_of_the_runner(setup: tuple[Store, JobRun
     done = runner.wait(job.id, 240)
     assert done.status == JOB_SUCCEEDED, runner.log_tail(job.id)
     assert done.metrics["kb_version"] == 1 and done.metrics["chunks"] == len(reference)
-    assert done.step == 60 and done.total_steps == 60  # documents done, of the input's
+    assert done.step == 24 and done.total_steps == 24  # documents done, of the input's
     status = json.loads((Path(done.output) / PROGRESS_FILE).read_text())  # what the job page shows
     assert status["line"].startswith("kb papers")
     _, version = store.current_kb_version("default", "papers")
