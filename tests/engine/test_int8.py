@@ -102,14 +102,14 @@ def test_the_compiled_dense_layer_is_the_fbgemm_layer() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from e5studio.engine.int8_graph import dense_op
+    from e5studio.engine.int8_graph import constants, dense_op, layer_weights
+    from e5studio.engine.onnx_graph import MS_DOMAIN
 
     gen = torch.Generator().manual_seed(3)
     weight, bias = torch.randn(512, 384, generator=gen) * 0.05, torch.randn(512, generator=gen)
     x = torch.randn(20, 384, generator=gen)
     x[:, 7] *= 30  # an outlier channel
     layer = int8_kernels.Int8Linear(weight, bias, x.abs().amax(dim=0))
-    q, scales = layer.quantized()
     assert layer.inv_smooth is not None
     nodes: list[object] = []
 
@@ -118,13 +118,12 @@ def test_the_compiled_dense_layer_is_the_fbgemm_layer() -> None:
         return output
 
     out = dense_op(frozenset({"l"}))(node, "x", "l")
-    tensors = {"l.qweight": q.t().contiguous(), "l.w_scale": scales, "l.column_sums": layer.column_sums,
-               "l.bias": bias, "l.inv_smooth": layer.inv_smooth, "axis_1": torch.tensor([1]),
-               "tiny": torch.tensor(1e-12), "activation_max": torch.tensor(127.0)}
+    tensors = {**layer_weights(layer, "l"), **constants()}
     graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 384])],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(t.numpy(), n) for n, t in tensors.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=onnx.IR_VERSION)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(MS_DOMAIN, 1)],
+                              ir_version=onnx.IR_VERSION)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(got, layer(x.clone()).numpy(), rtol=0, atol=1e-5)

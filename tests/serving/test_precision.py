@@ -56,6 +56,12 @@ def test_int8_endpoint_survives_a_restart(tmp_path: Path, minilm_embedder: Embed
         assert models[0]["kernels"] == cpu_features().describe()  # the kernel set the CPU computes with
         refused = server.cli("endpoints", "create", "search", "odd", "--model", MINILM, "--precision", "int4")
         assert refused.returncode != 0 and "int4" in refused.stderr
+        half = server.cli("endpoints", "create", "search", "half", "--model", MINILM, "--precision", "bf16")
+        if "bf16" not in cpu_features().precisions:  # refused when created, with the reason, and not recorded
+            assert half.returncode != 0 and "native bf16" in half.stderr, half.stdout + half.stderr
+            assert "search/half" not in server.cli("endpoints", "list").stdout
+        else:
+            assert half.returncode == 0, half.stderr
 
         assert server.stop() == 0
         server.start()  # the precision is stored with the endpoint

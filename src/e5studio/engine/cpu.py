@@ -21,6 +21,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from e5studio.errors import InputError
 from e5studio.vocabulary import PRECISIONS
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -104,3 +105,11 @@ def unsupported(precision: str, features: CpuFeatures) -> str | None:
     if precision == "int8":
         return "precision int8 needs an x86-64 CPU (FBGEMM's and MLAS's int8 kernels): use fp32 here"
     return f"unknown precision {precision!r}"
+
+
+def refuse_unoffered(precision: str) -> None:
+    """An endpoint asked for with a precision this CPU does not offer is refused when it is created (InputError,
+    400, with the reason), not accepted and then failed at load; unknown names are the store's check."""
+    reason = unsupported(precision, cpu_features()) if precision in PRECISIONS else None
+    if reason:
+        raise InputError(reason)

@@ -38,6 +38,7 @@ from e5studio.engine.encoder import BertEncoder
 DenseOp = Callable[[Callable[..., str], str, str], str]
 
 OPSET = 20  # the first with a standard Gelu operator
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's own operators (the int8 graph's MatMulIntegerToFloat)
 
 
 def available() -> bool:
@@ -191,7 +192,7 @@ def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None
         outputs=[helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["T", d])],
         initializer=initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
                              producer_name="e5studio", ir_version=onnx.IR_VERSION)
 
 
@@ -205,7 +206,8 @@ class OrtRuntime:
     name = "onnxruntime"
 
     def __init__(self, encoder: BertEncoder, threads: int, weights: Mapping[str, torch.Tensor] | None = None,
-                 dense_op: DenseOp | None = None, embedded: frozenset[str] = frozenset()) -> None:
+                 dense_op: DenseOp | None = None, embedded: frozenset[str] = frozenset(),
+                 worker_session: bool = False) -> None:
         import onnxruntime as ort
 
         weights = encoder_weights(encoder) if weights is None else weights
@@ -214,27 +216,41 @@ class OrtRuntime:
             raise ValueError("the ONNX Runtime path takes a float32 encoder on the CPU")
         self._arrays = {k: np.ascontiguousarray(v.numpy()) for k, v in weights.items()  # views, kept alive
                         if k not in embedded}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         names = list(self._arrays)
-        self._values = [ort.OrtValue.ortvalue_from_numpy(self._arrays[n]) for n in names]  # must outlive the session
-        options.add_external_initializers(names, self._values)
+        self._values = [ort.OrtValue.ortvalue_from_numpy(self._arrays[n]) for n in names]  # must outlive the sessions
         model = build_graph(encoder, weights, dense_op, embedded).SerializeToString()
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        # the Python wrapper keeps the model's bytes (to rebuild the session on a provider fallback, which a
-        # CPU-only session never does): with weights stored in the model that is a second copy of them
-        self.session._model_bytes = None
+        # one session per thread count: ``threads`` for the calling thread; with ``worker_session``, also one of a
+        # single thread for the per-core compute workers (each worker's torch count is 1), which run their
+        # micro-batches side by side: a session's own intra-op threads split one micro-batch's small operators
+        # worse than two cores each running a whole micro-batch (benchmarks/throughput.py, int8)
+        counts = sorted({threads, 1} if worker_session and threads > 1 else {threads}, reverse=True)
+        self.sessions: dict[int, Any] = {}
+        for count in counts:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = count
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            options.add_external_initializers(names, self._values)
+            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            # the Python wrapper keeps the model's bytes (to rebuild the session on a provider fallback, which a
+            # CPU-only session never does): with weights stored in the model that is a second copy of them
+            session._model_bytes = None
+            self.sessions[count] = session
         del model
+        self.session = self.sessions[threads]
         self.threads = threads
+
+    def session_here(self) -> Any:
+        """The session for the calling thread: the one of its torch thread count (a compute worker's), else the
+        one of ``threads``."""
+        return self.sessions.get(torch.get_num_threads(), self.session)
 
     def padded_hidden(self, input_ids: np.ndarray, key_bias: np.ndarray) -> np.ndarray:
         """input_ids int64 [B, L], key_bias float32 [B, 1, 1, L] -> last hidden states float32 [B*L, d]."""
         positions = np.arange(input_ids.shape[1], dtype=np.int64)
-        return self.session.run(["hidden"], {"input_ids": input_ids, "positions": positions,
+        return self.session_here().run(["hidden"], {"input_ids": input_ids, "positions": positions,
                                              "key_bias": key_bias})[0]
 
     def rows(self, sequences: Sequence[np.ndarray]) -> np.ndarray:

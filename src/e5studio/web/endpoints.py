@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from e5studio.control.replicas import MODEL_FAILED, MODEL_READY, Replica
 from e5studio.control.store import LIVE, Endpoint
 from e5studio.engine.checkpoint import ALIASES
-from e5studio.engine.cpu import cpu_features
+from e5studio.engine.cpu import cpu_features, refuse_unoffered
 from e5studio.errors import InputError
 from e5studio.jobspec import deploy_gate
 from e5studio.vocabulary import INPUT_TYPES, PRECISION_HELP, add_prefix, one_of
@@ -183,6 +183,7 @@ async def create_endpoint(request: Request, ui: UI, session: SessionDep) -> Resp
     try:
         if values["batch_size"] not in ("1", "32"):
             raise InputError(f"batch size must be 1 or 32, got {values['batch_size']!r}")
+        refuse_unoffered(values["precision"] or ui.settings.engine.precision)
         gate = deploy_gate.check(model, text_field(form, "force") == "yes",
                                  "tick 'deploy anyway' on the form; the choice is recorded with the endpoint")
         endpoint, key = ui.store.create_endpoint(values["project"], values["name"], model,

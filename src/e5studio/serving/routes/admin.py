@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from e5studio.control.store import Endpoint
+from e5studio.engine.cpu import refuse_unoffered
 from e5studio.errors import AuthError, ForbiddenError, InputError
 from e5studio.http_body import read_json
 from e5studio.jobspec import deploy_gate
@@ -94,11 +95,12 @@ async def create_endpoint(request: Request, state: State) -> dict[str, Any]:
     if not isinstance(force, bool):
         raise InputError("'force' must be true or false")
     model = _field(body, "model", str, state.settings.default_model)
+    precision = _field(body, "precision", str, state.settings.engine.precision)
+    refuse_unoffered(precision)
     gate = deploy_gate.check(model, force, "pass --force, or \"force\": true in the API call")
     endpoint, key = state.store.create_endpoint(
         _field(body, "project", str), _field(body, "name", str), model,
-        _field(body, "batch_size", int, 32), _field(body, "description", str, ""),
-        _field(body, "precision", str, state.settings.engine.precision), deploy_gate=gate,
+        _field(body, "batch_size", int, 32), _field(body, "description", str, ""), precision, deploy_gate=gate,
         input_type=_field(body, "input_type", str, "none"))
     state.pool.deploy(endpoint)
     view = endpoint_view(state, state.store.get_endpoint_by_id(endpoint.id))
