@@ -104,7 +104,7 @@ def create_app(settings: ServeSettings, store: Store,
     app = FastAPI(title="e5studio", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=partial(_lifespan, pool=pool, jobs=jobs, replica=replica, directory=inference.directory))
     serving_state.install(app, serving_state.ServingState(settings=settings, store=store, pool=pool,
-                                                          metrics=metrics, login_throttle=throttle))
+                                                          metrics=metrics, login_throttle=throttle, jobs=jobs))
     install_inference(app, inference)
     handled = (E5StudioError, HTTPException, RequestValidationError)
     for error in handled:

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from e5studio.engine.embedder import Embedder
+from e5studio.engine.model_identity import model_identity
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.manifest_state import ManifestState
 from e5studio.jobs.batch_embed.runner import run_job
 from e5studio.jobs.batch_embed.writer import read_output
 from e5studio.jobs.files import file_sha256
-from e5studio.jobs.model_identity import model_identity
 from e5studio.jobspec.layout import MANIFEST_FILE as MANIFEST
 from e5studio.retrieval.index import ExactIndex
 from tests.batch_embed.conftest import make_texts, settings_for, write_jsonl

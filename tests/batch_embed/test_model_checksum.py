@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from e5studio.jobs import model_identity
+from e5studio.engine import model_identity
 
 
 @pytest.fixture

@@ -123,26 +123,85 @@ def test_reembed_switches_atomically_under_concurrent_searches(served: tuple[Ser
     assert kb.current_version == 2 and [v.status for v in store.kb_versions(kb.id)] == ["Ready", "Ready"]
 
 
+def _refusal(proc: ServerProcess, kb: str, key: str) -> str:
+    """The 409 of an HTTP search of ``kb`` (waiting while the endpoint's model loads: 503)."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while (answer := _search(proc, kb, key, {"query": "protein"})).status_code == 503:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.2)
+    assert answer.status_code == 409, answer.text
+    return str(answer.json()["error"]["message"])
+
+
+def _cli_refusal(store: Store, kb: str) -> str:
+    from e5studio.errors import ConflictError
+    from e5studio.settings import EngineSettings
+
+    with pytest.raises(ConflictError) as refused:
+        ops.search(store, "default", kb, "protein", 5, None, False, EngineSettings(model="unused", device="cpu",
+                                                                                   threads=1))
+    return str(refused.value)
+
+
+def _ui_page(proc: ServerProcess, kb: str, status: int, **params: str) -> str:
+    """The knowledge base's web page (logged in with the admin token), unescaped."""
+    import html
+
+    from tests.web.test_auth import login
+
+    with httpx.Client(base_url=proc.base_url, timeout=60, trust_env=False) as http:
+        login(http, proc.admin_token)
+        page = http.get(f"/ui/kb/default/{kb}", params=params)
+    assert page.status_code == status, page.text[page.text.find("role=\"alert\""):][:600]
+    return html.unescape(page.text)
+
+
 def test_a_query_model_other_than_the_stamped_one_is_refused(served: tuple[ServerProcess, Store, str],
                                                              tmp_path: Path) -> None:
-    """The version was stamped with a max length the endpoint's model no longer has (as after a server restarted
-    with another --max-length): the search is refused with both stamps named, not answered with mixed vectors."""
+    """The endpoint now serves other weights of the same shape and path name (a fine-tune deployed in place of
+    the model): an HTTP search is refused by the weights' checksum, naming both stamps and `kb reembed`, with
+    the very message of the CLI's search (one check); so is a stamp of another max length. A re-embedding with
+    the new model answers again."""
     import json
 
-    from e5studio.control.schema import kb_versions
+    from e5studio.control.schema import endpoints, kb_versions
+    from e5studio.engine.synthetic import write_random_checkpoint
 
     proc, store, key = served
+    base = write_random_checkpoint(tmp_path / "base", "tiny", seed=0)
+    tuned = write_random_checkpoint(tmp_path / "tuned", "tiny", seed=11)  # same shape and tokenizer, other weights
+    created = proc.admin("POST", "/api/admin/endpoints", {"project": "default", "name": "swapped", "model": str(base)})
+    assert created.status_code == 201, created.text
+    proc.wait_status("default", "swapped")
     docs = write_jsonl(tmp_path / "few.jsonl", long_documents(3, seed=1))
-    ops.create(store, "default", "stale", store.list_endpoints()[0].name, Source(docs, "auto", None, "id"),
+    ops.create(store, "default", "stale", "swapped", Source(docs, "auto", None, "id"),
                {"mode": "tokens", "chunk_tokens": 40, "overlap": 8}, OPTIONS, proc.data_dir)
+    assert _search(proc, "stale", key, {"query": "protein"}).status_code == 200
+    _, version = store.current_kb_version("default", "stale")
+    old_sha = version.stamp["model_sha256"]
+
+    with store._write() as conn:  # the model directory now holds the fine-tune (what a deploy in place does)
+        conn.execute(endpoints.update().where(endpoints.c.name == "swapped").values(model=str(tuned)))
+    message = _refusal(proc, "stale", key)
+    assert "differs in model_sha256" in message and "kb reembed" in message, message
+    assert f"sha256 {old_sha[:12]}" in message and message.count("sha256 ") == 2, message  # both stamps named
+    assert message == _cli_refusal(store, "stale")  # the CLI's search: the same check, the same words
+    assert message in _ui_page(proc, "stale", 409, q="protein")  # the web UI's search box too
+    assert 'id="stale"' in _ui_page(proc, "stale", 200)  # and its page offers the re-embedding
+
+    reembedded = ops.reembed(store, "default", "stale", None, OPTIONS, proc.data_dir)
+    assert "searches now use version 2" in reembedded
+    assert _search(proc, "stale", key, {"query": "protein"}).json()["version"] == 2
+
     _, version = store.current_kb_version("default", "stale")
     stamp = {**version.stamp, "max_length": 64}
     with store._write() as conn:  # what another build's stamp would say
         conn.execute(kb_versions.update().where(kb_versions.c.id == version.id).values(stamp=json.dumps(stamp)))
-    refused = _search(proc, "stale", key, {"query": "protein"})
-    assert refused.status_code == 409, refused.text
-    message = refused.json()["error"]["message"]
-    assert "'max_length': 64" in message and "differs in max_length" in message and "kb reembed" in message
+    message = _refusal(proc, "stale", key)
+    assert "max length 64" in message and "differs in max_length" in message and "kb reembed" in message
+    assert message == _cli_refusal(store, "stale")
 
 
 def test_admin_api_lists_shows_and_activates_a_version(served: tuple[ServerProcess, Store, str]) -> None:
@@ -164,3 +223,39 @@ def test_admin_api_lists_shows_and_activates_a_version(served: tuple[ServerProce
     assert proc.admin("POST", "/api/admin/projects/default/kb/emb/activate", {"version": 99}).status_code == 409
     no_token = httpx.post(proc.base_url + "/api/admin/kb", timeout=30, trust_env=False)
     assert no_token.status_code in (401, 405)
+
+
+def _job(proc: ServerProcess, answer: httpx.Response) -> dict[str, Any]:
+    """Follow a submitted job (the admin API's job route) until it ends; the last view of it."""
+    import time
+
+    assert answer.status_code == 202, answer.text
+    url = answer.json()["job"]["url"].removeprefix(proc.base_url)
+    deadline = time.monotonic() + 240
+    while (job := proc.admin("GET", url).json())["status"] in ("Queued", "Running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return job
+
+
+def test_admin_api_submits_create_and_reembed_jobs(served: tuple[ServerProcess, Store, str], tmp_path: Path) -> None:
+    proc, store, key = served
+    docs = write_jsonl(tmp_path / "api.jsonl", long_documents(9, seed=7))
+    body = {"name": "viaapi", "endpoint": store.list_endpoints()[0].name, "data": str(docs), "id_field": "id",
+            "chunk_tokens": 40, "overlap": 8}
+    for bad, message in (({**body, "chunk_tokens": "40"}, "'chunk_tokens'"), ({**body, "data": str(docs) + "x"},
+                                                                                "does not exist on the server"),
+                         ({**body, "chunking": "pages"}, "'chunking'"), ({**body, "name": "bad name"}, "invalid")):
+        refused = proc.admin("POST", "/api/admin/projects/default/kb", bad)
+        assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text
+    assert proc.admin("POST", "/api/admin/projects/default/kb", {**body, "endpoint": "nope"}).status_code == 404
+    submitted = proc.admin("POST", "/api/admin/projects/default/kb", body)
+    assert submitted.json()["knowledge_base"]["name"] == "viaapi" and "data" not in submitted.json()["job"]["params"]
+    job = _job(proc, submitted)
+    assert job["status"] == "Succeeded" and job["kind"] == "kb" and job["step"] == job["total_steps"] == 9, job
+    assert job["metrics"]["kb_version"] == 1 and job["phase_line"].startswith("kb viaapi")
+    assert _search(proc, "viaapi", key, {"query": "protein"}).json()["version"] == 1
+    job = _job(proc, proc.admin("POST", "/api/admin/projects/default/kb/viaapi/reembed", {}))
+    assert job["status"] == "Succeeded" and job["metrics"]["kb_version"] == 2, job
+    assert _search(proc, "viaapi", key, {"query": "protein"}).json()["version"] == 2
+    assert proc.admin("GET", "/api/admin/jobs/nope").status_code == 404

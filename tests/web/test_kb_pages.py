@@ -1,6 +1,6 @@
 """The knowledge-base pages in a real Chromium against a real ``e5studio serve``: create a knowledge base from
-the form (the page runs ``e5studio kb create`` and shows its progress), see it in the list, search it from its
-page and get the hits the CLI's search gives."""
+the form (a knowledge-base job of the server's runner; the page links it and shows its progress), see it in the
+list, search it from its page and get the hits the CLI's search gives; the job's page says it succeeded."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ def test_create_from_the_form_then_search_from_the_page(page: Any, ui_server: Se
     page.fill("#create-kb input[name=chunk_tokens]", "64")
     page.click("#create-kb button[type=submit]")
     page.wait_for_url("**/ui/kb/*/*")
+    kb_url = page.url
+    expect(page.locator("#kb-job")).to_contain_text("(create)")
+    job_url = page.locator("#kb-job a").get_attribute("href")
+    assert job_url and job_url.startswith("/ui/jobs/")
     shot(page, artifacts, "kb-02-building")
     deadline = time.monotonic() + 180
     while "no complete version yet" in page.inner_text("#current-version") and time.monotonic() < deadline \
@@ -38,6 +42,11 @@ def test_create_from_the_form_then_search_from_the_page(page: Any, ui_server: Se
         page.reload()
     expect(page.locator("#current-version")).to_contain_text("12 documents")
     shot(page, artifacts, "kb-03-ready")
+    page.goto(job_url)
+    expect(page.locator("h1")).to_contain_text("Knowledge-base job")
+    expect(page.locator("#job-status")).to_have_text("Succeeded")
+    expect(page.locator("#job-steps")).to_have_text("12 / 12")
+    page.goto(kb_url)
 
     query = "protein kinase receptor"
     page.fill("#kb-search input[name=q]", query)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from e5studio.control.job_records import KIND_TRAIN, REASON_CHARS, JobRecord
+from e5studio.control.job_records import KIND_KB, KIND_TRAIN, REASON_CHARS, JobRecord
 from e5studio.errors import ParamError
 from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
 from e5studio.jobspec.layout import VECTORS_DIR, eval_files
@@ -65,8 +65,30 @@ def embed_args(job: JobRecord, data_dir: Path) -> list[str]:
     return args + command_args(BATCH_EMBED_PARAMS, p)
 
 
+KB_ACTIONS = ("create", "reembed")
+# a create job's documents, as `kb create` takes them, and how many go in one window (= one resumable shard)
+KB_FLAGS = ("data", "format", "text_field", "id_field", "window_size")
+
+
+def kb_args(job: JobRecord, data_dir: Path) -> list[str]:
+    """``e5studio kb create|reembed NAME --job-id ...``: the process takes the recorded job over; rerun as is
+    (a resume), it continues the version being built after its last complete shard."""
+    p = job.params
+    action = str(p["action"])
+    if action not in KB_ACTIONS:
+        raise ParamError("action", f"must be one of {', '.join(KB_ACTIONS)}, got {action!r}")
+    args = ["kb", action, str(p["kb_name"]), "--project", str(p["project"]), "--endpoint", str(p["endpoint"]),
+            "--job-id", job.id, "--data-dir", str(data_dir), "--no-progress"]
+    for name in KB_FLAGS:
+        if p.get(name):
+            args += [f"--{name.replace('_', '-')}", plain_text(name, str(p[name]))]
+    return args
+
+
 def job_args(job: JobRecord, data_dir: Path, resume: bool) -> list[str]:
     """The command line of the job's process (after ``e5studio``), by its kind."""
+    if job.kind == KIND_KB:
+        return kb_args(job, data_dir)
     return train_args(job, data_dir, resume) if job.kind == KIND_TRAIN else embed_args(job, data_dir)
 
 

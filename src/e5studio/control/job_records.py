@@ -38,6 +38,8 @@ from e5studio.errors import ConflictError, InputError, NotFoundError
 
 KIND_TRAIN = "train"
 KIND_BATCH_EMBED = "batch_embed"
+KIND_KB = "kb"  # a knowledge base's documents embedded into a version (`e5studio kb create|reembed --job-id`)
+SERVER_JOB_KINDS = (KIND_TRAIN, KIND_BATCH_EMBED, KIND_KB)  # the kinds a server's runner starts and resumes
 
 JOB_QUEUED = "Queued"  # recorded; waits for a server replica to claim it
 JOB_RUNNING = "Running"  # a process works on it (or is about to)
@@ -67,7 +69,8 @@ RESUMED_REASON = "resumed"
 RESTARTED_REASON = "restarted"
 REASON_CHARS = 2000  # a status reason is cut to this (an exception's message can be long)
 _RESUME_HINT = {KIND_TRAIN: "resume continues from the last checkpoint",
-                KIND_BATCH_EMBED: "resume continues after the last complete shard"}
+                KIND_BATCH_EMBED: "resume continues after the last complete shard",
+                KIND_KB: "resume continues the version after its last complete shard"}
 CLI_GONE_REASON = ("the train process ended without recording a result; `e5studio train ... --resume` continues "
                    "from the last checkpoint")
 
@@ -105,7 +108,7 @@ def check_transition(current: str, status: str, job_id: str = "") -> None:
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A long-running job (kind ``train`` or ``batch_embed``): its inputs, status, progress, metrics, process.
+    """A long-running job (kind ``train``, ``batch_embed`` or ``kb``): its inputs, status, progress, metrics, process.
 
     ``pid`` is the process working on it while one does (None otherwise); ``owner`` says who started that
     process (``server``, ``cli``, or ``""`` for jobs recorded before processes were); ``runner_id`` and

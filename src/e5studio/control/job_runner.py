@@ -1,8 +1,9 @@
-"""Train and batch-embedding jobs as background processes that the server starts, watches and stops.
+"""Train, batch-embedding and knowledge-base jobs as background processes the server starts, watches and stops.
 
-The runner imports no ML code: each job is a child process ``python -m e5studio train --job-id ...`` or
-``... embed-corpus ... --job-id ...`` in its own process group (a Ctrl-C meant for the server never reaches it), with
-stdout and stderr in ``<data_dir>/jobs/<job id>/job.log``; the job's outputs live in the same folder.
+The runner imports no ML code: each job is a child process ``python -m e5studio train --job-id ...``, ``...
+embed-corpus ... --job-id ...`` or ``... kb create|reembed ... --job-id ...`` in its own process group (a Ctrl-C
+meant for the server never reaches it), with stdout and stderr in ``<data_dir>/jobs/<job id>/job.log``; the job's
+outputs live in the same folder.
 
 Who records what in the control store (statuses and the legal moves between them, each a named move, in
 :mod:`.job_records`; parameters in :mod:`e5studio.jobspec`; command lines in :mod:`.job_launch`; what the
@@ -52,7 +53,8 @@ from typing import Any
 from e5studio.control import job_outputs
 from e5studio.control.database import STORE_ENV
 from e5studio.control.datasets import Dataset
-from e5studio.control.job_launch import check_eval_dirs, check_model, failure_reason, job_args
+from e5studio.control.endpoints import Endpoint
+from e5studio.control.job_launch import KB_ACTIONS, KB_FLAGS, check_eval_dirs, check_model, failure_reason, job_args
 from e5studio.control.job_leases import LeaseKeeper, fenced_reason
 from e5studio.control.job_records import (
     CLI_GONE_REASON,
@@ -62,20 +64,23 @@ from e5studio.control.job_records import (
     JOB_RESUMABLE_STATUSES,
     JOB_RUNNING,
     KIND_BATCH_EMBED,
+    KIND_KB,
     KIND_TRAIN,
     RESUMED_REASON,
+    SERVER_JOB_KINDS,
     JobRecord,
     lease_expired_reason,
     restart_reason,
     shutdown_reason,
 )
+from e5studio.control.knowledge_bases import KnowledgeBase
 from e5studio.control.priority import lower_priority
 from e5studio.control.processes import is_job_process, runner_alive, signal_group, stop_orphan
 from e5studio.control.store import Store
 from e5studio.errors import ConflictError, E5StudioError, InputError, UnavailableError
 from e5studio.jobspec.batch_params import BATCH_EMBED_PARAMS
 from e5studio.jobspec.layout import JOBS_DIR, LOG_FILE, PASSAGES_FILE, STORE_FILE
-from e5studio.jobspec.params import validate_params
+from e5studio.jobspec.params import plain_text, validate_params
 from e5studio.jobspec.train_params import TRAIN_PARAMS
 
 _POLL_S = 0.1
@@ -162,13 +167,33 @@ class JobRunner:
             self.store.update_job(job.id, total_steps=dataset.passages)
             return self._spawn(job, job_args(job, self.data_dir, resume=False))
 
-    def _record(self, kind: str, model: str, dataset: Dataset, params: Mapping[str, object]) -> JobRecord:
+    def start_kb(self, action: str, kb: KnowledgeBase, endpoint: Endpoint, flags: Mapping[str, str]) -> JobRecord:
+        """Embed a knowledge base's documents into a version (``create``: its first one from ``flags``' ``data``
+        path, its ``format``, ``text_field``, ``id_field``; ``reembed``: the next one, from the current version's
+        documents, with ``endpoint``'s model; both: ``window_size``) in a new job; returns it Running.
+
+        Its process (``e5studio kb ... --job-id``) records the progress and switches the knowledge base's
+        searches to the version once it is complete. ConflictError while another job builds the same one."""
+        if action not in KB_ACTIONS:
+            raise InputError(f"a knowledge-base job is one of {', '.join(KB_ACTIONS)}, not {action!r}")
+        params = {"action": action, "kb": kb.id, "kb_name": kb.name, "project": kb.project_id,
+                  "endpoint": endpoint.id, **{k: plain_text(k, v) for k, v in flags.items() if k in KB_FLAGS and v}}
+        with self._lock:
+            for job in self.store.list_jobs(KIND_KB):
+                if job.params.get("kb") == kb.id and job.status in (JOB_QUEUED, JOB_RUNNING):
+                    raise ConflictError(f"job {job.id} is building knowledge base {kb.name!r} already "
+                                        f"({job.status}); wait for it or cancel it")
+            job = self._record(KIND_KB, endpoint.model, None, params)
+            return self._spawn(job, job_args(job, self.data_dir, resume=False))
+
+    def _record(self, kind: str, model: str, dataset: Dataset | None, params: Mapping[str, object]) -> JobRecord:
         """A new server-owned job row in its own folder, Queued then claimed by this runner at once (Running,
         with its lease); the caller holds the lock."""
         self._check_open()
         job_id = Store.new_job_id()
         folder = self._job_dir(job_id)
-        self.store.create_job(kind, model, str(folder), {"dataset": dataset.ref, **params}, dataset.id,
+        named = {"dataset": dataset.ref} if dataset is not None else {}
+        self.store.create_job(kind, model, str(folder), {**named, **params}, dataset.id if dataset else None,
                               job_id=job_id, owner=JOB_OWNER_SERVER, log_path=str(folder / LOG_FILE),
                               runner_id=self.id, runner_pid=os.getpid(), status=JOB_QUEUED, runner_host=self.host)
         claimed = self.store.claim_job(self.id, self.lease_s, job_id=job_id, runner_pid=os.getpid(),
@@ -183,8 +208,9 @@ class JobRunner:
             self._check_open()
             self.poll()
             job = self.store.get_job(job_id)
-            if job.kind not in (KIND_TRAIN, KIND_BATCH_EMBED):
-                raise InputError(f"job {job_id} is a {job.kind} job; only train and batch_embed jobs resume here")
+            if job.kind not in SERVER_JOB_KINDS:
+                raise InputError(f"job {job_id} is a {job.kind} job; only {', '.join(SERVER_JOB_KINDS)} jobs "
+                                 "resume here")
             if job.owner != JOB_OWNER_SERVER:
                 raise InputError(f"job {job_id} was started from the command line; continue it there "
                                  "(`e5studio train ... --resume`)")
@@ -277,7 +303,7 @@ class JobRunner:
     def _claim_queued(self) -> None:
         """Start the Queued jobs nobody took (their server died between recording and starting them)."""
         while (job := self.store.claim_job(self.id, self.lease_s, runner_pid=os.getpid(), runner_host=self.host,
-                                           kinds=(KIND_TRAIN, KIND_BATCH_EMBED))) is not None:
+                                           kinds=SERVER_JOB_KINDS)) is not None:
             args = job_args(job, self.data_dir, resume=False)
             try:
                 self._spawn(job, args)

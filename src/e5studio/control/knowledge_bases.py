@@ -233,6 +233,20 @@ class KnowledgeBaseTable(EndpointTable):
             conn.execute(knowledge_bases.update().where(_K.id == kb_id).values(current_version=version,
                                                                                 endpoint_id=row[1]))
 
+    def complete_kb_version(self, kb_id: str, version: int) -> None:
+        """The Building ``version`` is complete: Ready and the one searches use, in one transaction (a crash
+        leaves it either still Building, continued by a rerun, or searched)."""
+        with self._write() as conn:
+            updated = conn.execute(kb_versions.update().where(_V.kb_id == kb_id, _V.version == version,
+                                                              _V.status == VERSION_BUILDING)
+                                   .values(status=VERSION_READY, status_reason="", updated_at=now()))
+            if updated.rowcount != 1:
+                raise ConflictError(f"version {version} is not being built; searches stay on the current version")
+            endpoint_id = conn.execute(sa.select(_V.endpoint_id).where(_V.kb_id == kb_id, _V.version == version)
+                                       ).scalar()
+            conn.execute(knowledge_bases.update().where(_K.id == kb_id).values(current_version=version,
+                                                                                endpoint_id=endpoint_id))
+
     def delete_kb_version(self, kb_id: str, version: int) -> None:
         with self._write() as conn:
             current = conn.execute(sa.select(_K.current_version).where(_K.id == kb_id)).scalar()

@@ -55,7 +55,7 @@ class Expected:
     kind: str
     output: str
     dataset_id: str | None
-    model: str
+    model: str | None
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class JobHandle:
             job_id = previous.id
             store.rerun_job(job_id)
         else:
-            job_id = store.create_job(expected.kind, expected.model, expected.output, dict(params),
+            job_id = store.create_job(expected.kind, expected.model or "", expected.output, dict(params),
                                       expected.dataset_id).id
         store.set_job_process(job_id, os.getpid(), owner=JOB_OWNER_CLI, runner_id="", runner_pid=0)
         self.store, self.job_id = store, job_id
@@ -170,6 +170,12 @@ class JobHandle:
                 return
             self._store_back()
 
+    def note(self, metrics: Mapping[str, Any]) -> None:
+        """Record ``metrics`` (merged into the job's; its step unchanged) at once; a run without a record keeps
+        nothing."""
+        if self.store is not None and self.job_id is not None:
+            self.store.update_job(self.job_id, metrics=dict(metrics))
+
     def heartbeat(self) -> bool:
         """Whether the job is still this process's to run: its lease renewed (a lease-holding handle), or its
         record still Running (a cancel, or another replica taking it over, says stop).
@@ -201,6 +207,12 @@ class JobHandle:
         if self._away:
             self._away = False
             self.display.write("the job's record is updated again")
+
+    def part(self, progress: Progress | None = None) -> JobHandle:
+        """This job's handle as one part of it sees it (a knowledge-base job's batch, which runs embed-corpus's
+        whole lifecycle): the same record and lease, its own progress display (default: this one's); its
+        :meth:`finish` records the part's step and summary, and the job runs on (this handle ends it)."""
+        return _Part(self, progress or self.display)
 
     # -- how it ends ---------------------------------------------------------------------------------
 
@@ -258,3 +270,16 @@ class JobHandle:
         except BaseException as exc:
             self.fail(exc)
             raise
+
+
+class _Part(JobHandle):
+    """:meth:`JobHandle.part`: a part of a job whose end is not the job's."""
+
+    def __init__(self, whole: JobHandle, progress: Progress) -> None:
+        super().__init__(whole.store, whole.job_id, progress, lease=whole.lease, record_every_s=whole.record_every_s,
+                         clock=whole.clock)
+
+    def finish(self, step: int | None = None, summary: Mapping[str, Any] | None = None) -> None:
+        self.display.close()
+        if step is not None:
+            self.progress(step, metrics=summary, force=True)

@@ -243,8 +243,28 @@ class KbActivate(BaseModel):
     version: int = Field(description="a Ready version of the knowledge base: searches use it from now on")
 
 
+class KbCreateRequest(RequestBody):
+    name: str = Field(description="the knowledge base's name (letters, digits, '_', '.', '-')")
+    endpoint: str = Field(description="the endpoint (name or id, of the project) whose model embeds it")
+    data: str = Field(description="the documents: a JSONL, Parquet or text file, or a folder of .txt/.md files, "
+                                  "on the server")
+    format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
+    text_field: str = Field("", description="JSON field / Parquet column of the text (default contents)")
+    id_field: str = Field("", description="JSON field / Parquet column of the document id (default: the line)")
+    chunking: Literal["tokens", "none"] = "tokens"
+    chunk_tokens: int | None = Field(None, description="word pieces per chunk (default: what fits the window)")
+    overlap: int = Field(32, description="word pieces shared by consecutive chunks")
+    store_url: str = Field("", description="PostgreSQL + pgvector URL without a password (default: embedded)")
+    description: str = ""
+
+
+class KbReembedRequest(RequestBody):
+    endpoint: str | None = Field(None, description="embed with this endpoint of the project (default: its own)")
+
+
 REQUEST_MODELS: list[type[BaseModel]] = [NlpRequest, GenericRequest, V2Request, OpenAIRequest, ProjectCreate,
-                                         EndpointCreate, KbSearchRequest, KbActivate]
+                                         EndpointCreate, KbSearchRequest, KbActivate, KbCreateRequest,
+                                         KbReembedRequest]
 
 # the statuses each kind of route can answer besides 2xx (every route: 405 on a wrong method, 408 on a
 # body that does not arrive in time, 500 on a bug)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI
 from starlette.requests import Request
 
+from e5studio.control.job_runner import JobRunner
 from e5studio.control.store import Store
 from e5studio.serving.edge import Metrics
 from e5studio.serving.models import ModelPool
@@ -25,6 +26,7 @@ class ServingState:
     pool: ModelPool  # one loaded model (embedder + batcher) per model key
     metrics: Metrics
     login_throttle: LoginThrottle  # failed admin logins per client address (shared with the web UI's login)
+    jobs: JobRunner  # the server's job runner (the admin API submits knowledge-base jobs to it)
 
 
 def install(app: FastAPI, state: ServingState) -> None:

@@ -148,12 +148,22 @@ def model_choices(request: Request) -> list[tuple[str, str]]:
     return choices
 
 
+# the endpoint's default role (`input_type`), shown on the new-endpoint form; a request may name its own
+INPUT_TYPE_HELP = {
+    "none": "none: texts embedded as sent (the default; SambaStudio clients send their own prefixes)",
+    "query": "query: 'query: ' added to every text that lacks it (a search box, a question-answering client)",
+    "passage": "passage: 'passage: ' added to every text that lacks it (a client indexing documents)",
+}
+
+
 def _endpoint_form(request: Request, status_code: int = 200, error: str = "", **values: Any) -> Response:
     ui = web_state(request)
     defaults = {"project": "", "name": "", "description": "", "model": ui.settings.default_model,
-                "model_other": "", "batch_size": "32", "precision": ui.settings.engine.precision}
+                "model_other": "", "batch_size": "32", "precision": ui.settings.engine.precision,
+                "input_type": "none"}
     return render(request, "endpoint_new.html", status_code=status_code, error=error,
                   projects=ui.store.list_projects(), models=model_choices(request), batch_help=BATCH_SIZE_HELP,
+                  input_type_help=INPUT_TYPE_HELP,
                   precision_help={p: h for p, h in PRECISION_HELP.items() if p in cpu_features().precisions},
                   gate_refused=error.startswith("deploy gate:"),
                   name_pattern=NAME_INPUT_PATTERN, form={**defaults, **values})
@@ -168,7 +178,7 @@ async def new_endpoint(request: Request, project: str = "") -> Response:
 async def create_endpoint(request: Request, ui: UI, session: SessionDep) -> Response:
     form = await read_form(request, session)
     values = {k: text_field(form, k) for k in ("project", "name", "description", "model", "model_other",
-                                                "batch_size", "precision")}
+                                                "batch_size", "precision", "input_type")}
     model = values["model_other"] or values["model"]
     try:
         if values["batch_size"] not in ("1", "32"):
@@ -178,7 +188,7 @@ async def create_endpoint(request: Request, ui: UI, session: SessionDep) -> Resp
         endpoint, key = ui.store.create_endpoint(values["project"], values["name"], model,
                                                  int(values["batch_size"]), values["description"],
                                                  values["precision"] or ui.settings.engine.precision,
-                                                 deploy_gate=gate)
+                                                 deploy_gate=gate, input_type=values["input_type"] or "none")
     except InputError as exc:
         return _endpoint_form(request, 400, str(exc), **values)
     ui.deploy(endpoint)

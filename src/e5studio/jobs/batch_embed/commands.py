@@ -163,8 +163,8 @@ def _texts_for(manifest: dict[str, Any] | None, ids: set[str]) -> dict[str, str]
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from e5studio.engine.embedder import Embedder
+    from e5studio.engine.model_identity import model_identity
     from e5studio.jobs.corpus_index import index_corpus
-    from e5studio.jobs.model_identity import model_identity
     from e5studio.jobspec.progress import phase_lines
     from e5studio.retrieval.evaluate import EvalSettings, load_eval_set, run_eval
 

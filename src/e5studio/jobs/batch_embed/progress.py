@@ -145,7 +145,7 @@ class EmbedTally:
             self._embedded_tokens = max(self._embedded_tokens, self.tokens)
             self._embedded_at = max(self._embedded_at, self._at)
             self._move(self._embedded_passages, self._embedded_tokens, self._embedded_at)
-        self._handle.progress(self._recorded())
+        self._handle.progress(self._recorded(), None if self._measure.by_bytes else self._measure.total)
 
     def write(self, message: str) -> None:
         self._handle.write(message)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from e5studio.engine.model_identity import model_identity
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.chunking import Chunker, ChunkPolicy
 from e5studio.jobs.batch_embed.manifest_state import ManifestState
@@ -44,7 +45,6 @@ from e5studio.jobs.batch_embed.windows import (
 )
 from e5studio.jobs.batch_embed.write_behind import WriteBehind
 from e5studio.jobs.lifecycle import JobHandle
-from e5studio.jobs.model_identity import model_identity
 from e5studio.jobspec.batch_params import WINDOW_SIZE
 from e5studio.jobspec.layout import INDEX_DIR
 from e5studio.settings import EngineSettings
@@ -177,8 +177,10 @@ def run_job(settings: EmbedCorpusSettings, executor: WindowExecutor = local_exec
         state.close()
 
 
-def _rows_done(state: ManifestState) -> int:
-    """Input rows done, all runs together: embedded or rejected."""
+def _rows_done(state: ManifestState, settings: EmbedCorpusSettings) -> int:
+    """Input rows done, all runs together: embedded or rejected (chunked: the documents, whatever their chunks)."""
+    if settings.chunking is not None:
+        return sum(int(shard["input"]["count"]) for shard in state.manifest["shards"])
     return int(state.manifest["count"]) + int(state.manifest["rejects"]["count"])
 
 
@@ -189,7 +191,7 @@ def _run(settings: EmbedCorpusSettings, executor: WindowExecutor, sinks: list[An
     resumed = sorted(state.done)
     start = state.resume_point()
     was_complete = state.complete
-    progress = EmbedTally(handle, Measure.of(settings.input), start, was_complete, lambda: _rows_done(state))
+    progress = EmbedTally(handle, Measure.of(settings.input), start, was_complete, lambda: _rows_done(state, settings))
     try:
         if not state.complete:
             if resumed:
@@ -213,8 +215,9 @@ def _run(settings: EmbedCorpusSettings, executor: WindowExecutor, sinks: list[An
     if not state.complete or not (settings.output / INDEX_DIR).is_dir():
         state.finish(build_index(settings.output, state.manifest), run)
     reports = [sink.write(settings.output) for sink in sinks]
-    handle.finish(_rows_done(state), {"count": state.manifest["count"], "rejects": state.manifest["rejects"]["count"],
-                                      "dim": state.manifest.get("dim"), "vectors": str(settings.output)})
+    handle.finish(_rows_done(state, settings), {"count": state.manifest["count"],
+                                                "rejects": state.manifest["rejects"]["count"],
+                                                "dim": state.manifest.get("dim"), "vectors": str(settings.output)})
     return EmbedCorpusResult(settings.output, state.manifest, run, reports)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from e5studio.control.knowledge_bases import KbVersion, KnowledgeBase
 from e5studio.control.store import Endpoint, Store
+from e5studio.engine.model_identity import model_identity
 from e5studio.errors import InputError
 from e5studio.jobs.batch_embed.chunking import ChunkPolicy
 from e5studio.jobs.batch_embed.reader import InputSpec
@@ -28,8 +29,10 @@ from e5studio.jobs.batch_embed.runner import EmbedCorpusSettings, run_job
 from e5studio.jobs.batch_embed.summary import EmbedCorpusResult
 from e5studio.jobs.batch_embed.writer import atomic_write_bytes, read_manifest
 from e5studio.jobs.kb import pgvector
-from e5studio.jobs.kb.stamp import check_same, make_stamp
-from e5studio.jobs.model_identity import model_identity
+from e5studio.jobs.lifecycle import JobHandle
+from e5studio.jobspec.layout import PROGRESS_FILE
+from e5studio.jobspec.progress import Progress
+from e5studio.retrieval.kb_stamp import check_model, endpoint_fields, make_stamp
 from e5studio.retrieval.kb_vectors import BATCHES_DIR, DELETED_FILE, complete_batches, read_deleted
 from e5studio.settings import EngineSettings
 
@@ -54,9 +57,7 @@ def engine_for(endpoint: Endpoint, base: EngineSettings) -> EngineSettings:
 
 
 def stamp_for(endpoint: Endpoint, engine: EngineSettings, chunking: dict[str, Any]) -> dict[str, Any]:
-    return make_stamp(model_identity(engine), engine.precision, chunking,
-                      {"id": endpoint.id, "name": endpoint.name, "model": endpoint.model,
-                       "precision": endpoint.precision})
+    return make_stamp(model_identity(engine), engine.precision, chunking, endpoint_fields(endpoint))
 
 
 @dataclass(frozen=True)
@@ -141,26 +142,24 @@ def live_documents(folder: Path, before: int | None = None) -> tuple[set[str], i
 
 
 def run_batch(store: Store, kb: KnowledgeBase, version: KbVersion, source: Source, engine: EngineSettings, *,
-              window_size: int, max_document_bytes: int, progress: bool,
-              workers: int | None = None) -> EmbedCorpusResult:
-    """Embed ``source`` as the version's next batch (or continue the batch a crash left), then upsert it into
-    PostgreSQL (pgvector knowledge bases) and refresh the version's counts."""
+              window_size: int, max_document_bytes: int, progress: bool, workers: int | None = None,
+              handle: JobHandle | None = None, batch: int | None = None) -> EmbedCorpusResult:
+    """Embed ``source`` as the version's batch ``batch`` (default: the next one, or the one a crash left), then
+    upsert it into PostgreSQL (pgvector knowledge bases) and refresh the version's counts.
+
+    ``handle``: the job this batch is part of (its record gets the batch's progress; the caller ends the job);
+    without one the progress goes to stderr and the batch's ``progress.json`` (the knowledge base's page)."""
     folder = Path(version.path)
-    batch = _batch_number(folder)
+    batch = _batch_number(folder) if batch is None else batch
     spec = source.spec(folder / INPUTS_DIR, batch)
     taken, _, _ = live_documents(folder, before=batch)
     policy = dataclasses.replace(ChunkPolicy.from_json(kb.chunking), max_document_bytes=max_document_bytes)
     settings = EmbedCorpusSettings(input=spec, output=folder / BATCHES_DIR / f"{batch:04d}", engine=engine,
                                    input_type="passage", window_size=window_size, progress=progress,
                                    workers=workers, chunking=policy, taken_ids=frozenset(taken))
-    from e5studio.jobs.lifecycle import JobHandle
-    from e5studio.jobspec.layout import PROGRESS_FILE
-    from e5studio.jobspec.progress import Progress
-
-    # the progress line says kb NAME (stderr: redrawn on a terminal, a line every 5 s in a log; the batch's
-    # progress.json for the knowledge base's web page)
-    display = Progress(f"kb {kb.name}", enabled=progress, status_file=settings.output / PROGRESS_FILE)
-    result = run_job(settings, handle=JobHandle.unrecorded(display))
+    whole = handle or JobHandle.unrecorded(Progress(f"kb {kb.name}", enabled=progress,
+                                                    status_file=settings.output / PROGRESS_FILE))
+    result = run_job(settings, handle=whole.part())
     if kb.store_url:
         pgvector.write_batch(kb.store_url, version.table_name, settings.output, version.stamp, kb.name,
                              version.version, read_deleted(folder), batch)
@@ -176,9 +175,7 @@ def refresh_counts(store: Store, version: KbVersion) -> tuple[int, int]:
 
 def check_stamp(version: KbVersion, endpoint: Endpoint, engine: EngineSettings, action: str) -> dict[str, Any]:
     """The stamp this model gives; ConflictError naming both when it differs from the version's."""
-    now = stamp_for(endpoint, engine, version.stamp.get("chunking") or {})
-    check_same(version.stamp, now, action)
-    return now
+    return check_model(version.stamp, model_identity(engine), engine.precision, endpoint_fields(endpoint), action)
 
 
 def delete_document(store: Store, kb: KnowledgeBase, version: KbVersion, doc_id: str) -> int:

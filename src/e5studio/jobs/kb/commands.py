@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +48,61 @@ def _source(args: argparse.Namespace, store: Any) -> Any:
     return Source(path, args.format, args.text_field, args.id_field)
 
 
+def _build(args: argparse.Namespace, store: Any, handle: Any = None) -> str:
+    """``kb create`` or ``kb reembed`` in this process (under ``handle``, the server's job, where given)."""
+    from e5studio.jobs.kb import ops
+
+    if args.kb_action == "reembed":
+        return ops.reembed(store, args.project, args.name, args.endpoint, _options(args), Path(args.data_dir), handle)
+    chunking = {"mode": args.chunking, "chunk_tokens": args.chunk_tokens, "overlap": args.overlap}
+    from e5studio.jobs.batch_embed.chunking import ChunkPolicy
+
+    ChunkPolicy.from_json(chunking)  # checked before anything is recorded
+    return ops.create(store, args.project, args.name, args.endpoint, _source(args, store), chunking, _options(args),
+                      Path(args.data_dir), args.store_url or "", args.description, handle)
+
+
+def _run_job(args: argparse.Namespace, store: Any) -> int:
+    """``--job-id``: the knowledge-base job the server recorded, taken over by this process (its lifecycle
+    handle: progress on its record and its folder's progress.json, its end); a rerun continues it."""
+    from e5studio.control.job_records import KIND_KB
+    from e5studio.jobs.lifecycle import Expected, JobHandle
+    from e5studio.jobspec.layout import JOBS_DIR, PROGRESS_FILE
+    from e5studio.jobspec.progress import Progress
+
+    output = Path(args.data_dir).resolve() / JOBS_DIR / args.job_id
+    display = Progress(f"kb {args.name}", enabled=not args.no_progress, status_file=output / PROGRESS_FILE)
+    handle = JobHandle.take(store, args.job_id, Expected(KIND_KB, str(output), None, None), resume=False,
+                            progress=display)
+    if handle is None:
+        print(f"e5studio: job {args.job_id} was cancelled before it started; nothing to do", file=sys.stderr)
+        return 0
+    done = store.get_job(args.job_id).metrics.get("kb_version")
+    with handle.running(lambda how: f"interrupted ({how}); resume continues the version after its last complete "
+                                    "shard"):
+        kb = store.get_kb(args.project, args.name)
+        if done is not None and kb.current_version == done:  # complete before its end was recorded
+            text = f"kb {kb.name}: version {done} is complete; searches use it"
+        else:
+            text = _build(args, store, handle)
+        kb, version = store.current_kb_version(args.project, args.name)
+        handle.finish(None, {"kb_version": version.version, "documents": version.documents,
+                             "chunks": version.chunks})
+    print(text)
+    return 0
+
+
 def cmd_kb(args: argparse.Namespace) -> int:
     from e5studio.jobs.kb import ops
 
     with _store(args) as store:
         action = args.kb_action
-        if action == "create":
-            chunking = {"mode": args.chunking, "chunk_tokens": args.chunk_tokens, "overlap": args.overlap}
-            from e5studio.jobs.batch_embed.chunking import ChunkPolicy
-
-            ChunkPolicy.from_json(chunking)  # checked before anything is recorded
-            print(ops.create(store, args.project, args.name, args.endpoint, _source(args, store), chunking,
-                             _options(args), Path(args.data_dir), args.store_url or "", args.description))
+        if action in ("create", "reembed"):
+            if args.job_id is not None:
+                return _run_job(args, store)
+            print(_build(args, store))
         elif action == "add":
             print(ops.add(store, args.project, args.name, _source(args, store), _options(args)))
-        elif action == "reembed":
-            print(ops.reembed(store, args.project, args.name, args.endpoint, _options(args), Path(args.data_dir)))
         elif action == "list":
             rows = [{"name": kb.name, "project": kb.project_name, "store": kb.store_kind,
                      "version": kb.current_version} for kb in store.list_kbs(args.project)]
@@ -97,6 +137,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                                                             "store and the knowledge bases' vectors")
     p.add_argument("--store", default=None, metavar="URL",
                    help="the control store (default $E5STUDIO_STORE, else DATA_DIR/e5studio.db)")
+
+
+def _job_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--job-id", default=None, help="run as the server's recorded job of this id (what its job "
+                                                  "runner starts; the web UI and the admin API submit them)")
 
 
 def _engine(p: argparse.ArgumentParser) -> None:
@@ -149,6 +194,7 @@ def add_parsers(sub: Any) -> None:
     create.add_argument("--description", default="")
     _build_flags(create)
     _common(create)
+    _job_flag(create)
     add = ksub.add_parser("add", help="append documents (new ids) to a knowledge base (resumable)")
     add.add_argument("name")
     _data_flags(add, dataset=True)
@@ -161,6 +207,7 @@ def add_parsers(sub: Any) -> None:
                                                           "base's own)")
     _build_flags(reembed)
     _common(reembed)
+    _job_flag(reembed)
     listing = ksub.add_parser("list", help="knowledge bases (of --project, else all)")
     _common(listing)
     listing.set_defaults(project=None)

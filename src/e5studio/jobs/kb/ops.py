@@ -2,6 +2,8 @@
 
 Each works on the control store directly (``--data-dir`` / ``--store``, as ``embed-corpus --job-id`` does) and
 runs its embedding in this process, resumably: rerunning the same command after a crash or Ctrl-C continues.
+``create`` and ``reembed`` also run as a server's knowledge-base job (``--job-id``: the same functions under the
+job's lifecycle handle, :mod:`.commands`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e5studio.control.knowledge_bases import VERSION_BUILDING, VERSION_FAILED, VERSION_READY, KnowledgeBase
+from e5studio.control.knowledge_bases import VERSION_BUILDING, VERSION_FAILED, KnowledgeBase
 from e5studio.control.store import Store
 from e5studio.errors import ConflictError, InputError, NotFoundError
 from e5studio.jobs.batch_embed.summary import EmbedCorpusResult
@@ -26,6 +28,7 @@ from e5studio.jobs.kb.build import (
     table_name,
     version_folder,
 )
+from e5studio.jobs.lifecycle import JobHandle
 from e5studio.jobspec.layout import REJECTS_FILE
 from e5studio.retrieval.kb_vectors import ChunkHit, EmbeddedChunks, PgvectorChunks, SearchRequest, check_request
 from e5studio.settings import EngineSettings
@@ -75,8 +78,11 @@ def truncated_documents(output: Path) -> list[str]:
 
 
 def create(store: Store, project: str, name: str, endpoint_ref: str, source: Source, chunking: dict[str, Any],
-           options: BuildOptions, data_dir: Path, store_url: str = "", description: str = "") -> str:
-    """Create the knowledge base and embed its documents as version 1; a rerun continues a crashed run."""
+           options: BuildOptions, data_dir: Path, store_url: str = "", description: str = "",
+           handle: JobHandle | None = None) -> str:
+    """Create the knowledge base (unless recorded already, with no version yet: the server's form records it
+    before its job starts) and embed its documents as version 1; a rerun continues a crashed run. ``handle``:
+    the job this runs as (its record gets the progress and the version; the caller ends it)."""
     try:
         kb = store.get_kb(project, name)
     except NotFoundError:
@@ -86,7 +92,6 @@ def create(store: Store, project: str, name: str, endpoint_ref: str, source: Sou
     else:
         if kb.current_version:
             raise ConflictError(f"knowledge base {name!r} already exists; add documents with `e5studio kb add`")
-        _say(f"kb {name}: continuing the version being built")
     endpoint = store.get_endpoint_by_id(kb.endpoint_id)
     engine = engine_for(endpoint, options.engine)
     versions = [v for v in store.kb_versions(kb.id) if v.status in (VERSION_BUILDING, VERSION_FAILED)]
@@ -95,23 +100,26 @@ def create(store: Store, project: str, name: str, endpoint_ref: str, source: Sou
         if version.status == VERSION_FAILED:
             store.update_kb_version(version.id, status=VERSION_BUILDING, reason="")
         check_stamp(version, endpoint, engine, "continuing the build")
+        _say(f"kb {name}: continuing the version being built")
     else:
         stamp = stamp_for(endpoint, engine, kb.chunking)
         version = store.add_kb_version(kb.id, endpoint.id, stamp, lambda n: version_folder(data_dir, kb.id, n),
                                        lambda n: table_name(kb.id, n))
     _say(f"kb {name}: embedding {source.path} with endpoint {endpoint.name} ({endpoint.model})")
-    result = _build(store, kb, version, source, engine, options)
-    store.update_kb_version(version.id, status=VERSION_READY)
-    store.switch_kb_version(kb.id, version.version)
+    result = _build(store, kb, version, source, engine, options, handle)
+    store.complete_kb_version(kb.id, version.version)
     return report(kb, result)
 
 
 def _build(store: Store, kb: KnowledgeBase, version: Any, source: Any, engine: EngineSettings,
-           options: BuildOptions) -> EmbedCorpusResult:
+           options: BuildOptions, handle: JobHandle | None) -> EmbedCorpusResult:
+    """The version's first batch (batch 0: a rerun continues it, or only finishes what a crash left after it)."""
+    if handle is not None:
+        handle.note({"kb": kb.name, "kb_version": version.version})
     try:
         return run_batch(store, kb, version, source, engine, window_size=options.window_size,
                          max_document_bytes=options.max_document_bytes, progress=options.progress,
-                         workers=options.workers)
+                         workers=options.workers, handle=handle, batch=0)
     except (InputError, ConflictError) as exc:
         store.update_kb_version(version.id, status=VERSION_FAILED, reason=str(exc)[:500])
         raise
@@ -143,9 +151,10 @@ class _Rebuilt:
 
 
 def reembed(store: Store, project: str, name: str, endpoint_ref: str | None, options: BuildOptions,
-            data_dir: Path) -> str:
+            data_dir: Path, handle: JobHandle | None = None) -> str:
     """Build the next version with ``endpoint_ref``'s model (default: the knowledge base's endpoint) beside the
-    current one; searches switch to it atomically once it is complete. A rerun continues a crashed one."""
+    current one; searches switch to it atomically once it is complete. A rerun continues a crashed one.
+    ``handle``: the job this runs as (as :func:`create`)."""
     kb, current = store.current_kb_version(project, name)
     building = [v for v in store.kb_versions(kb.id) if v.status in (VERSION_BUILDING, VERSION_FAILED)
                 and v.version > current.version]
@@ -164,9 +173,8 @@ def reembed(store: Store, project: str, name: str, endpoint_ref: str | None, opt
                                        lambda n: table_name(kb.id, n))
         _say(f"kb {name}: building version {version.version} with endpoint {endpoint.name} ({endpoint.model}); "
              f"searches use version {current.version} until it is complete")
-    result = _build(store, kb, version, _Rebuilt(Path(current.path)), engine, options)
-    store.update_kb_version(version.id, status=VERSION_READY)
-    store.switch_kb_version(kb.id, version.version)
+    result = _build(store, kb, version, _Rebuilt(Path(current.path)), engine, options, handle)
+    store.complete_kb_version(kb.id, version.version)
     return report(kb, result) + f"\n  searches now use version {version.version} (version {current.version} " \
                                 f"kept until deleted: e5studio kb delete {name} --version {current.version})"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from e5studio.errors import ConflictError, InputError, UnavailableError
 from e5studio.jobs.batch_embed.writer import read_manifest
-from e5studio.jobs.kb.stamp import describe
+from e5studio.retrieval.kb_stamp import describe
 
 STAMPS_TABLE = "e5studio_kb_versions"
 _COLUMNS = ["id", "doc_id", "chunk", "text", "start", "end", "metadata", "embedding"]

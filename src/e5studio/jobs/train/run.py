@@ -189,8 +189,8 @@ def _build_trainer(spec: TrainSpec, store: Store, dataset: Dataset, dist: DistCo
 def _eval_index_vectors(spec: TrainSpec, evalset: Any) -> Any:
     """``--eval-index``: the base model's passage vectors of the evaluation set, for the evaluation before
     training (refused unless the index was made by that model, in fp32, with the passage prefix)."""
+    from e5studio.engine.model_identity import model_identity
     from e5studio.jobs.corpus_index import index_corpus
-    from e5studio.jobs.model_identity import model_identity
     from e5studio.settings import EngineSettings
     from e5studio.vocabulary import PASSAGE_PREFIX
 

@@ -5,7 +5,8 @@ version: ``{"query": "...", "k": 10, "filter": {"field": value}, "by_document": 
 document id, chunk index, text, offsets, metadata). The query gets ``query: `` (the passages got
 ``passage: ``). The current version is read from the store at every request, one row, so every replica
 switches with the store and one search reads one version whole. A query model that is not the one the version
-is stamped with (another model path, precision, dimension or window) is refused (409) naming both.
+is stamped with (other weights: their checksum; another precision, dimension or window) is refused (409) naming
+both stamps, by the same check as the CLI's (:func:`e5studio.retrieval.kb_stamp.check_model`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from fastapi import APIRouter, Depends, Request
 
+from e5studio.control.job_records import JobRecord
+from e5studio.control.kb_jobs import KbCreate, submit_create, submit_reembed
 from e5studio.control.knowledge_bases import KbVersion, KnowledgeBase
 from e5studio.control.store import Endpoint
+from e5studio.engine.model_identity import identity
 from e5studio.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
-from e5studio.http_body import client_left, read_json
+from e5studio.http_body import client_left, parse, read_json
+from e5studio.jobspec.progress import read_status
+from e5studio.retrieval.kb_stamp import check_model, endpoint_fields
 from e5studio.retrieval.kb_vectors import EmbeddedCache, PgvectorChunks, SearchRequest, check_request
 from e5studio.serving.edge import call_record
 from e5studio.serving.inference import (
@@ -33,7 +40,16 @@ from e5studio.serving.inference import (
     require_keys,
 )
 from e5studio.serving.routes.admin import require_admin
-from e5studio.serving.schemas import ADMIN_ERRORS, INFERENCE_ERRORS, KbActivate, KbSearchRequest, body, errors
+from e5studio.serving.schemas import (
+    ADMIN_ERRORS,
+    INFERENCE_ERRORS,
+    KbActivate,
+    KbCreateRequest,
+    KbReembedRequest,
+    KbSearchRequest,
+    body,
+    errors,
+)
 from e5studio.serving.state import ServingState, State
 from e5studio.serving.urls import KB_SEARCH_PATH
 from e5studio.vocabulary import add_prefix
@@ -53,6 +69,7 @@ class Searchers:
     def __init__(self) -> None:
         self.embedded = EmbeddedCache()
         self.pgvector = PgvectorChunks()
+        self.identities: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()  # by loaded Embedder
 
     def search(self, kb: KnowledgeBase, version: KbVersion, request: SearchRequest) -> list[Any]:
         if kb.store_url:
@@ -68,17 +85,14 @@ def _searchers(request: Request) -> Searchers:
     return found
 
 
-def _check_query_model(version: KbVersion, endpoint: Endpoint, embedder: Any) -> None:
-    stamp = version.stamp
-    served = {"model": endpoint.model, "precision": endpoint.precision, "dim": embedder.dim,
-              "max_length": embedder.max_length, "model_path": str(Path(embedder.checkpoint.path).resolve())}
-    stored = {"model": (stamp.get("endpoint") or {}).get("model"), "precision": stamp.get("precision"),
-              "dim": stamp.get("dim"), "max_length": stamp.get("max_length"), "model_path": stamp.get("model_path")}
-    diff = [key for key in served if served[key] != stored[key]]
-    if diff:
-        raise ConflictError(f"search refused: version {version.version} is stamped {stored}, endpoint "
-                            f"{endpoint.name!r} now serves {served} (differs in {', '.join(diff)}); run `e5studio "
-                            "kb reembed` to build a version with its model")
+def _served_identity(searchers: Searchers, embedder: Any, model: str) -> dict[str, Any]:
+    """The identity of the model the endpoint serves now (its files' checksum computed once per loaded model:
+    the vectors come from the weights it loaded)."""
+    found = searchers.identities.get(embedder)
+    if found is None:
+        found = identity(model, Path(embedder.checkpoint.path), embedder.dim, embedder.max_length)
+        searchers.identities[embedder] = found
+    return found
 
 
 def _query(body: dict[str, Any]) -> str:
@@ -118,7 +132,8 @@ async def search(request: Request, project: str, kb: str, service: Service, stat
     k, filter, by_document = check_request(body.get("k", 10), body.get("filter"), body.get("by_document", False),
                                            version.fields)
     embedder, _ = service.pool.get(endpoint)
-    _check_query_model(version, endpoint, embedder)
+    served = await asyncio.to_thread(_served_identity, _searchers(request), embedder, endpoint.model)
+    check_model(version.stamp, served, endpoint.precision, endpoint_fields(endpoint), "search")
     embedded = await service.embed(endpoint, [add_prefix(query, "query")], client_left=partial(client_left, request),
                                    note=note)
     hits = await asyncio.to_thread(_searchers(request).search, found, version,
@@ -153,3 +168,35 @@ async def activate_version(request: Request, state: State, project: str, kb: str
     found = state.store.get_kb(project, kb)
     state.store.switch_kb_version(found.id, version)
     return kb_view(state, state.store.get_kb(project, kb))
+
+
+def job_view(state: ServingState, job: JobRecord) -> dict[str, Any]:
+    """A job as the admin API shows it: status, progress, the phase line its process wrote last."""
+    phase = read_status(Path(job.output))
+    return {"id": job.id, "kind": job.kind, "status": job.status, "status_reason": job.status_reason,
+            "step": job.step, "total_steps": job.total_steps, "progress": round(job.progress, 4),
+            "phase_line": phase.get("line") if phase else None, "metrics": job.metrics,
+            "params": {k: v for k, v in job.params.items() if k != "data"}, "created_at": job.created_at,
+            "updated_at": job.updated_at, "url": state.settings.base_url + f"/api/admin/jobs/{job.id}"}
+
+
+@admin_router.post("/projects/{project}/kb", status_code=202, openapi_extra=body(KbCreateRequest))
+async def create_kb(request: Request, state: State, project: str) -> dict[str, Any]:
+    """Record a knowledge base and submit the job that embeds its documents (202: follow ``job.url``)."""
+    spec = parse(await read_json(request, SEARCH_BODY_LIMIT), KbCreateRequest)
+    kb, job = await asyncio.to_thread(submit_create, state.jobs, KbCreate(project=project, **spec.model_dump()))
+    return {"knowledge_base": kb_view(state, kb), "job": job_view(state, job)}
+
+
+@admin_router.post("/projects/{project}/kb/{kb}/reembed", status_code=202, openapi_extra=body(KbReembedRequest))
+async def reembed_kb(request: Request, state: State, project: str, kb: str) -> dict[str, Any]:
+    """Submit the job that builds the knowledge base's next version (202: follow ``job.url``); searches switch
+    to it when it is complete."""
+    spec = parse(await read_json(request, SEARCH_BODY_LIMIT), KbReembedRequest)
+    found, job = await asyncio.to_thread(submit_reembed, state.jobs, project, kb, spec.endpoint)
+    return {"knowledge_base": kb_view(state, found), "job": job_view(state, job)}
+
+
+@admin_router.get("/jobs/{job_id}")
+async def show_job(state: State, job_id: str) -> dict[str, Any]:
+    return job_view(state, state.store.get_job(job_id))

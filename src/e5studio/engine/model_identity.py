@@ -90,5 +90,11 @@ def model_identity(engine: EngineSettings) -> dict[str, Any]:
     checkpoint = load_checkpoint(engine.model)
     config = checkpoint.config
     max_length = min(engine.max_length or checkpoint.max_length, config.max_position_embeddings)
-    return {"name": engine.model, "path": str(checkpoint.path.resolve()), "sha256": model_sha256(checkpoint.path),
-            "dim": config.hidden_size, "max_length": max_length}
+    return identity(engine.model, checkpoint.path, config.hidden_size, max_length)
+
+
+def identity(name: str, path: Path, dim: int, max_length: int) -> dict[str, Any]:
+    """The identity of the model ``name`` whose files are in ``path`` (a loaded one: the server's), as
+    :func:`model_identity` gives it."""
+    return {"name": name, "path": str(Path(path).resolve()), "sha256": model_sha256(Path(path)), "dim": dim,
+            "max_length": max_length}

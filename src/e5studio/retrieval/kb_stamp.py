@@ -2,8 +2,9 @@
 
 A stamp records the model (name, resolved path, SHA-256 of the files that shape the vectors, dimension, max
 length), the endpoint it was served as, the precision, the prefixes by role and the chunking. Vectors of two
-stamps are not comparable: writing into or searching a version with another stamp is refused with both named;
-``e5studio kb reembed`` makes a version with the new one.
+stamps are not comparable: writing into or searching a version with another stamp is refused with both named
+(:func:`check_model`, the one check of the CLI and the HTTP route); ``e5studio kb reembed`` makes a version
+with the new one. In ``retrieval`` so that both the jobs and the serving half use it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _COMPARED = ("model_sha256", "dim", "max_length", "precision", "prefixes", "chun
 
 def make_stamp(model: dict[str, Any], precision: str, chunking: dict[str, Any], endpoint: dict[str, str]
                ) -> dict[str, Any]:
-    """The stamp of vectors made by ``model`` (:func:`e5studio.jobs.model_identity.model_identity`)."""
+    """The stamp of vectors made by ``model`` (:func:`e5studio.engine.model_identity.model_identity`)."""
     return {"model": model["name"], "model_path": model["path"], "model_sha256": model["sha256"],
             "dim": model["dim"], "max_length": model["max_length"], "precision": precision,
             "prefixes": {"query": QUERY_PREFIX, "passage": PASSAGE_PREFIX}, "chunking": chunking,
@@ -36,6 +37,22 @@ def describe(stamp: dict[str, Any]) -> str:
 
 def differences(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [key for key in _COMPARED if stored.get(key) != now.get(key)]
+
+
+def endpoint_fields(endpoint: Any) -> dict[str, str]:
+    """What a stamp says of the endpoint (a control-store ``Endpoint``) that served the model."""
+    return {"id": endpoint.id, "name": endpoint.name, "model": endpoint.model, "precision": endpoint.precision}
+
+
+def check_model(stored: dict[str, Any], model: dict[str, Any], precision: str, endpoint: dict[str, str],
+                action: str) -> dict[str, Any]:
+    """The one check of a model against a version's stamp, for every path that embeds a query or a passage
+    for it (the CLI's ``kb search|add``, a build continued, the HTTP search route): the stamp ``model``
+    (:func:`e5studio.engine.model_identity.identity`) gives at ``precision`` with the version's chunking;
+    ConflictError naming both stamps (and ``kb reembed``) where they cannot be mixed."""
+    now = make_stamp(model, precision, stored.get("chunking") or {}, endpoint)
+    check_same(stored, now, action)
+    return now
 
 
 def check_same(stored: dict[str, Any], now: dict[str, Any], action: str) -> None:
