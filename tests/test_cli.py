@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -47,16 +48,25 @@ def test_embed_prints_the_embedders_vectors(minilm_embedder: Embedder) -> None:
     np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-6)
 
 
-def test_embed_reads_one_text_per_line_from_stdin(minilm_embedder: Embedder) -> None:
-    result = run_cli("embed", "--model", "all-minilm-l6-v2", stdin="query: a\nquery: b\r\npassage: c d e\n")
-    vectors = _vectors(result)
+def _in_process(capsys: pytest.CaptureFixture[str], *args: str) -> np.ndarray:
+    """``main(args)`` in this process (the function the processes above run, without their start-up): vectors."""
+    assert main([*args, "--device", "cpu"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert list(payload) == ["data"]
+    return np.asarray(payload["data"], dtype=np.float64)
+
+
+def test_embed_reads_one_text_per_line_from_stdin(minilm_embedder: Embedder, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # a text stream with universal newlines, as a process's stdin
+    monkeypatch.setattr(sys, "stdin", io.StringIO("query: a\nquery: b\r\npassage: c d e\n", newline=None))
+    vectors = _in_process(capsys, "embed", "--model", "all-minilm-l6-v2")
     expected = minilm_embedder.embed(["query: a", "query: b", "passage: c d e"])
     np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-6)
 
 
-def test_input_type_adds_the_prefix(minilm_embedder: Embedder) -> None:
-    result = run_cli("embed", "--model", "all-minilm-l6-v2", "--input-type", "query", "x", "query: x")
-    vectors = _vectors(result)
+def test_input_type_adds_the_prefix(minilm_embedder: Embedder, capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = _in_process(capsys, "embed", "--model", "all-minilm-l6-v2", "--input-type", "query", "x", "query: x")
     explicit = minilm_embedder.embed(["query: x"])[0]
     np.testing.assert_allclose(vectors, np.stack([explicit, explicit]), rtol=0, atol=1e-6)
     assert np.abs(vectors[0] - minilm_embedder.embed(["x"])[0]).max() > 1e-3
@@ -81,7 +91,10 @@ def _assert_clean_error(result: subprocess.CompletedProcess[str], parts: tuple[s
         assert part in result.stderr, f"{part!r} not in {result.stderr!r}"
 
 
-@pytest.mark.parametrize("case", ["missing-directory", "wrong-shape", "xlm-roberta", "missing-config"])
+# in a process: two cases by default, all four with the slow tests (every case runs in-process below)
+@pytest.mark.parametrize("case", ["missing-directory", "wrong-shape",
+                                  pytest.param("xlm-roberta", marks=pytest.mark.slow),
+                                  pytest.param("missing-config", marks=pytest.mark.slow)])
 def test_broken_model_exits_2_with_the_message(case: str, tiny_dir: Path, tmp_path: Path) -> None:
     broken: Broken = BROKEN_CHECKPOINTS[case](tiny_dir, tmp_path)
     _assert_clean_error(run_cli("embed", "--model", broken.model, "x"), broken.message_parts)

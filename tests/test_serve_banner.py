@@ -10,8 +10,9 @@ from pathlib import Path
 from tests.serving.server import ServerProcess
 
 
-def test_first_start_prints_one_block_with_the_web_ui_and_no_migration_chatter(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", tmp_path / "logs", sqlite=True)
+def test_first_start_prints_one_block_with_the_web_ui_and_no_migration_chatter(tmp_path: Path, tiny_dir: Path) -> None:
+    # the tiny random model: the banner's lines do not depend on the model, which loads in a blink
+    server = ServerProcess(tmp_path / "data", tmp_path / "logs", sqlite=True, model=str(tiny_dir))
     server.start()
     try:
         banner = server.banner()  # admin token, URL, key and curl line, each found on its own line

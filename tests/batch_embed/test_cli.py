@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from e5studio.cli import main
 from e5studio.engine.embedder import Embedder
 from e5studio.jobs.batch_embed.writer import read_output
 from e5studio.retrieval.evaluate import EvalSettings, run_eval, with_prefix
@@ -26,7 +28,8 @@ def test_commands_are_listed_and_import_no_heavy_library() -> None:
         assert command in helps
 
 
-def test_embed_corpus_progress_summary_and_search(tmp_path: Path, tiny_dir: Path, tiny_embedder: Embedder) -> None:
+def test_embed_corpus_progress_summary_and_search(tmp_path: Path, tiny_dir: Path, tiny_embedder: Embedder,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     texts = make_texts(30, seed=4)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(texts) + "\n")
@@ -48,10 +51,11 @@ def test_embed_corpus_progress_summary_and_search(tmp_path: Path, tiny_dir: Path
     for answer, srow, irow in zip(answers, scores, indices, strict=True):
         assert [h["id"] for h in answer["hits"]] == [ids[i] for i in irow]
         np.testing.assert_allclose([h["score"] for h in answer["hits"]], srow, atol=1e-5)
-    shown = run_cli("search", str(out), texts[5], "-k", "2", "--input-type", "none", "--show-text")
-    assert shown.returncode == 0, shown.stderr
-    first = shown.stdout.splitlines()[1].split()
-    assert first[0] == "1" and first[2] == "5" and texts[5][:40] in shown.stdout
+    # the table with the texts in this process (the same main() the processes above ran)
+    assert main(["search", str(out), texts[5], "-k", "2", "--input-type", "none", "--show-text"]) == 0
+    shown = capsys.readouterr().out
+    first = shown.splitlines()[1].split()
+    assert first[0] == "1" and first[2] == "5" and texts[5][:40] in shown
 
 
 def _collection(root: Path) -> Path:
@@ -66,7 +70,8 @@ def _collection(root: Path) -> Path:
     return root
 
 
-def test_eval_report(tmp_path: Path, tiny_dir: Path, tiny_embedder: Embedder) -> None:
+def test_eval_report(tmp_path: Path, tiny_dir: Path, tiny_embedder: Embedder,
+                     capsys: pytest.CaptureFixture[str]) -> None:
     data = _collection(tmp_path / "coll")
     report_path = tmp_path / "report.json"
     result = run_cli("eval", "--model", str(tiny_dir), "--data", str(data), "--report", str(report_path))
@@ -81,16 +86,16 @@ def test_eval_report(tmp_path: Path, tiny_dir: Path, tiny_embedder: Embedder) ->
         assert abs(report["metrics"][name] - value) < 1e-4
     assert 0.0 <= report["metrics"]["ndcg@10"] <= 1.0 and report["metrics"]["recall@100"] == 1.0
 
-    plain = run_cli("eval", "--model", str(tiny_dir), "--data", str(data), "--no-prefixes")
-    assert plain.returncode == 0, plain.stderr
-    plain_report = json.loads(plain.stdout)
+    # the prefix flags and the missing-data error in this process (the same main() the process above ran)
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(data), "--no-prefixes"]) == 0
+    plain_report = json.loads(capsys.readouterr().out)
     assert (plain_report["query_prefix"], plain_report["passage_prefix"]) == ("", "")
-    custom = run_cli("eval", "--model", str(tiny_dir), "--data", str(data), "--query-prefix", "",
-                     "--passage-prefix", "")
-    assert json.loads(custom.stdout)["metrics"] == plain_report["metrics"]
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(data), "--query-prefix", "",
+                 "--passage-prefix", ""]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] == plain_report["metrics"]
 
-    missing = run_cli("eval", "--model", str(tiny_dir), "--data", str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "passages.jsonl not found" in missing.stderr
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "passages.jsonl not found" in capsys.readouterr().err
 
 
 def test_with_prefix() -> None:

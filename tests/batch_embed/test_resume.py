@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+from e5studio.cli import main
 from e5studio.jobs.batch_embed.runner import run_job
 from e5studio.jobs.batch_embed.writer import read_output
 from e5studio.jobspec.layout import MANIFEST_FILE as MANIFEST
@@ -95,7 +97,8 @@ def _manifest_shards(out: Path) -> int:
         return 0
 
 
-def test_sigkill_at_several_moments_then_resume(tmp_path: Path, tiny_dir: Path) -> None:
+def test_sigkill_at_several_moments_then_resume(tmp_path: Path, tiny_dir: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     corpus = _corpus(tmp_path, 240)
     reference = tmp_path / "reference"
     run_job(settings_for(corpus, reference, tiny_dir, window_size=4))
@@ -122,7 +125,14 @@ def test_sigkill_at_several_moments_then_resume(tmp_path: Path, tiny_dir: Path) 
         assert json.loads((out / MANIFEST).read_text())["status"] == "running"
         _assert_only_complete_shards_visible(out)
     assert kills >= 2, "the job finished before it could be killed twice"
-    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "continuing" in done.stderr and "240 vectors" not in done.stdout  # 2 bad lines rejected
+    # the same command finishes the job in this process (main(), what the killed processes ran; one process start
+    # fewer), on one thread as they ran (cli_env), the thread count put back afterwards
+    threads = torch.get_num_threads()
+    try:
+        code = main([*command[3:], "--threads", "1", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    done = capsys.readouterr()
+    assert code == 0, done.err
+    assert "continuing" in done.err and "240 vectors" not in done.out  # 2 bad lines rejected
     _assert_same_output(out, reference)

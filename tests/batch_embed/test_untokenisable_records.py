@@ -11,18 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from e5studio.cli import main
 from e5studio.errors import InputError
 from e5studio.jobs.train.passages import PassageStore, read_examples
 from e5studio.jobspec.dataset_format import validate_dataset
 from tests.serving.server import cli_env
 
 
-def test_embed_corpus_rejects_a_lone_surrogate_and_finishes(tmp_path: Path, minilm_dir: Path) -> None:
-    """The reproduction of the issue (default --bad-records skip): exit 1 and no shard before."""
+def test_embed_corpus_rejects_a_lone_surrogate_and_finishes(tmp_path: Path, tiny_dir: Path) -> None:
+    """The reproduction of the issue (default --bad-records skip): exit 1 and no shard before. The tiny random
+    model carries MiniLM's tokenizer, the one that could not encode the record."""
     source = tmp_path / "s.jsonl"
     source.write_bytes(b'{"contents": "good"}\n{"contents": "bad \\ud800"}\n{"contents": "also good"}\n')
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "e5studio", "embed-corpus", str(source), "--model", "all-minilm-l6-v2", "-o", str(out)]
+    cmd = [sys.executable, "-m", "e5studio", "embed-corpus", str(source), "--model", str(tiny_dir), "-o", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -32,15 +34,17 @@ def test_embed_corpus_rejects_a_lone_surrogate_and_finishes(tmp_path: Path, mini
     assert manifest["status"] == "complete" and manifest["count"] == 2  # the two good records
     assert manifest["rejects"]["count"] == 1
 
-def test_embed_corpus_bad_records_fail_names_the_line(tmp_path: Path, minilm_dir: Path) -> None:
+def test_embed_corpus_bad_records_fail_names_the_line(tmp_path: Path, tiny_dir: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process (the CLI's main(), as the process above runs it): an error raised past main() fails here."""
     source = tmp_path / "s.jsonl"
     source.write_bytes(b'{"contents": "good"}\n{"contents": "bad \\udfff"}\n')
-    done = subprocess.run([sys.executable, "-m", "e5studio", "embed-corpus", str(source), "--model",
-                           "all-minilm-l6-v2", "-o", str(tmp_path / "out"), "--bad-records", "fail"],
-                          capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert done.returncode != 0
-    assert "s.jsonl:2: text field 'contents' has a lone surrogate (U+DFFF)" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+    code = main(["embed-corpus", str(source), "--model", str(tiny_dir), "-o", str(tmp_path / "out"),
+                 "--bad-records", "fail", "--device", "cpu"])
+    stderr = capsys.readouterr().err
+    assert code != 0
+    assert "s.jsonl:2: text field 'contents' has a lone surrogate (U+DFFF)" in stderr, stderr
+    assert "Traceback" not in stderr
 
 
 def _dataset(directory: Path, passage: str, query: str) -> Path:

@@ -160,11 +160,12 @@ def test_int8_linear_is_the_quantized_product_exactly(shape: tuple[int, int], ro
     assert cosine.min() > 0.999
 
 
-def test_int8_runtime_without_smoothing_and_with_it(minilm_dir: Path, scifact_passages: list[str]) -> None:
+def test_int8_runtime_without_smoothing_and_with_it(minilm_dir: Path, minilm_embedder: Embedder,
+                                                    scifact_passages: list[str]) -> None:
     """Smoothing measured on the calibration texts makes int8 closer to fp32 on real weights."""
     checkpoint = load_checkpoint(str(minilm_dir))
     plain = plain_encoder(checkpoint).requires_grad_(False)
-    embedder = Embedder.load(EngineSettings(model=str(minilm_dir), device="cpu"))
+    embedder = minilm_embedder  # for its tokenizer
     ids = embedder.tokenize(scifact_passages[:60], "passage")
     reference = encoder_embeddings(plain, ids)
     calibration = [pack(embedder.tokenize(list(CALIBRATION_TEXTS)))]

@@ -119,3 +119,18 @@ def test_precision_check_measures_every_precision_offered(capsys: pytest.Capture
     fp32 = rows[0]
     assert fp32[5:7] == ["1.00000", "1.00000"]  # fp32 against itself
     assert all(0.99 <= float(r[5]) <= 1.0 and 0.3 <= float(r[7]) <= 1.0 for r in rows), out
+
+
+def test_an_endpoint_precision_this_cpu_lacks_is_refused_at_creation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``refuse_unoffered`` (the admin API's and the web form's check): bf16 refused with the reason on AVX2,
+    accepted where bf16 is native; fp32 and int8 accepted on both; an unknown name left to the store's check."""
+    from e5studio.engine import cpu
+    from e5studio.errors import InputError
+
+    monkeypatch.setattr(cpu, "cpu_features", lambda: parse_flags(set(AVX2.split())))
+    with pytest.raises(InputError, match="native bf16"):
+        cpu.refuse_unoffered("bf16")
+    for precision in ("fp32", "int8", "int4"):
+        cpu.refuse_unoffered(precision)
+    monkeypatch.setattr(cpu, "cpu_features", lambda: NATIVE_BF16)
+    cpu.refuse_unoffered("bf16")

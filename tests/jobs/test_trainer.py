@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from e5studio.cli import main
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import InputError
 from e5studio.jobs.train.checkpoints import (
@@ -64,16 +65,23 @@ def e5studio(*args: str, script: str | None = None, data_dir: Path | None = None
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, toy_dir: Path, tiny_dropout_dir: Path) -> dict[str, Path]:
-    """Run A uninterrupted; run B killed with SIGKILL at step 9, then resumed with --resume."""
+    """Run A uninterrupted; run B killed with SIGKILL at step 9, then resumed with --resume (in children)."""
     root = tmp_path_factory.mktemp("runs")
     data_dir = str(root / "store")
-    added = e5studio("datasets", "add", "toy", str(toy_dir), "--train-n-passages", "3", "--data-dir", data_dir,
-                     data_dir=Path(data_dir))
-    assert added.returncode == 0, added.stderr
     common = ["--dataset", "toy", "--model", str(tiny_dropout_dir), "--eval-dir", str(toy_dir), "--data-dir",
               data_dir, *TRAIN_FLAGS]
-    a = e5studio("train", *common, "--output", str(root / "a"), data_dir=Path(data_dir))
-    assert a.returncode == 0, a.stderr
+    # the dataset and run A in this process (the CLI's main(), what the children below run; two process starts
+    # fewer), with the store the children get and the thread count put back afterwards
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in stores.store_env(Path(data_dir)).items():
+            patch.setenv(name, value)
+        try:
+            assert main(["datasets", "add", "toy", str(toy_dir), "--train-n-passages", "3", "--data-dir",
+                         data_dir]) == 0
+            assert main(["train", *common, "--output", str(root / "a")]) == 0
+        finally:
+            torch.set_num_threads(threads)
     killed = e5studio("train", *common, "--output", str(root / "b"), script=KILLER.format(kill_at=KILL_AT),
                       data_dir=Path(data_dir))
     assert killed.returncode == -9, killed.stderr

@@ -41,8 +41,8 @@ def test_an_https_public_url_means_secure_cookies_unless_told_otherwise() -> Non
 
 
 @pytest.mark.parametrize(("flags", "secure"), [((), False), (("--cookie-secure",), True)])
-def test_cookie_attributes(tmp_path: Path, flags: tuple[str, ...], secure: bool) -> None:
-    server = ServerProcess(tmp_path / "data", tmp_path / "logs", *flags, sqlite=True)
+def test_cookie_attributes(tmp_path: Path, tiny_dir: Path, flags: tuple[str, ...], secure: bool) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "logs", *flags, sqlite=True, model=str(tiny_dir))
     server.start()
     try:
         login, logout = _login_and_out(server)

@@ -18,11 +18,11 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_an_open_data_directory_is_narrowed_and_uploads_are_private(tmp_path: Path) -> None:
+def test_an_open_data_directory_is_narrowed_and_uploads_are_private(tmp_path: Path, tiny_dir: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     data.chmod(0o755)  # whatever the test's umask: open to others, as someone else's mkdir could leave it
-    server = ServerProcess(data, tmp_path / "logs", sqlite=True)
+    server = ServerProcess(data, tmp_path / "logs", sqlite=True, model=str(tiny_dir))
     server.start()
     try:
         assert _mode(data) == 0o700

@@ -6,6 +6,7 @@ one throttle). Real servers on loopback."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,19 +29,19 @@ def _login(base_url: str, token: str, headers: dict[str, str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def behind_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def behind_proxy(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[ServerProcess]:
     """A server told that loopback is its proxy: each test plays clients of its own addresses through it."""
     root = tmp_path_factory.mktemp("proxied")
-    proc = ServerProcess(root / "data", root / "logs", "--forwarded-allow-ips", "127.0.0.1")
+    proc = ServerProcess(root / "data", root / "logs", "--forwarded-allow-ips", "127.0.0.1", model=str(tiny_dir))
     proc.start()
     yield proc
     proc.stop()
 
 
-def test_by_default_a_forwarded_address_does_not_escape_the_throttle(tmp_path_factory: pytest.TempPathFactory
-                                                                    ) -> None:
+def test_by_default_a_forwarded_address_does_not_escape_the_throttle(tmp_path_factory: pytest.TempPathFactory,
+                                                                     tiny_dir: Path) -> None:
     root = tmp_path_factory.mktemp("direct")
-    server = ServerProcess(root / "data", root / "logs")
+    server = ServerProcess(root / "data", root / "logs", model=str(tiny_dir))
     server.start()
     try:
         _fail_logins(server.base_url, {})

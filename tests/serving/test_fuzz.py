@@ -47,16 +47,20 @@ class _NoLifespan:
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Iterator[Any]:
+def fuzz_app(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[Any]:
+    """The app serving the tiny random model: statuses and answers' shapes are what is checked, not the vectors,
+    and every generated text gets embedded (generated bodies run up to the 256 KiB limit: on MiniLM, waiting for
+    those vectors was half of this module's time)."""
+    model = str(tiny_dir)
     data_dir = tmp_path_factory.mktemp("fuzz")
     store = Store(stores.store_for(data_dir))
     store.create_project("p")
-    _, key = store.create_endpoint("p", "mini", "all-minilm-l6-v2", 32)
+    _, key = store.create_endpoint("p", "mini", model, 32)
     token = store.ensure_admin_token()
     assert token is not None
     CREDENTIALS.update(key=key, token=token)
-    settings_ = ServeSettings(data_dir=data_dir, default_model="all-minilm-l6-v2", max_body_bytes=256 * 1024,
-                              engine=EngineSettings(model="all-minilm-l6-v2", device="cpu"))
+    settings_ = ServeSettings(data_dir=data_dir, default_model=model, max_body_bytes=256 * 1024,
+                              engine=EngineSettings(model=model, device="cpu"))
     app = create_app(settings_, store)
     with TestClient(app):  # runs the lifespan: the model loads
         assert state_of(app).pool.wait(120)

@@ -20,6 +20,22 @@ from e5studio.engine.bert import ModuleInputs, PackedBatch, activate, attend, be
 from e5studio.engine.checkpoint import BertConfig, Checkpoint, read_weights
 
 
+class Dense(nn.Linear):
+    """``nn.Linear`` whose parameters are allocated, not initialised: their values come from
+    :meth:`BertEncoder.init_weights` or a checkpoint (torch's random initialisation, thrown away right after,
+    took seconds for E5-Large)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Table(nn.Embedding):
+    """``nn.Embedding`` allocated, not initialised (as :class:`Dense`)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class EncoderLayer(nn.Module):
     """One post-LayerNorm BERT block on packed tokens with torch's plain kernels (it is its own
     :class:`~e5studio.engine.bert.LayerKernels`): dropout in training, gradients."""
@@ -33,11 +49,11 @@ class EncoderLayer(nn.Module):
         self.activation = config.activation
         self.dropout: nn.Module = nn.Dropout(config.hidden_dropout_prob)
         self.attention_dropout = config.attention_probs_dropout_prob
-        self.qkv = nn.Linear(d, 3 * d)
-        self.attn_out = nn.Linear(d, d)
+        self.qkv = Dense(d, 3 * d)
+        self.attn_out = Dense(d, d)
         self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.ffn_in = nn.Linear(d, config.intermediate_size)
-        self.ffn_out = nn.Linear(config.intermediate_size, d)
+        self.ffn_in = Dense(d, config.intermediate_size)
+        self.ffn_out = Dense(config.intermediate_size, d)
         self.ffn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
 
     # LayerKernels
@@ -59,15 +75,16 @@ class EncoderLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    """BERT embeddings + N encoder layers; returns the last hidden state of every real token."""
+    """BERT embeddings + N encoder layers; returns the last hidden state of every real token. A new encoder's
+    weights are uninitialised until :meth:`init_weights` or :func:`load_encoder` (a checkpoint's) set them."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.config = config
         d = config.hidden_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, d)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
+        self.word_embeddings = Table(config.vocab_size, d)
+        self.position_embeddings = Table(config.max_position_embeddings, d)
+        self.token_type_embeddings = Table(config.type_vocab_size, d)
         self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.embeddings_dropout: nn.Module = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
