@@ -266,9 +266,10 @@ def chaos(args: argparse.Namespace) -> Run:
         threads.append(writer(run, replicas, token))
         time.sleep(args.quiet_seconds)
 
-        def fault(name: str, start: float, end: float) -> None:
+        def fault(name: str, start: float, end: float, recovery_s: float | None = None) -> None:
             run.faults.append((name, start, end))
-            run.recovery_s[name] = recovered(replicas, path, key, token, end, 60.0)
+            run.recovery_s[name] = recovered(replicas, path, key, token, end, 60.0) if recovery_s is None \
+                else recovery_s
             print(f"{name}: {end - start:.1f} s; recovered {run.recovery_s[name]:.2f} s after its end", flush=True)
             time.sleep(args.quiet_seconds)
 
@@ -294,8 +295,9 @@ def chaos(args: argparse.Namespace) -> Run:
         run.notes.append(f"(c) replica b took {time.monotonic() - start:.1f} s from SIGKILL to ready again")
         fault("(c) replica b killed and restarted", start, time.monotonic())
 
-        run.notes.extend(partition(run, replicas, proxy, root, model, token, args))
-        fault("(d) replica b partitioned from the store", *run.faults.pop()[1:])
+        notes, recovery_s = partition(run, replicas, proxy, root, model, token, args, path, key)
+        run.notes.extend(notes)
+        fault("(d) replica b partitioned from the store", *run.faults.pop()[1:], recovery_s=recovery_s)
     finally:
         run.stop.set()
         if proxy is not None:
@@ -311,8 +313,10 @@ def chaos(args: argparse.Namespace) -> Run:
 
 
 def partition(run: Run, replicas: dict[str, Replica], proxy: PgProxy, root: Path, model: str, token: str,
-              args: argparse.Namespace) -> list[str]:
-    """(d): a train job on b; b cut off from the store; a interrupts the job once its lease ran out and resumes it."""
+              args: argparse.Namespace, path: str, key: str) -> tuple[list[str], float]:
+    """(d): a train job on b; b cut off from the store; a interrupts the job once its lease ran out and resumes it.
+    Returns the notes and the recovery time, measured from the end of the partition (before the job checks that
+    follow it)."""
     a, b = replicas["a"], replicas["b"]
     cookie_b, cookie_a = login(b, token), login(a, token)
     dataset = toy_dataset(root / "toy")
@@ -345,14 +349,15 @@ def partition(run: Run, replicas: dict[str, Replica], proxy: PgProxy, root: Path
         time.sleep(max(0.0, args.partition_seconds - (time.monotonic() - start)))
         proxy.forward()
         end = time.monotonic()
-        time.sleep(5.0)  # b reaps its fenced process; a's run goes on
+        recovery_s = recovered(replicas, path, key, token, end, 60.0)
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - end)))  # b reaps its fenced process; a's run goes on
         owners = sorted(set(watch.runs.values()))
         notes.append(f"(d) job runs seen: {len(watch.runs)} on replicas {owners}; most at once {watch.most_at_once}")
         cancel = ui_a.post(f"/ui/jobs/{job_id}/cancel", data={"csrf_token": csrf_token(ui_a)})
         notes.append(f"(d) cancel at the end: HTTP {cancel.status_code}")
     run.faults.append(("(d)", start, end))
     run.notes.append(json.dumps({"overlapping_runs": int(watch.most_at_once > 1)}))
-    return notes
+    return notes, recovery_s
 
 
 def writes_lost(run: Run, postgres: Postgres) -> None:

@@ -61,7 +61,6 @@ class OrtDynamicInt8:
                  threads: int, batch_size: int = 32) -> None:
         import onnx
         import onnxruntime as ort
-        from onnx import numpy_helper
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         from e5studio.engine.onnx_graph import build_graph, encoder_weights
@@ -74,10 +73,8 @@ class OrtDynamicInt8:
         def matmul_add(node: Callable[..., str], x: str, prefix: str) -> str:
             return node("Add", [node("MatMul", [x, f"{prefix}.weight"], f"{prefix}_mm"), f"{prefix}.bias"], prefix)
 
-        model = build_graph(encoder, weights, matmul_add)
-        for init in model.graph.initializer:  # the weights into the model itself (quantize_dynamic reads them)
-            if init.data_location == init.EXTERNAL:
-                init.CopyFrom(numpy_helper.from_array(weights[init.name].numpy(), init.name))
+        # the weights in the model itself (quantize_dynamic reads them)
+        model = onnx.ModelProto.FromString(build_graph(encoder, weights, matmul_add, embedded=frozenset(weights)))
         with tempfile.TemporaryDirectory() as tmp:
             fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             onnx.save(model, fp32)

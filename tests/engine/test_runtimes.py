@@ -98,8 +98,10 @@ def test_the_graph_holds_no_weights(minilm_dir: Path) -> None:
 
     weight_bytes = sum(w.numel() * 4 for w in weights.values())
     assert weight_bytes > 80_000_000
-    assert graph.ByteSize() < 100_000
-    external = {t.name for t in graph.graph.initializer if t.data_location == t.EXTERNAL}
+    assert len(graph) < 100_000
+    onnx = pytest.importorskip("onnx")  # the reference reader of what the engine writes
+    external = {t.name for t in onnx.ModelProto.FromString(graph).graph.initializer
+                if t.data_location == t.EXTERNAL}
     assert external == set(weights)
     assert weights["word_embeddings"].data_ptr() == encoder.word_embeddings.weight.data_ptr()
     assert weights["layers.5.ffn_out.weight"].data_ptr() == encoder.layers[5].ffn_out.weight.data_ptr()

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from e5studio.engine import onnx_proto as proto
 from e5studio.engine.bert import DENSE_LAYERS, NORM_LAYERS, bert_block, embedding_layer
 from e5studio.engine.encoder import BertEncoder
 
@@ -42,9 +43,8 @@ MS_DOMAIN = "com.microsoft"  # ONNX Runtime's own operators (the int8 graph's Ma
 
 
 def available() -> bool:
-    """Whether ONNX Runtime and the onnx package (to write the graph) are installed."""
+    """Whether ONNX Runtime is installed (the graph is written here: :mod:`~e5studio.engine.onnx_proto`)."""
     try:
-        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
@@ -127,50 +127,42 @@ class GraphKernels:
 
 
 def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None = None,
-                dense_op: DenseOp | None = None, embedded: frozenset[str] = frozenset()) -> Any:
-    """The encoder as an ``onnx.ModelProto``: inputs ``input_ids`` int64 [B, L], ``positions`` int64 [L],
-    ``key_bias`` float32 [B, 1, 1, L] (0 for a real key, -inf for padding); output ``hidden`` float32
-    [B*L, d], the last hidden state of every position. Weights are external-data placeholders (no bytes):
-    ``weights`` by graph name (default :func:`encoder_weights`); ``dense_op`` emits a dense layer's nodes
-    in place of ``Gemm`` (the int8 graph); the tensors named in ``embedded`` are stored in the model (bytes
-    copied: the session then owns them)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
+                dense_op: DenseOp | None = None, embedded: frozenset[str] = frozenset()) -> bytes:
+    """The encoder as a serialized ONNX model (:mod:`~e5studio.engine.onnx_proto`): inputs ``input_ids`` int64
+    [B, L], ``positions`` int64 [L], ``key_bias`` float32 [B, 1, 1, L] (0 for a real key, -inf for padding);
+    output ``hidden`` float32 [B*L, d], the last hidden state of every position. Weights are external-data
+    placeholders (no bytes): ``weights`` by graph name (default :func:`encoder_weights`); ``dense_op`` emits a
+    dense layer's nodes in place of ``Gemm`` (the int8 graph); the tensors named in ``embedded`` are stored in
+    the model (bytes copied: the session then owns them)."""
     config = encoder.config
     d, h = config.hidden_size, config.num_attention_heads
     dh = d // h
-    nodes: list[Any] = []
-    initializers: list[Any] = []
+    nodes: list[bytes] = []
+    initializers: list[bytes] = []
 
-    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+    def node(op: str, inputs: list[str], output: str, domain: str = "", **attrs: Any) -> str:
+        nodes.append(proto.node(op, inputs, [output], name=output, domain=domain, **attrs))
         return output
 
     def ints(name: str, values: list[int]) -> str:  # a 1-D int64 constant
-        initializers.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+        initializers.append(proto.tensor(name, np.asarray(values, dtype=np.int64)))
         return name
 
-    def scalar(name: str, value: float, dtype: int) -> str:
-        initializers.append(helper.make_tensor(name, dtype, [], [value]))
+    def scalar(name: str, value: float | int, dtype: type) -> str:
+        initializers.append(proto.tensor(name, np.asarray(value, dtype=dtype)))
         return name
 
-    onnx_types = {torch.float32: TensorProto.FLOAT, torch.int8: TensorProto.INT8, torch.uint8: TensorProto.UINT8,
-                  torch.int64: TensorProto.INT64}
     for name, tensor in (encoder_weights(encoder) if weights is None else weights).items():  # no bytes here
+        array = tensor.numpy()
         if name in embedded:
-            initializers.append(numpy_helper.from_array(tensor.numpy(), name))
-            continue
-        proto = TensorProto(name=name, data_type=onnx_types[tensor.dtype], dims=list(tensor.shape))
-        proto.data_location = TensorProto.EXTERNAL
-        proto.external_data.add(key="location", value="e5studio-encoder-weights")
-        proto.external_data.add(key="offset", value="0")
-        proto.external_data.add(key="length", value=str(tensor.numel() * tensor.element_size()))
-        initializers.append(proto)
+            initializers.append(proto.tensor(name, array))
+        else:
+            initializers.append(proto.external_tensor(name, array.dtype, array.shape, "e5studio-encoder-weights",
+                                                      array.nbytes))
 
     flat = ints("shape_flat", [-1, d])  # [B*L, d]
-    scale = scalar("scale", 1.0 / math.sqrt(dh), TensorProto.FLOAT)
-    idx = [scalar(f"index_{j}", j, TensorProto.INT64) for j in range(3)]
+    scale = scalar("scale", 1.0 / math.sqrt(dh), np.float32)
+    idx = [scalar(f"index_{j}", j, np.int64) for j in range(3)]
     # the attention layout [B, L, 3, H, Dh] from the shape of input_ids [B, L]
     heads_shape = node("Concat", [node("Shape", ["input_ids"], "ids_shape"), ints("heads_tail", [3, h, dh])],
                        "heads_shape", axis=0)
@@ -182,18 +174,11 @@ def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None
     x = embedding_layer(kernels(""), "input_ids", "positions")  # [B*L, d]
     for i in range(config.num_hidden_layers):
         x = bert_block(kernels(f"layers.{i}."), x, None)
-    nodes.append(helper.make_node("Identity", [x], ["hidden"], name="hidden"))
-
-    graph = helper.make_graph(
-        nodes, "e5studio_bert_encoder",
-        inputs=[helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "L"]),
-                helper.make_tensor_value_info("positions", TensorProto.INT64, ["L"]),
-                helper.make_tensor_value_info("key_bias", TensorProto.FLOAT, ["B", 1, 1, "L"])],
-        outputs=[helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["T", d])],
-        initializer=initializers,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-                             producer_name="e5studio", ir_version=onnx.IR_VERSION)
+    nodes.append(proto.node("Identity", [x], ["hidden"], name="hidden"))
+    inputs = [proto.value_info("input_ids", proto.INT64, ["B", "L"]), proto.value_info("positions", proto.INT64, ["L"]),
+              proto.value_info("key_bias", proto.FLOAT, ["B", 1, 1, "L"])]
+    return proto.model(nodes, "e5studio_bert_encoder", inputs, [proto.value_info("hidden", proto.FLOAT, ["T", d])],
+                       initializers, [("", OPSET), (MS_DOMAIN, 1)], producer="e5studio")
 
 
 class OrtRuntime:
@@ -218,7 +203,7 @@ class OrtRuntime:
                         if k not in embedded}
         names = list(self._arrays)
         self._values = [ort.OrtValue.ortvalue_from_numpy(self._arrays[n]) for n in names]  # must outlive the sessions
-        model = build_graph(encoder, weights, dense_op, embedded).SerializeToString()
+        model = build_graph(encoder, weights, dense_op, embedded)
         # one session per thread count: ``threads`` for the calling thread; with ``worker_session``, also one of a
         # single thread for the per-core compute workers (each worker's torch count is 1), which run their
         # micro-batches side by side: a session's own intra-op threads split one micro-batch's small operators
