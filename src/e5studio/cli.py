@@ -49,8 +49,9 @@ def _endpoint_name(model: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from e5studio.serving.allocator import tune_malloc
+    from e5studio.serving.allocator import one_blas_thread, tune_malloc
 
+    one_blas_thread()
     tune_malloc()  # before the server (and the engine) allocate anything
     import logging
     from pathlib import Path

@@ -1,4 +1,5 @@
-"""glibc malloc settings for a long-running server, applied with ``mallopt`` when serving starts.
+"""Process settings for a long-running server, applied when serving starts: glibc malloc (``mallopt``) and
+numpy's BLAS threads.
 
 Why: every new batch shape makes the engine allocate activation buffers of new sizes (MBs each). glibc's
 defaults keep what is freed: the mmap threshold grows to the largest block freed so far (so later large
@@ -9,6 +10,12 @@ given back on free, the heap is trimmed, and two arenas serve all threads.
 
 A variable the operator set (``MALLOC_ARENA_MAX`` and the others, which glibc reads itself) wins over ours.
 Elsewhere than glibc (macOS, musl) this does nothing.
+
+numpy's BLAS (OpenBLAS in numpy's wheels) runs on one thread in the server: the engine owns the cores (torch and
+ONNX Runtime thread pools, whose threads spin a moment after each run), and a multi-threaded BLAS call beside
+them waits for cores that spinning threads hold. Measured on a knowledge-base search over HTTP (a matrix-vector
+product over the chunk vectors, ``retrieval/kb_vectors.py``) on 2 cores: 3,000 chunks 69-78 ms at p50 with
+OpenBLAS's default threads, 15 ms with one (the product alone: 0.4 ms).
 """
 
 from __future__ import annotations
@@ -26,6 +33,15 @@ SETTINGS: dict[int, tuple[str, int]] = {
     M_TRIM_THRESHOLD: ("MALLOC_TRIM_THRESHOLD_", 128 * 1024),
     M_ARENA_MAX: ("MALLOC_ARENA_MAX", 2),
 }
+
+
+def one_blas_thread() -> None:
+    """numpy's OpenBLAS on one thread in this process (module docstring); torch's MKL is not touched, and the
+    job processes the server starts keep their own defaults (no environment variable is set)."""
+    import numpy  # noqa: F401  (loads its OpenBLAS)
+    from threadpoolctl import ThreadpoolController
+
+    ThreadpoolController().select(internal_api="openblas").limit(limits=1)
 
 
 def tune_malloc() -> dict[str, int]:
