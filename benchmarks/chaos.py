@@ -15,8 +15,10 @@ processes of one job at once, sampled from /proc every 50 ms). Targets: 0 other,
 recovery <= 3 s, 0 writes lost, 0 overlapping runs; inference during a store outage succeeds as far as the
 replicas serve from their last state (fail static), else it answers 503 with Retry-After.
 
-A client behaves like a load balancer: a connection refused by a replica that is down (nothing was sent), or a
-stale keep-alive connection to a replica known to be down, is retried on the other replica; requests cut by the
+A client behaves like a load balancer: a readiness probe (GET /ready of each replica every 0.5 s, as Kubernetes'
+readiness probe does) takes a replica that does not answer 200 (down, or restarted and still loading its models)
+out of the rotation until it does; a connection refused by a replica that is down (nothing was sent), or a stale
+keep-alive connection to a replica known to be down, is retried on the other replica; requests cut by the
 SIGKILL of the replica they were on are counted apart.
 
     python benchmarks/chaos.py                  # about three minutes on the tiny test model
@@ -88,6 +90,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     killed_at: dict[str, float] = field(default_factory=dict)  # replica -> when it was SIGKILLed
     down: set[str] = field(default_factory=set)  # replicas known to be down (killed, not ready again)
+    unready: set[str] = field(default_factory=set)  # replicas whose last /ready probe did not answer 200
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -142,6 +145,30 @@ class Postgres:
 # ---------------------------------------------------------------------------------------------- load
 
 
+READY_PROBE_S = 0.5  # how often the "load balancer" asks each replica's /ready (Kubernetes' readiness probe)
+
+
+def readiness(run: Run, replicas: dict[str, Replica]) -> threading.Thread:
+    """The load balancer's readiness probe: GET /ready of each replica every READY_PROBE_S; a replica that does
+    not answer 200 (down, or up but still loading its models: 503) gets no new requests until it does."""
+
+    def loop() -> None:
+        with httpx.Client(timeout=1.0, trust_env=False) as http:
+            while not run.stop.is_set():
+                for name, replica in replicas.items():
+                    try:
+                        ok = http.get(replica.base_url + "/ready").status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    with run.lock:
+                        (run.unready.discard if ok else run.unready.add)(name)
+                run.stop.wait(READY_PROBE_S)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
 def clients(run: Run, replicas: dict[str, Replica], path: str, key: str,
             reference: np.ndarray) -> list[threading.Thread]:
     names = sorted(replicas)
@@ -152,6 +179,7 @@ def clients(run: Run, replicas: dict[str, Replica], path: str, key: str,
             while not run.stop.is_set():
                 turn += 1
                 order = [names[turn % 2], names[(turn + 1) % 2]]
+                order.sort(key=lambda n: n in run.unready)  # ready replicas first (the probe's view), in turn
                 sent = time.monotonic()
                 outcome, mixed, name, error = "unanswered", False, order[0], "every replica refused"
                 for name in order:  # a refused connection (nothing sent) goes to the other replica
@@ -262,7 +290,7 @@ def chaos(args: argparse.Namespace) -> Run:
             reference = np.asarray(http.post(replicas["a"].base_url + path, json={"inputs": [TEXT]},
                                              headers={"key": key}).json()["data"][0], dtype=np.float64)
         print(f"replicas up ({CLIENTS} clients start); store {postgres.uri}", flush=True)
-        threads = clients(run, replicas, path, key, reference)
+        threads = [readiness(run, replicas), *clients(run, replicas, path, key, reference)]
         threads.append(writer(run, replicas, token))
         time.sleep(args.quiet_seconds)
 

@@ -55,6 +55,7 @@ class Figures:
     other_answers: list[str] = field(default_factory=list)
     unanswered: int = 0
     latest_408_s: float = 0.0  # the longest a stalled connection waited for its 408
+    waits_408: list[tuple[int, float]] = field(default_factory=list)  # (order opened, seconds to its 408)
     fds: dict[str, int] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
 
@@ -64,6 +65,13 @@ class Figures:
 
     def p(self, values: list[float], q: float) -> float:
         return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else float("nan")
+
+    def by_order(self) -> str:
+        waits = [w for _, w in sorted(self.waits_408)]
+        if not waits:
+            return "none"
+        tenth = max(1, len(waits) // 10)
+        return " ".join(f"{statistics.median(waits[i:i + tenth]):.2f}" for i in range(0, len(waits), tenth))
 
     @property
     def ratio(self) -> float:
@@ -79,6 +87,7 @@ class Figures:
             f"stalled connections: {self.answers_408}/{self.stalled} got 408, the last after {self.latest_408_s:.2f} "
             f"s (deadline {self.deadline_s:.2f} s); other answers {len(self.other_answers)}; unanswered "
             f"{self.unanswered}",
+            f"  seconds to the 408 by the order the connections were opened: {self.by_order()}",
             f"server fds: {self.fds}; resident memory MB: {self.rss_mb}",
         ]
 
@@ -138,6 +147,7 @@ def _open_stalled(port: int, path: str, key: str, count: int) -> list[tuple[sock
 def _collect(opened: list[tuple[socket.socket, float]], figures: Figures, wait_s: float, pid: int) -> None:
     """Read each stalled connection's answer (its status line) until ``wait_s`` after the last was opened; the
     server's most file descriptors meanwhile."""
+    order = {sock.fileno(): i for i, (sock, _) in enumerate(opened)}
     pending = {sock.fileno(): (sock, at, b"") for sock, at in opened}
     stop_at = max(at for _, at in opened) + wait_s
     figures.fds["most while stalled"] = 0
@@ -157,6 +167,7 @@ def _collect(opened: list[tuple[socket.socket, float]], figures: Figures, wait_s
                 if status.startswith("HTTP/1.1 408"):
                     figures.answers_408 += 1
                     figures.latest_408_s = max(figures.latest_408_s, time.monotonic() - at)
+                    figures.waits_408.append((order[fd], time.monotonic() - at))
                 else:
                     figures.other_answers.append(status or "closed without an answer")
             else:

@@ -30,7 +30,7 @@ from e5studio.errors import ConflictError, E5StudioError, InputError, StoreUnava
 from e5studio.http_body import client_left
 from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
-from e5studio.serving.allocator import tune_malloc
+from e5studio.serving.allocator import freeze_after_loads, tune_malloc
 from e5studio.serving.batcher import QueueLimits
 from e5studio.serving.edge import DirectRoute, Edge, Metrics, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
@@ -245,6 +245,7 @@ def serve(settings: ServeSettings, endpoint_name: str) -> None:
     import uvicorn
 
     tune_malloc()  # also where the server is started without the CLI (done already: no harm)
+    freeze_after_loads()  # full collections stop walking the loaded models' objects (serving/allocator.py)
     # what the server and its job processes write (uploads, job folders and logs, models) is its owner's only
     os.umask(0o077)
     with open_store(settings) as store:

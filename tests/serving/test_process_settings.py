@@ -39,3 +39,37 @@ def test_the_server_runs_numpys_blas_on_one_thread_and_leaves_torch_and_children
     assert got["torch"] == 2, got
     assert got["env"] == [], got  # nothing set in the environment ...
     assert got["child"] == default, got  # ... so a job process gets OpenBLAS's default again
+
+
+FREEZE = """
+import gc, json
+from e5studio.serving import allocator
+allocator.freeze_loaded_objects()
+before = gc.get_freeze_count()  # a process that is not a server keeps the usual collector
+allocator.freeze_after_loads()
+class Node:
+    pass
+a, b = Node(), Node()
+a.other, b.other = b, a  # a cycle, alive when the model "loads"
+allocator.freeze_loaded_objects()
+frozen = gc.get_freeze_count()
+import weakref
+gone = weakref.ref(a)
+del a, b  # the model is unloaded: its cycle is garbage
+gc.collect()
+hidden = gone() is not None  # frozen: a full collection does not walk it
+allocator.unfreeze_objects()
+allocator.freeze_loaded_objects()
+print(json.dumps({"before": before, "frozen": frozen, "hidden": hidden, "freed": gone() is None,
+                  "refrozen": gc.get_freeze_count()}))
+"""
+
+
+def test_a_server_freezes_loaded_objects_and_frees_an_unloaded_models_cycles() -> None:
+    out = subprocess.run([sys.executable, "-c", FREEZE], capture_output=True, text=True, timeout=120, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["before"] == 0, got
+    assert got["frozen"] > 1000, got  # the interpreter's and the modules' objects: out of full collections
+    assert got["hidden"], got
+    assert got["freed"], got  # unfreeze + collect frees what was unloaded
+    assert got["refrozen"] > 1000, got

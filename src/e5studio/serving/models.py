@@ -23,6 +23,7 @@ from e5studio.engine import download
 from e5studio.engine.checkpoint import ALIASES
 from e5studio.engine.embedder import Embedder
 from e5studio.errors import E5StudioError, StoreUnavailableError, UnavailableError
+from e5studio.serving.allocator import freeze_loaded_objects, unfreeze_objects
 from e5studio.serving.batcher import Batcher, QueueLimits
 from e5studio.serving.edge import Metrics
 from e5studio.settings import EngineSettings
@@ -103,7 +104,7 @@ class ModelPool:
             unused = [self._models.pop(key) for key in known - used if self._models[key].done.is_set()]
         for loaded in unused:
             if loaded.batcher is not None:
-                threading.Thread(target=loaded.batcher.close, daemon=True,
+                threading.Thread(target=self._unload, args=(loaded,), daemon=True,
                                  name=f"e5studio-unload-{loaded.key}").start()
         started = [e for e in endpoints if endpoint_model_key(e) not in known]
         for endpoint in started:
@@ -158,6 +159,7 @@ class ModelPool:
                                      name=loaded.key)
             loaded.batcher.calibrate(length=min(128, embedder.max_length))  # the wait bound holds from the start
             loaded.embedder = embedder
+            freeze_loaded_objects()  # full collections no longer walk the model's objects
         except E5StudioError as exc:
             loaded.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - a broken model must mark its endpoints Failed, not kill us
@@ -165,6 +167,15 @@ class ModelPool:
         loaded.done.set()
         with contextlib.suppress(StoreUnavailableError):  # else written by a later sync, once the store answers
             self._publish(loaded)
+
+    @staticmethod
+    def _unload(loaded: LoadedModel) -> None:
+        """Finish the model's queued requests, drop it, and collect its objects (frozen since it loaded)."""
+        if loaded.batcher is not None:
+            loaded.batcher.close()
+        loaded.batcher, loaded.embedder = None, None
+        unfreeze_objects()  # the collection inside the next freeze frees the dropped model's cycles
+        freeze_loaded_objects()
 
     def _download_progress(self, key: str) -> download.ByteProgress:
         """Sets "Deploying: downloading 412/1,340 MB" on the endpoints of ``key`` (at most once a second)."""
