@@ -11,10 +11,12 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,7 +34,7 @@ from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
 from e5studio.serving.allocator import freeze_after_loads, tune_malloc
 from e5studio.serving.batcher import QueueLimits
-from e5studio.serving.edge import DirectRoute, Edge, Metrics, call_record
+from e5studio.serving.edge import ARRIVED_KEY, DirectRoute, Edge, Metrics, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
 from e5studio.serving.inference import Embedded, EndpointDirectory, InferenceService
 from e5studio.serving.inference import install as install_inference
@@ -239,6 +241,22 @@ def start_banner(base_url: str, secrets: list[str], where: object) -> str:
     return "\n".join(lines)
 
 
+def arrival_stamped_protocol() -> Any:
+    """uvicorn's HTTP protocol (httptools) that notes in each request's scope when its first bytes were read
+    (``edge.ARRIVED_KEY``: the body deadline counts from then); uvicorn's own choice where httptools is missing."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class ArrivalStamped(HttpToolsProtocol):
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope["state"][ARRIVED_KEY] = time.monotonic()
+
+    return ArrivalStamped
+
+
 def serve(settings: ServeSettings, endpoint_name: str) -> None:
     """Open the store, set up a first start, serve until SIGINT/SIGTERM (graceful: queued requests finish,
     running jobs record Interrupted), close the store."""
@@ -252,7 +270,8 @@ def serve(settings: ServeSettings, endpoint_name: str) -> None:
         secrets = first_start(store, settings, endpoint_name)
         # forwarded headers only from the proxies the operator names (uvicorn would trust loopback's)
         config = uvicorn.Config(create_app(settings, store), host=settings.host, port=settings.port,
-                                access_log=False, log_config=None, timeout_graceful_shutdown=30,
+                                http=arrival_stamped_protocol(), access_log=False, log_config=None,
+                                timeout_graceful_shutdown=30,
                                 proxy_headers=bool(settings.forwarded_allow_ips),
                                 forwarded_allow_ips=settings.forwarded_allow_ips or "")
         where = store.display_url if settings.store else settings.data_dir

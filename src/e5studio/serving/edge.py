@@ -42,6 +42,10 @@ from e5studio.serving.urls import INFERENCE_PREFIXES
 access_log = logging.getLogger("e5studio.access")
 Answer = Callable[[Request, Exception, str], Awaitable[Response]]
 MIN_BODY_RATE = 64 * 1024  # bytes/s a client must keep up beyond the base timeout (large uploads)
+# scope["state"][ARRIVED_KEY]: time.monotonic() when the server read the first bytes of the request (set by the
+# server's HTTP protocol, ``app.arrival_stamped_protocol``); the body's deadline counts from then, so requests
+# that arrive in a flood are not given the time they queued on top (absent: from when the edge sees them)
+ARRIVED_KEY = "e5studio.arrived"
 _SCOPE_KEY = "call"
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -159,7 +163,8 @@ class Edge:
         declared = int(length) if length.isdigit() else 0
         limit = self.unauthenticated.get(scope["path"])
         grace = declared / MIN_BODY_RATE if limit is None else 0.0
-        deadline = time.monotonic() + self.timeout_s + grace
+        arrived = (scope.get("state") or {}).get(ARRIVED_KEY)
+        deadline = (arrived if isinstance(arrived, float) else time.monotonic()) + self.timeout_s + grace
         received = 0
         body_done = False
 
