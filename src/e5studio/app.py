@@ -11,12 +11,10 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,7 +32,7 @@ from e5studio.jobspec.layout import STORE_FILE
 from e5studio.serving import state as serving_state
 from e5studio.serving.allocator import freeze_after_loads, tune_malloc
 from e5studio.serving.batcher import QueueLimits
-from e5studio.serving.edge import ARRIVED_KEY, DirectRoute, Edge, Metrics, call_record
+from e5studio.serving.edge import DirectRoute, Edge, Metrics, arrival_stamped_protocol, call_record
 from e5studio.serving.http_errors import describe, error_body, log_crash
 from e5studio.serving.inference import Embedded, EndpointDirectory, InferenceService
 from e5studio.serving.inference import install as install_inference
@@ -239,22 +237,6 @@ def start_banner(base_url: str, secrets: list[str], where: object) -> str:
              f"CPU: {cpu.describe()}; precisions offered here: {', '.join(cpu.precisions)}",
              f"Serving on {base_url} (data in {where})", ""]
     return "\n".join(lines)
-
-
-def arrival_stamped_protocol() -> Any:
-    """uvicorn's HTTP protocol (httptools) that notes in each request's scope when its first bytes were read
-    (``edge.ARRIVED_KEY``: the body deadline counts from then); uvicorn's own choice where httptools is missing."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return "auto"
-
-    class ArrivalStamped(HttpToolsProtocol):
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self.scope["state"][ARRIVED_KEY] = time.monotonic()
-
-    return ArrivalStamped
 
 
 def serve(settings: ServeSettings, endpoint_name: str) -> None:

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from e5studio.app import arrival_stamped_protocol
 from e5studio.errors import BodyTimeoutError
-from e5studio.serving.edge import ARRIVED_KEY, Edge, Metrics
+from e5studio.serving.edge import ARRIVED_KEY, Edge, Metrics, arrival_stamped_protocol
 
 
 def _edge(timeout_s: float) -> Edge:

@@ -43,7 +43,7 @@ access_log = logging.getLogger("e5studio.access")
 Answer = Callable[[Request, Exception, str], Awaitable[Response]]
 MIN_BODY_RATE = 64 * 1024  # bytes/s a client must keep up beyond the base timeout (large uploads)
 # scope["state"][ARRIVED_KEY]: time.monotonic() when the server read the first bytes of the request (set by the
-# server's HTTP protocol, ``app.arrival_stamped_protocol``); the body's deadline counts from then, so requests
+# server's HTTP protocol, ``arrival_stamped_protocol``); the body's deadline counts from then, so requests
 # that arrive in a flood are not given the time they queued on top (absent: from when the edge sees them)
 ARRIVED_KEY = "e5studio.arrived"
 _SCOPE_KEY = "call"
@@ -210,6 +210,22 @@ class Edge:
 # ------------------------------------------------------------------------------------------- metrics
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def arrival_stamped_protocol() -> Any:
+    """uvicorn's HTTP protocol (httptools) that notes in each request's scope when its first bytes were read
+    (``edge.ARRIVED_KEY``: the body deadline counts from then); uvicorn's own choice where httptools is missing."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class ArrivalStamped(HttpToolsProtocol):
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope["state"][ARRIVED_KEY] = time.monotonic()
+
+    return ArrivalStamped
 
 
 class Metrics:
