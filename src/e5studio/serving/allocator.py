@@ -22,7 +22,7 @@ numpy's BLAS (OpenBLAS in numpy's wheels) runs on one thread in the server: the 
 ONNX Runtime thread pools, whose threads spin a moment after each run), and a multi-threaded BLAS call beside
 them waits for cores that spinning threads hold. Measured on a knowledge-base search over HTTP (a matrix-vector
 product over the chunk vectors, ``retrieval/kb_vectors.py``) on 2 cores: 3,000 chunks 69-78 ms at p50 with
-OpenBLAS's default threads, 15 ms with one (the product alone: 0.4 ms).
+OpenBLAS's default threads, 15-22 ms with one (the product alone: 0.4 ms).
 """
 
 from __future__ import annotations
