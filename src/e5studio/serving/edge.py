@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -42,9 +44,10 @@ from e5studio.serving.urls import INFERENCE_PREFIXES
 access_log = logging.getLogger("e5studio.access")
 Answer = Callable[[Request, Exception, str], Awaitable[Response]]
 MIN_BODY_RATE = 64 * 1024  # bytes/s a client must keep up beyond the base timeout (large uploads)
-# scope["state"][ARRIVED_KEY]: time.monotonic() when the server read the first bytes of the request (set by the
-# server's HTTP protocol, ``arrival_stamped_protocol``); the body's deadline counts from then, so requests
-# that arrive in a flood are not given the time they queued on top (absent: from when the edge sees them)
+# scope["state"][ARRIVED_KEY]: time.monotonic() when the request's first bytes reached this machine (set by the
+# server's HTTP protocol, ``arrival_stamped_protocol``: the kernel's age of the connection's data, else when the
+# server read them); the body's deadline counts from then, so requests that arrive in a flood are not given the
+# time they queued, unaccepted or unread, on top (absent: from when the edge sees them)
 ARRIVED_KEY = "e5studio.arrived"
 _SCOPE_KEY = "call"
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -213,8 +216,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 def arrival_stamped_protocol() -> Any:
-    """uvicorn's HTTP protocol (httptools) that notes in each request's scope when its first bytes were read
-    (``edge.ARRIVED_KEY``: the body deadline counts from then); uvicorn's own choice where httptools is missing."""
+    """uvicorn's HTTP protocol (httptools) that notes in each request's scope when its first bytes reached this
+    machine (``edge.ARRIVED_KEY``: the body deadline counts from then; see :func:`data_arrived`); uvicorn's own
+    choice where httptools is missing."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
@@ -223,9 +227,36 @@ def arrival_stamped_protocol() -> Any:
     class ArrivalStamped(HttpToolsProtocol):
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.scope["state"][ARRIVED_KEY] = time.monotonic()
+            transport = getattr(self, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            self.scope["state"][ARRIVED_KEY] = data_arrived(sock, time.monotonic())
 
     return ArrivalStamped
+
+
+# Linux's struct tcp_info: tcpi_last_data_recv, milliseconds since the connection last received data, is the
+# u32 at byte 52 (8 bytes of u8 fields, then 9 u32s, then last_data_sent, last_ack_sent, last_data_recv)
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_LAST_DATA_RECV = struct.Struct("=I")
+_LAST_DATA_RECV_AT = 52
+
+
+def data_arrived(sock: Any, now: float) -> float:
+    """When (``time.monotonic()``) the data the server is reading from ``sock`` reached this machine: ``now``
+    minus the kernel's age of the connection's latest data (``TCP_INFO``, Linux; at most a few ms coarse), else
+    ``now``. A connection opened in a flood waits in the kernel's accept queue, with its first bytes received,
+    until the server gets to it: seconds, with hundreds at once. Never earlier than the request's first bytes
+    arrived (the latest data is those bytes or later ones)."""
+    if _TCP_INFO is None or sock is None:
+        return now
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _LAST_DATA_RECV_AT + _LAST_DATA_RECV.size)
+    except (OSError, AttributeError, TypeError):  # not TCP (a Unix socket), or no such option here
+        return now
+    if len(info) < _LAST_DATA_RECV_AT + _LAST_DATA_RECV.size:
+        return now
+    (age_ms,) = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_AT)
+    return now - age_ms / 1000.0
 
 
 class Metrics:
