@@ -41,14 +41,19 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/mypy
 
+# The default suite on TEST_WORKERS worker processes (pytest-xdist), each test file whole on one worker (its
+# module fixtures, e.g. a started server, made once); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install browser lint  ## what CI runs: lint, types, the default test suite
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "not slow and not gpu" $(PARALLEL)
 
 test-postgres: install browser  ## the same suite with every control store on PostgreSQL (CI runs it after test)
-	E5STUDIO_TEST_STORE=postgres $(PY) -m pytest -q -m "not slow and not gpu"
+	E5STUDIO_TEST_STORE=postgres $(PY) -m pytest -q -m "not slow and not gpu" $(PARALLEL)
 
 test-fast: install browser
-	$(PY) -m pytest -q -m "not slow and not gpu" -x
+	$(PY) -m pytest -q -m "not slow and not gpu" -x $(PARALLEL)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

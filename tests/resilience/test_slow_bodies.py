@@ -19,9 +19,10 @@ from tests.serving.server import ServerProcess
 
 BODY_TIMEOUT_S = 2.0
 LATE_S = 5.0  # a busy machine's scheduling (2 cores shared by several suites, load 10), on top of the deadline
-# The deadline runs from when the server has read a request's headers; connections opened all at once are read
-# (and authenticated) in turn, a few milliseconds each on this machine: the last of a flood starts that much later.
-READ_IN_TURN_S = 0.008
+# The deadline runs from when a request's first bytes reached the machine (the kernel's age of them, read when the
+# server gets to the connection); the 408s of connections opened all at once come due together and are written in
+# turn, a fraction of a millisecond each on this machine: the last of a flood goes out that much later.
+ANSWERED_IN_TURN_S = 0.008
 MEMORY_GROWTH_MB = 40.0  # allocator slack: the connections' buffers are freed, not necessarily returned at once
 
 
@@ -45,7 +46,7 @@ def run(tmp_path: Path, tiny_dir: Path, stalled: int) -> Figures:
 def check(figures: Figures) -> None:
     assert figures.answers_408 == figures.stalled, figures.lines()
     assert not figures.other_answers and figures.unanswered == 0, figures.lines()
-    assert figures.latest_408_s <= figures.deadline_s + LATE_S + READ_IN_TURN_S * figures.stalled, figures.lines()
+    assert figures.latest_408_s <= figures.deadline_s + LATE_S + ANSWERED_IN_TURN_S * figures.stalled, figures.lines()
     assert not figures.client_errors, figures.client_errors[:5]
     assert figures.unloaded_ms and figures.loaded_ms, figures.lines()  # the normal clients were served meanwhile
     assert figures.fds["most while stalled"] >= figures.fds["before"] + figures.stalled * 0.9, figures.fds  # held

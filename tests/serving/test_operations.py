@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from e5studio.serving.models import model_key
-from tests.serving.server import MINILM, Banner
+from tests.serving.server import MINILM, Banner, ServerProcess
 
 Embed = Callable[..., np.ndarray]
 NLP_ROUTE = "/api/predict/nlp/{project}/{endpoint}"
@@ -58,10 +58,13 @@ def test_ready_and_metrics_name_no_endpoint_without_the_admin_token(http: httpx.
     assert compute >= 1 and anonymous["e5studio_compute_seconds_count"] == compute  # summed over the models
 
 
-def test_metrics_count_requests_batches_and_latencies(http: httpx.Client, nlp_path: str, banner: Banner) -> None:
+def test_metrics_count_requests_batches_and_latencies(http: httpx.Client, nlp_path: str, banner: Banner,
+                                                     server: ServerProcess) -> None:
     assert http.post(nlp_path, json={"inputs": ["query: a", "query: b"]}, headers={"key": banner.key}).status_code \
         == 200
     assert http.post(nlp_path, json={"inputs": ["query: a"]}, headers={"key": "e5s_wrong"}).status_code == 401
+    _, other_key = server.create_endpoint("metrics", "other")  # a valid key, of another endpoint: 403
+    assert http.post(nlp_path, json={"inputs": ["query: a"]}, headers={"key": other_key}).status_code == 403
     samples = _samples(http, _admin(banner))
 
     def value(name: str, **labels: str) -> float:
@@ -73,6 +76,9 @@ def test_metrics_count_requests_batches_and_latencies(http: httpx.Client, nlp_pa
     assert value("e5studio_requests_total", route=NLP_ROUTE, endpoint=MINILM, status="403") >= 1
     assert value("e5studio_request_failures_total", route=NLP_ROUTE, endpoint=MINILM,
                  reason="permission_error") >= 1
+    assert value("e5studio_requests_total", route=NLP_ROUTE, endpoint=MINILM, status="401") >= 1
+    assert value("e5studio_request_failures_total", route=NLP_ROUTE, endpoint=MINILM,
+                 reason="authentication_error") >= 1
     assert value("e5studio_batch_items_count", model=MODEL) >= 1
     assert value("e5studio_batch_items_sum", model=MODEL) >= 2
     assert value("e5studio_batch_tokens_sum", model=MODEL) >= 2 * 4
