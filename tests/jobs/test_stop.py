@@ -23,6 +23,9 @@ from e5studio.jobs.train.commands import stop_message
 from tests import stores
 from tests.jobs.test_train_job_id import FLAGS, data_dir  # noqa: F401 - data_dir is a fixture
 
+STOP_S = 2.0  # a Ctrl-C'd evaluation stops within this (the process gone, its record written)
+BUSY_SLACK_S = 1.0  # the suite runs on worker processes that share the cores: scheduling on top
+
 STUCK = """
 import time
 from e5studio.jobs.train.stop import stops_promptly
@@ -117,7 +120,7 @@ def test_ctrl_c_during_the_evaluation_before_training(data_dir: Path, tiny_nodro
     took = time.monotonic() - t0
     rest = proc.stderr.read()
     assert code == 130, rest
-    assert took < 2.0, took
+    assert took < STOP_S + BUSY_SLACK_S, took
     assert "interrupted (Ctrl-C); no checkpoint yet" in rest and "starts again from step 0" in rest, rest
     with Store(stores.store_for(data_dir)) as store:
         (job,) = store.list_jobs()
