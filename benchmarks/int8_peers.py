@@ -88,6 +88,8 @@ class OrtDynamicInt8:
         self.batch_size = batch_size
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        from e5studio.engine.onnx_graph import graph_inputs
+
         ids = self.tokenize(texts)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = np.empty((len(ids), 0), dtype=np.float32)
@@ -95,14 +97,9 @@ class OrtDynamicInt8:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             lengths = np.array([len(ids[i]) for i in idx])
-            b, length = len(idx), int(lengths.max())
-            real = np.arange(length)[None, :] < lengths[:, None]  # [B, L]
-            padded = np.zeros((b, length), dtype=np.int64)
-            padded[real] = np.concatenate([ids[i] for i in idx])
-            bias = np.where(real, 0.0, -np.inf).astype(np.float32)[:, None, None, :]
-            hidden = self.session.run(["hidden"], {"input_ids": padded, "positions": np.arange(length),
-                                                   "key_bias": bias})[0].reshape(b, length, -1)
-            pooled = (hidden * real[:, :, None]).sum(1) / lengths[:, None]
+            feed, _ = graph_inputs([ids[i] for i in idx])  # the graph's packed layout
+            hidden = self.session.run(["hidden"], feed)[0]  # [T, d]: the real tokens, sequence after sequence
+            pooled = np.add.reduceat(hidden, np.cumsum(lengths) - lengths, axis=0) / lengths[:, None]
             pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
             rows.update(zip(idx, pooled, strict=True))
         out = np.stack([rows[i] for i in range(len(ids))]).astype(np.float32)

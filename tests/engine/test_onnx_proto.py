@@ -90,7 +90,7 @@ def test_the_encoder_graph_passes_the_onnx_checker(tiny_dir: Path, tmp_path: Pat
     (tmp_path / "e5studio-encoder-weights").write_bytes(b"")  # the checker wants the placeholders' file to exist
     monkeypatch.chdir(tmp_path)
     onnx.checker.check_model(model)  # every node against its operator's schema, opsets, IR version
-    assert [i.name for i in model.graph.input] == ["input_ids", "positions", "key_bias"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "positions", "pad_slots", "pack_slots", "key_bias"]
     assert {t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL} >= {
         "word_embeddings", "layers.0.qkv.weight"}
 

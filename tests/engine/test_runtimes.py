@@ -62,10 +62,12 @@ def test_onnxruntime_pools_as_the_shared_pooling(tiny_dir: Path, lengths: tuple[
     runtime = onnx_graph.OrtRuntime(encoder, 1)
     rng = np.random.default_rng(len(lengths))
     ids = [np.array([101, *rng.integers(1000, 2000, n - 2), 102]) if n > 1 else np.array([101]) for n in lengths]
-    padded_ids, bias, real = onnx_graph.padded(ids)
     batch = pack(ids)
-    hidden = torch.from_numpy(runtime.padded_hidden(padded_ids, bias))  # [B*L, d]
-    packed = hidden if real is None else hidden.index_select(0, batch.pad_index)  # [T, d]
+    hidden, real = runtime.hidden(ids)  # [B, L, d], zero rows at the padding
+    flat = torch.from_numpy(hidden.reshape(-1, hidden.shape[-1]))  # [B*L, d]
+    packed = flat if real is None else flat.index_select(0, batch.pad_index)  # [T, d]
+    if real is not None:
+        assert not hidden[~real].any()  # the padding slots hold zeros, not states
 
     np.testing.assert_allclose(runtime.rows(ids), pool(packed, batch).numpy(), rtol=0, atol=1e-6)
 

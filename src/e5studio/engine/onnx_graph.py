@@ -3,14 +3,17 @@
 A single E5 query is a few dozen tokens. For such products of a few rows with a large weight matrix, ONNX
 Runtime's MLAS GEMM on a weight it prepacks once beats oneDNN's (the fastest torch kernel for few rows,
 :class:`~e5studio.engine.bert.FewRowsKernels`), and one ``session.run`` replaces some sixty torch operator
-calls. For many rows torch's padding-free encoder stays faster (no padding in the dense layers), so the runtime
-table (:mod:`e5studio.engine.runtimes`) sends only few-token micro-batches here (``benchmarks/query_profile.py``
+calls. For many rows MKL's sgemm in torch's encoder stays faster, so the runtime table
+(:mod:`e5studio.engine.runtimes`) sends only few-token micro-batches here (``benchmarks/query_profile.py``
 measures both).
 
 The ONNX graph is written here from the encoder's one description (:func:`~e5studio.engine.bert.embedding_layer`
 and :func:`~e5studio.engine.bert.bert_block` over :class:`GraphKernels`, no export tracing): the post-LayerNorm
-BERT block on the padded [B, L] layout with a key bias of 0 / -inf, hidden states kept 2-D [B*L, d] so that
-every dense layer is one ``Gemm`` with the torch weight [out, in] as is (``transB``). The graph's weights are
+BERT block on the packed rows [T, d] of a micro-batch's real tokens, as in torch's encoder, so every dense layer
+is one ``Gemm`` with the torch weight [out, in] as is (``transB``) over real tokens only; attention gathers the
+rows into the padded [B, L] layout with a key bias of 0 / -inf and gathers the real ones back
+(:func:`graph_inputs`). A batch of 32 single queries pads to ~1.9x its real tokens (SciFact's test queries):
+computed packed, it takes ~0.6x the time; a single query pays two row copies per layer. The graph's weights are
 external-data placeholders that the session fills with the encoder's own tensors
 (``add_external_initializers``): the weights are not copied, only prepacked by MLAS.
 
@@ -70,10 +73,11 @@ def encoder_weights(encoder: BertEncoder) -> dict[str, torch.Tensor]:
 
 class GraphKernels:
     """Kernels that emit ONNX nodes (values are graph names): the input layer's
-    (:class:`~e5studio.engine.bert.InputKernels`, on the padded [B, L] layout until :meth:`rows`) and one
-    layer's (:class:`~e5studio.engine.bert.LayerKernels`, weights under ``prefix``): dense layers are ``Gemm``
-    on the torch weight [out, in] as is (``transB``), or ``dense_op`` when given (the int8 graph); attention
-    runs on the padded [B, L] layout with the graph input ``key_bias``."""
+    (:class:`~e5studio.engine.bert.InputKernels`) and one layer's (:class:`~e5studio.engine.bert.LayerKernels`,
+    weights under ``prefix``), on the packed rows [T, d] of the real tokens: dense layers are ``Gemm`` on the
+    torch weight [out, in] as is (``transB``), or ``dense_op`` when given (the int8 graph); attention gathers
+    the rows into the padded [B, L] layout (graph input ``pad_slots``), runs there with the graph input
+    ``key_bias``, and gathers the real tokens' rows back (``pack_slots``)."""
 
     def __init__(self, node: Callable[..., str], prefix: str, activation: tuple[str, str], eps: float,
                  heads_shape: str, flat: str, scale: str, idx: list[str], dense_op: DenseOp | None = None) -> None:
@@ -110,6 +114,9 @@ class GraphKernels:
 
     def attention(self, qkv: str, batch: Any) -> str:
         p, node = self.p, self.node
+        # the packed rows [T, 3d] into the padded layout [B*L, 3d] (a padding slot repeats row 0: its key is
+        # masked by key_bias, so its value is weighted 0, and its own output row is not gathered back)
+        qkv = node("Gather", [qkv, "pad_slots"], f"{p}qkv_padded")
         qkv = node("Reshape", [qkv, self.heads_shape], f"{p}qkv_heads")  # [B, L, 3, H, Dh]
         qkv = node("Transpose", [qkv], f"{p}qkv_t", perm=[2, 0, 3, 1, 4])  # [3, B, H, L, Dh]
         q, k, v = (node("Gather", [qkv, self.idx[j]], f"{p}{n}", axis=0) for j, n in enumerate("qkv"))
@@ -118,7 +125,8 @@ class GraphKernels:
         probs = node("Softmax", [scores], f"{p}probs", axis=-1)  # [B, H, L, L]
         ctx = node("MatMul", [probs, v], f"{p}context")  # [B, H, L, Dh]
         ctx = node("Transpose", [ctx], f"{p}context_t", perm=[0, 2, 1, 3])  # [B, L, H, Dh]
-        return node("Reshape", [ctx, self.flat], f"{p}context_flat")  # [B*L, d]
+        ctx = node("Reshape", [ctx, self.flat], f"{p}context_flat")  # [B*L, d]
+        return node("Gather", [ctx, "pack_slots"], f"{p}context_packed")  # [T, d]: the real tokens' rows
 
     def norm(self, x: str, name: str) -> str:
         p = self.p
@@ -126,11 +134,16 @@ class GraphKernels:
                          axis=-1, epsilon=self.eps)
 
 
+# the graph's int64 inputs (:func:`graph_inputs` makes them), by name and length
+GRAPH_INDEX_INPUTS = (("input_ids", "T"), ("positions", "T"), ("pad_slots", "BL"), ("pack_slots", "T"))
+
+
 def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None = None,
                 dense_op: DenseOp | None = None, embedded: frozenset[str] = frozenset()) -> bytes:
-    """The encoder as a serialized ONNX model (:mod:`~e5studio.engine.onnx_proto`): inputs ``input_ids`` int64
-    [B, L], ``positions`` int64 [L], ``key_bias`` float32 [B, 1, 1, L] (0 for a real key, -inf for padding);
-    output ``hidden`` float32 [B*L, d], the last hidden state of every position. Weights are external-data
+    """The encoder as a serialized ONNX model (:mod:`~e5studio.engine.onnx_proto`) on the packed tokens of a
+    micro-batch (:func:`graph_inputs`): int64 ``input_ids`` and ``positions`` [T], ``pad_slots`` [B*L] and
+    ``pack_slots`` [T], float32 ``key_bias`` [B, 1, 1, L] (0 for a real key, -inf for padding); output
+    ``hidden`` float32 [T, d], the last hidden state of every real token. Weights are external-data
     placeholders (no bytes): ``weights`` by graph name (default :func:`encoder_weights`); ``dense_op`` emits a
     dense layer's nodes in place of ``Gemm`` (the int8 graph); the tensors named in ``embedded`` are stored in
     the model (bytes copied: the session then owns them)."""
@@ -163,20 +176,21 @@ def build_graph(encoder: BertEncoder, weights: Mapping[str, torch.Tensor] | None
     flat = ints("shape_flat", [-1, d])  # [B*L, d]
     scale = scalar("scale", 1.0 / math.sqrt(dh), np.float32)
     idx = [scalar(f"index_{j}", j, np.int64) for j in range(3)]
-    # the attention layout [B, L, 3, H, Dh] from the shape of input_ids [B, L]
-    heads_shape = node("Concat", [node("Shape", ["input_ids"], "ids_shape"), ints("heads_tail", [3, h, dh])],
-                       "heads_shape", axis=0)
+    # the attention layout [B, L, 3, H, Dh] from the shape of key_bias [B, 1, 1, L]
+    batch_shape = node("Gather", [node("Shape", ["key_bias"], "bias_shape"), ints("batch_dims", [0, 3])],
+                       "batch_shape", axis=0)  # [B, L]
+    heads_shape = node("Concat", [batch_shape, ints("heads_tail", [3, h, dh])], "heads_shape", axis=0)
 
     def kernels(prefix: str) -> GraphKernels:
         return GraphKernels(node, prefix, config.activation, config.layer_norm_eps, heads_shape, flat, scale, idx,
                             dense_op)
 
-    x = embedding_layer(kernels(""), "input_ids", "positions")  # [B*L, d]
+    x = embedding_layer(kernels(""), "input_ids", "positions")  # [T, d]
     for i in range(config.num_hidden_layers):
         x = bert_block(kernels(f"layers.{i}."), x, None)
     nodes.append(proto.node("Identity", [x], ["hidden"], name="hidden"))
-    inputs = [proto.value_info("input_ids", proto.INT64, ["B", "L"]), proto.value_info("positions", proto.INT64, ["L"]),
-              proto.value_info("key_bias", proto.FLOAT, ["B", 1, 1, "L"])]
+    inputs = [proto.value_info(name, proto.INT64, [rows]) for name, rows in GRAPH_INDEX_INPUTS] + \
+        [proto.value_info("key_bias", proto.FLOAT, ["B", 1, 1, "L"])]
     return proto.model(nodes, "e5studio_bert_encoder", inputs, [proto.value_info("hidden", proto.FLOAT, ["T", d])],
                        initializers, [("", OPSET), (MS_DOMAIN, 1)], producer="e5studio")
 
@@ -232,17 +246,21 @@ class OrtRuntime:
         one of ``threads``."""
         return self.sessions.get(torch.get_num_threads(), self.session)
 
-    def padded_hidden(self, input_ids: np.ndarray, key_bias: np.ndarray) -> np.ndarray:
-        """input_ids int64 [B, L], key_bias float32 [B, 1, 1, L] -> last hidden states float32 [B*L, d]."""
-        positions = np.arange(input_ids.shape[1], dtype=np.int64)
-        return self.session_here().run(["hidden"], {"input_ids": input_ids, "positions": positions,
-                                             "key_bias": key_bias})[0]
+    def hidden(self, sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token-id arrays -> (the last hidden states float32 [B, L, d] in the padded layout, zero rows at the
+        padding; the real-token mask [B, L], None where nothing is padded)."""
+        feed, real = graph_inputs(sequences)
+        b, length = feed["key_bias"].shape[0], feed["key_bias"].shape[3]
+        packed = self.session_here().run(["hidden"], feed)[0]  # [T, d]
+        if real is None:
+            return packed.reshape(b, length, -1), None
+        hidden = np.zeros((b * length, packed.shape[1]), dtype=np.float32)
+        hidden[feed["pack_slots"]] = packed
+        return hidden.reshape(b, length, -1), real
 
     def rows(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
         """Token-id arrays -> float32 [b, d] mean-pooled unit rows (pooled here, in numpy: module docstring)."""
-        ids, bias, real = padded(sequences)
-        b, length = ids.shape
-        hidden = self.padded_hidden(ids, bias).reshape(b, length, -1)  # [B, L, d]
+        hidden, real = self.hidden(sequences)  # [B, L, d]
         if real is None:
             pooled = hidden.mean(axis=1, dtype=np.float32)  # [B, d]
         else:
@@ -252,18 +270,29 @@ class OrtRuntime:
         return (pooled / norms).astype(np.float32, copy=False)
 
 
-def padded(sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Token-id arrays -> input_ids int64 [B, L] (padded with 0), key_bias float32 [B, 1, 1, L] and the
-    real-token mask [B, L] (None: all of one length, nothing padded)."""
+def graph_inputs(sequences: Sequence[np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Token-id arrays -> (the graph's inputs, the real-token mask [B, L] or None where nothing is padded).
+    The dense layers compute the T real tokens only, packed sequence after sequence (``input_ids``,
+    ``positions``); attention reads them in the padded [B, L] layout: ``pad_slots`` [B*L] is the packed row of
+    each slot (row 0 for padding: a key masked out), ``pack_slots`` [T] the slot of each packed row,
+    ``key_bias`` [B, 1, 1, L] 0 for a real key and -inf for padding."""
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     if len(lengths) == 0 or lengths.min() < 1:
-        raise ValueError("padded() needs at least one non-empty sequence")
+        raise ValueError("graph_inputs() needs at least one non-empty sequence")
     b, length = len(lengths), int(lengths.max())
-    if lengths.min() == length:
-        ids = np.concatenate(sequences).astype(np.int64, copy=False).reshape(b, length)
-        return ids, np.zeros((b, 1, 1, length), dtype=np.float32), None
+    ids = np.concatenate(sequences).astype(np.int64, copy=False)  # [T]
+    total = len(ids)
+    starts = np.cumsum(lengths) - lengths  # [B]: each sequence's first packed row
+    positions = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)  # [T]
+    if lengths.min() == length:  # nothing padded: slots and packed rows coincide
+        slots = np.arange(total, dtype=np.int64)
+        feed: dict[str, np.ndarray] = {"input_ids": ids, "positions": positions, "pad_slots": slots,
+                                       "pack_slots": slots, "key_bias": np.zeros((b, 1, 1, length), dtype=np.float32)}
+        return feed, None
     real = np.arange(length)[None, :] < lengths[:, None]  # [B, L]
-    ids = np.zeros((b, length), dtype=np.int64)
-    ids[real] = np.concatenate(sequences)
+    pad_slots = np.zeros(b * length, dtype=np.int64)
+    pack_slots = np.flatnonzero(real).astype(np.int64)  # sequence after sequence, as the packed rows
+    pad_slots[pack_slots] = np.arange(total, dtype=np.int64)
     bias = np.where(real, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)[:, None, None, :]
-    return ids, bias, real
+    return {"input_ids": ids, "positions": positions, "pad_slots": pad_slots, "pack_slots": pack_slots,
+            "key_bias": bias}, real
