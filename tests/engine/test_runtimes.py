@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -173,18 +174,25 @@ def test_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
         runtimes.choose(cpu, f32, "onnxruntime")
 
 
-def test_the_plan_sends_only_few_token_micro_batches_to_the_few_runtime(tiny_dir: Path) -> None:
+def test_the_plan_sends_only_few_token_micro_batches_to_the_few_runtime(tiny_dir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     embedder = Embedder.load(EngineSettings(model=str(tiny_dir), device="cpu", cpu_runtime="auto"))
     plan = embedder.plan
     assert (plan.large.name, plan.few and plan.few.name) == ("cpu-many-rows", "onnxruntime")
-    assert "onnxruntime" in embedder.runtime
+    assert "onnxruntime" in embedder.runtime and "under 4097 tokens" in embedder.runtime
     short = [np.arange(1000, 1000 + n) for n in (20, 12, 5)]  # 3 x 20 padded tokens
     long = [np.arange(1000, 1000 + n) for n in (200, 60)]  # 2 x 200 padded tokens
+    budget = [np.arange(1000, 1000 + 256) for _ in range(16)]  # 16 x 256: the default token budget, 4,096
     assert embedder.runtime_for(short) is plan.few
+    assert embedder.runtime_for(long) is plan.few  # ONNX Runtime's graph is padding-free: up to the budget
+    assert embedder.runtime_for(budget) is plan.few
+    assert embedder.runtime_for([*budget, budget[0]]) is plan.large
+    monkeypatch.setattr(embedder, "plan", dataclasses.replace(plan, few_tokens=runtimes.FEW_TOKENS))  # oneDNN's
     assert embedder.runtime_for(long) is plan.large
     assert embedder.runtime_for(long[1:]) is plan.few
     assert plan.few is not None
     np.testing.assert_allclose(plan.few.rows(short), plan.large.rows(short), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(plan.few.rows(long), plan.large.rows(long), rtol=0, atol=1e-5)
 
 
 def test_torch_runtime_setting_and_other_dtypes(tiny_dir: Path) -> None:

@@ -29,7 +29,7 @@ from e5studio.engine.calibration import CALIBRATION_TEXTS
 from e5studio.engine.checkpoint import Checkpoint, load_checkpoint
 from e5studio.engine.device import pick_device, pick_dtype, start_workers
 from e5studio.engine.encoder import BertEncoder, load_encoder
-from e5studio.engine.runtimes import FEW_TOKENS, Runtime, RuntimePlan
+from e5studio.engine.runtimes import Runtime, RuntimePlan
 from e5studio.engine.tokenizer import Tokenizer
 from e5studio.errors import InputError, Terminated
 from e5studio.settings import EngineSettings
@@ -172,10 +172,10 @@ class Embedder:
         return out
 
     def runtime_for(self, sequences: Sequence[np.ndarray]) -> Runtime:
-        """The plan's runtime for one micro-batch computed on all the process's threads: the few-token one for
-        fewer than FEW_TOKENS padded tokens, where the plan has one."""
+        """The plan's runtime for one micro-batch computed on all the process's threads: the few-token one, where
+        the plan has one, for fewer padded tokens than its bound (:func:`runtimes.few_tokens`)."""
         few = self.plan.few
-        if few is not None and len(sequences) * max(len(s) for s in sequences) < FEW_TOKENS:
+        if few is not None and len(sequences) * max(len(s) for s in sequences) < self.plan.few_tokens:
             return few
         return self.plan.large
 

@@ -3,9 +3,10 @@
 A single E5 query is a few dozen tokens. For such products of a few rows with a large weight matrix, ONNX
 Runtime's MLAS GEMM on a weight it prepacks once beats oneDNN's (the fastest torch kernel for few rows,
 :class:`~e5studio.engine.bert.FewRowsKernels`), and one ``session.run`` replaces some sixty torch operator
-calls. For many rows MKL's sgemm in torch's encoder stays faster, so the runtime table
-(:mod:`e5studio.engine.runtimes`) sends only few-token micro-batches here (``benchmarks/query_profile.py``
-measures both).
+calls. The runtime table (:mod:`e5studio.engine.runtimes`, ``few_tokens``) sends here every micro-batch that is
+computed on all the threads (single queries and requests of up to the token budget); inputs of several
+micro-batches run one per core on MKL's sgemm in torch's encoder (``benchmarks/query_profile.py`` and
+``benchmarks/throughput.py`` measure both).
 
 The ONNX graph is written here from the encoder's one description (:func:`~e5studio.engine.bert.embedding_layer`
 and :func:`~e5studio.engine.bert.bert_block` over :class:`GraphKernels`, no export tracing): the post-LayerNorm

@@ -48,10 +48,21 @@ from e5studio.errors import ModelError
 from e5studio.vocabulary import CPU_RUNTIMES, PRECISIONS
 
 Calibration = Callable[[], Sequence[PackedBatch]]  # a few ordinary texts, packed (what int8 measures ranges on)
-# Micro-batches with fewer padded tokens (sequences x longest length) than this go to the few-token runtime:
-# below it oneDNN's prepacked matmul and ONNX Runtime's MLAS beat MKL's sgemm on MiniLM's and E5-Large's shapes
-# (benchmarks/query_profile.py and benchmarks/throughput.py measure the two sides).
+# A micro-batch computed on all the threads goes to the plan's few-token runtime when it has fewer padded tokens
+# (sequences x longest length) than that runtime's bound: below 256, oneDNN's prepacked matmul beats MKL's sgemm
+# on MiniLM's and E5-Large's shapes (benchmarks/query_profile.py and benchmarks/throughput.py measure the two
+# sides). ONNX Runtime's graph computes real tokens only (padded inside attention alone) and beat MKL on every
+# such micro-batch measured, up to the default token budget (AVX2, the two runtimes called alternately on the
+# same micro-batches: 8 / 16 / 32 SciFact queries 0.52x / 0.64x / 0.88x MKL's time on MiniLM, 0.81x / 0.89x /
+# 0.96x on the E5-Large shape; 4 and 16 passages 0.88-0.94x). Inputs of several micro-batches run on the
+# per-core workers, on the large runtime, whatever their size.
 FEW_TOKENS = 256
+FEW_TOKENS_BY_RUNTIME = {"onnxruntime": 4097}  # every micro-batch of the default budget (4,096 padded tokens)
+
+
+def few_tokens(runtime: str) -> int:
+    """The padded-token bound under which the few-token runtime ``runtime`` computes a micro-batch."""
+    return FEW_TOKENS_BY_RUNTIME.get(runtime, FEW_TOKENS)
 
 
 class Runtime(Protocol):
@@ -115,14 +126,15 @@ def build(name: str, encoder: BertEncoder, threads: int, calibration: Calibratio
 class RuntimePlan:
     """Which runtime computes which micro-batch; fixed when the model loads."""
 
-    large: Runtime  # every micro-batch, or those of at least FEW_TOKENS padded tokens when ``few`` is set
+    large: Runtime  # every micro-batch, or those of at least ``few_tokens`` padded tokens when ``few`` is set
     few: Runtime | None = None  # few-token micro-batches computed by the calling thread (single queries)
     precision: str = "fp32"  # what the dense layers compute in (fp32 also for CUDA fp16/bf16: see the dtype)
     kernels: str = ""  # the CPU kernel set (CpuFeatures.describe) or the CUDA device
+    few_tokens: int = FEW_TOKENS  # the padded-token bound of ``few`` (:func:`few_tokens`)
 
     def describe(self) -> str:
         names = self.large.name if self.few is None else \
-            f"{self.large.name}, {self.few.name} for micro-batches under {FEW_TOKENS} tokens"
+            f"{self.large.name}, {self.few.name} for micro-batches under {self.few_tokens} tokens"
         return f"{self.precision}: {names}" + (f"; {self.kernels}" if self.kernels else "")
 
 
@@ -181,4 +193,4 @@ def plan(encoder: BertEncoder, device: torch.device, dtype: torch.dtype, cpu_run
     if precision != "fp32":
         release_dense_weights(encoder)
     kernels = str(device) if device.type != "cpu" else (features or cpu_features()).describe()
-    return RuntimePlan(large, few, precision, kernels)
+    return RuntimePlan(large, few, precision, kernels, FEW_TOKENS if few is None else few_tokens(few.name))
