@@ -144,9 +144,10 @@ class Embedder:
         batches = list(micro_batches([len(s) for s in sequences], self.max_batch_tokens))
         finished = 0
         if len(batches) <= 1 or self.workers == 1:
+            alone = len(batches) <= 1
             for idx in batches:  # in the calling thread, on all its threads
                 chunk = [sequences[i] for i in idx]
-                out[idx] = self.runtime_for(chunk).rows(chunk)  # [b, dim]
+                out[idx] = self.runtime_for(chunk, alone).rows(chunk)  # [b, dim]
                 finished += len(idx)
                 if progress is not None:
                     progress(finished)
@@ -171,11 +172,15 @@ class Embedder:
             wait(futures)  # every micro-batch has finished, failed or not, before this call returns
         return out
 
-    def runtime_for(self, sequences: Sequence[np.ndarray]) -> Runtime:
+    def runtime_for(self, sequences: Sequence[np.ndarray], alone: bool = True) -> Runtime:
         """The plan's runtime for one micro-batch computed on all the process's threads: the few-token one, where
-        the plan has one, for fewer padded tokens than its bound (:func:`runtimes.few_tokens`)."""
+        the plan has one, for fewer padded tokens than its bound (:func:`runtimes.few_tokens`) when the
+        micro-batch is the input's only one (``alone``), else than ``FEW_TOKENS``: an input of several
+        micro-batches gets the same runtimes, and so the same vectors, with one worker as with several (the
+        workers run the large runtime on every micro-batch of ``FEW_TOKENS`` or more)."""
         few = self.plan.few
-        if few is not None and len(sequences) * max(len(s) for s in sequences) < self.plan.few_tokens:
+        bound = self.plan.few_tokens if alone else runtimes.FEW_TOKENS
+        if few is not None and len(sequences) * max(len(s) for s in sequences) < bound:
             return few
         return self.plan.large
 
